@@ -1,0 +1,7 @@
+"""Allows `python -m pyenroot`."""
+
+import sys
+
+from pyenroot.cli import main
+
+sys.exit(main())

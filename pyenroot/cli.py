@@ -1,0 +1,103 @@
+"""The `pyenroot` command line: argument parsing, error rendering and exit codes.
+
+Each verb lives in `pyenroot.commands.<verb>` with `add_arguments(parser)` and `run(args, settings)`;
+command modules import their heavy dependencies inside `run` so that `--help` and `start` stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from pyenroot import __version__
+from pyenroot.errors import PyenrootError, UsageError
+
+# verb -> one-line help; the module is pyenroot.commands.<verb> (import is a keyword: import_).
+VERBS: dict[str, str] = {
+    "version": "print the version",
+    "import": "import an image from a registry or archive into a squashfs file",
+    "load": "import an image straight into a container root filesystem",
+    "create": "create a container root filesystem from a squashfs image",
+    "start": "start a container and run a command in it",
+    "exec": "run a command in a running container",
+    "export": "export a container root filesystem to a squashfs image",
+    "list": "list containers",
+    "remove": "remove containers",
+    "batch": "start a container from a batch configuration file",
+    "bundle": "create a self-extracting bundle from a squashfs image",
+    "info": "print the version and the resolved settings",
+    "doctor": "check what this machine supports (namespaces, FUSE, overlay, GPUs)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+
+def _command_module(verb: str):
+    name = "import_" if verb == "import" else verb
+    return importlib.import_module(f"pyenroot.commands.{name}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `only`, just that verb's arguments are loaded (fast path)."""
+    parser = _Parser(prog="pyenroot", description="Unprivileged containers for HPC, enroot-compatible.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="print what happens and how long it takes")
+    parser.add_argument("--version", action="version", version=f"pyenroot {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    for verb, help_text in VERBS.items():
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        if only is None or verb == only:
+            _command_module(verb).add_arguments(verb_parser)
+    return parser
+
+
+def _find_verb(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if arg in VERBS:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
+def _render(error: PyenrootError) -> None:
+    print(f"pyenroot: error: {error.message} ({error.reference})", file=sys.stderr)
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[:1] or os.environ.get("PYENROOT_DEBUG") == "1"
+    try:
+        if argv and not argv[0].startswith("-") and argv[0] not in VERBS:
+            raise UsageError(f"unknown command: {argv[0]}", hint="see 'pyenroot --help' for the commands")
+        args = build_parser(only=_find_verb(argv)).parse_args(argv)
+        debug = debug or args.debug
+        if args.verb is None:
+            build_parser(only="").print_help()
+            return 0
+        from pyenroot.config import load_settings
+
+        return int(_command_module(args.verb).run(args, load_settings()) or 0)
+    except PyenrootError as error:
+        if debug:
+            raise
+        _render(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

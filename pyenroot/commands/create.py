@@ -1,0 +1,13 @@
+"""`pyenroot create [-n NAME] [-f] IMAGE`."""
+
+from pyenroot.errors import NotImplementedYet
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-n", "--name", help="container name (default: image file name without .sqsh)")
+    parser.add_argument("-f", "--force", action="store_true", help="replace an existing container")
+    parser.add_argument("image", metavar="IMAGE", help="squashfs image file")
+
+
+def run(args, settings) -> int:
+    raise NotImplementedYet("create is not implemented yet")

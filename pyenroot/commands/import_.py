@@ -1,0 +1,15 @@
+"""`pyenroot import [-a ARCH] [-o IMAGE] URI`."""
+
+from pyenroot.errors import NotImplementedYet
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-a", "--arch", help="architecture of the image (uname -m or Go form, default: this host)")
+    parser.add_argument("-o", "--output", metavar="IMAGE", help="squashfs file to write (default from the URI)")
+    parser.add_argument("uri", metavar="URI",
+                        help="docker://[USER@][REGISTRY#]IMAGE[:TAG][@DIGEST], podman://, dockerd://, "
+                             "oci-archive://PATH or docker-archive://PATH")
+
+
+def run(args, settings) -> int:
+    raise NotImplementedYet("import is not implemented yet")

@@ -1,0 +1,14 @@
+"""`pyenroot load [-a ARCH] [-n NAME] [-f] URI`."""
+
+from pyenroot.errors import NotImplementedYet
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-a", "--arch", help="architecture of the image (default: this host)")
+    parser.add_argument("-n", "--name", help="container name (default from the URI)")
+    parser.add_argument("-f", "--force", action="store_true", help="replace an existing container")
+    parser.add_argument("uri", metavar="URI", help="image URI, as for import")
+
+
+def run(args, settings) -> int:
+    raise NotImplementedYet("load is not implemented yet")

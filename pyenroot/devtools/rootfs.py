@@ -1,0 +1,52 @@
+"""Root filesystems for test images: busybox-static (fast) and Debian bookworm minbase (realistic)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")
+CACHE = Path(os.environ.get("PYENROOT_TEST_CACHE", "/var/cache/pyenroot-tests"))
+OS_RELEASE_BUSYBOX = 'NAME="pyenroot busybox"\nID=pyenroot-busybox\nPRETTY_NAME="pyenroot test busybox"\n'
+
+
+def busybox_rootfs(target: Path) -> Path:
+    """A minimal root filesystem: static busybox with every applet linked, /etc basics."""
+    if target.exists():
+        shutil.rmtree(target)
+    for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "home",
+                "var/tmp", "run"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    (target / "tmp").chmod(0o1777)
+    shutil.copy2(BUSYBOX, target / "bin/busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        link = target / applet
+        if applet == "bin/busybox" or link.exists():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(target / "bin/busybox", link.parent))
+    (target / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    (target / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (target / "etc/os-release").write_text(OS_RELEASE_BUSYBOX)
+    return target
+
+
+def debian_rootfs_tar(suite: str = "bookworm") -> Path:
+    """A Debian minbase root filesystem as a tar, built once with mmdebstrap and cached between runs."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tar = CACHE / f"debian-{suite}-minbase.tar"
+    if tar.exists():
+        return tar
+    with tempfile.NamedTemporaryFile(dir=CACHE, suffix=".tar", delete=False) as tmp:
+        partial = Path(tmp.name)
+    try:
+        subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "--include=ca-certificates", suite, str(partial)],
+                       check=True, capture_output=True, timeout=900)
+        partial.rename(tar)
+    finally:
+        partial.unlink(missing_ok=True)
+    return tar

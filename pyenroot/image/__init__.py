@@ -1,0 +1,1 @@
+"""Turning images into root filesystems: blob cache, layer merge, squashfs building, import orchestration."""

@@ -1,0 +1,1 @@
+"""Talking to OCI registries: URI grammar, authentication, manifests, blob transfer."""

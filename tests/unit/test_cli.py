@@ -1,0 +1,46 @@
+"""The CLI frame: help everywhere, one-line errors, exit codes."""
+
+import pytest
+
+from pyenroot import __version__
+from pyenroot.cli import VERBS, main
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == __version__
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for verb in VERBS:
+        assert verb in out
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert f"pyenroot {verb}" in capsys.readouterr().out
+
+
+def test_unknown_verb_is_one_line_usage_error(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "pyenroot: error: unknown command: frobnicate (usage)"
+    assert err[1].startswith("hint:")
+
+
+def test_missing_argument_is_usage_error(capsys):
+    assert main(["create"]) == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_no_traceback_without_debug(monkeypatch, capsys):
+    monkeypatch.delenv("PYENROOT_DEBUG", raising=False)
+    assert main(["create", "/nonexistent/x.sqsh"]) != 0
+    assert "Traceback" not in capsys.readouterr().err
