@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,23 @@ class LocalLayer:
 
     descriptor: Descriptor
     path: Path
+
+
+class ProgressReporter(Protocol):
+    """Where long work reports progress (a TTY bar, a few log lines, or nothing)."""
+
+    def phase(self, name: str) -> None: ...
+
+    def advance(self, item: str, done: int, total: int | None) -> None: ...
+
+
+class ImageSource(Protocol):
+    """Anything an image can come from: a registry, podman's store, the docker daemon, an archive."""
+
+    def resolve(self, arch: str | None) -> ResolvedImage:
+        """Find the image for `arch` (None: this host) and read its config; no layer is fetched yet."""
+        ...
+
+    def fetch_layers(self, image: ResolvedImage, progress: ProgressReporter | None = None) -> list[LocalLayer]:
+        """Make every layer available on local disk, verified, bottom first."""
+        ...
