@@ -29,7 +29,7 @@ $(VENV)/.deps-stamp: pyproject.toml $(APT_STAMP)
 	touch $@
 
 install: deps plugin
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q --no-deps --force-reinstall .
 	ln -sf $(VENV)/bin/pyenroot /usr/local/bin/pyenroot
 	ln -sf $(VENV)/bin/pyenroot-cluster /usr/local/bin/pyenroot-cluster
 	@if [ -f spank_plugin/Makefile ]; then $(MAKE) -C spank_plugin install; fi

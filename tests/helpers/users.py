@@ -14,17 +14,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyenroot.devtools import account
+
 USER_NAME = "pyenroot-tester"
 VENV_PYTHON = Path("/opt/pyenroot/venv/bin/python")
 REPO = Path(__file__).resolve().parents[2]
 
 
 def ensure_user(name: str = USER_NAME) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
-        return pwd.getpwnam(name)
+    return account.ensure_user(name)
 
 
 def user_python() -> str:
