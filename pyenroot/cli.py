@@ -20,6 +20,7 @@ VERBS: dict[str, str] = {
     "version": "print the version",
     "import": "import an image from a registry or archive into a squashfs file",
     "load": "import an image straight into a container root filesystem",
+    "digest": "print the manifest digest of a registry image for one platform",
     "create": "create a container root filesystem from a squashfs image",
     "start": "start a container and run a command in it",
     "exec": "run a command in a running container",
@@ -30,6 +31,7 @@ VERBS: dict[str, str] = {
     "bundle": "create a self-extracting bundle from a squashfs image",
     "info": "print the version and the resolved settings",
     "doctor": "check what this machine supports (namespaces, FUSE, overlay, GPUs)",
+    "spank": "internal: the Slurm SPANK plugin's helper (start, cleanup, epilog)",
 }
 
 

@@ -1,0 +1,171 @@
+"""The content-addressed blob cache: `ROOT/blobs/sha256/<hex>`, verified on the way in, safe across processes.
+
+A blob is written to a temp file in its final directory, hashed while it streams, synced and renamed into
+place only when the digest matches, so a reader never sees a partial or corrupt entry, even after a kill.
+A per-digest `fcntl` lock (`ROOT/locks/<hex>.lock`) lets concurrent importers download each blob once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pyenroot.errors import ImageError, StorageError
+
+_DIGEST = re.compile(r"^sha256:([a-f0-9]{64})$")
+_PARTIAL_SUFFIX = ".part"
+
+
+def digest_hex(digest: str) -> str:
+    """The hex part of a sha256 digest; anything else (other algorithms, path tricks) is refused."""
+    match = _DIGEST.match(digest)
+    if not match:
+        raise ImageError(f"unsupported or malformed digest: {digest!r}")
+    return match.group(1)
+
+
+def _write_error(exc: OSError, path: Path) -> ImageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ImageError(f"no space left on device writing {path}",
+                          hint="free some space or point ENROOT_CACHE_PATH elsewhere")
+    return ImageError(f"cannot write {path}: {exc.strerror}")
+
+
+def _hash_file(path: Path, hasher: hashlib._Hash) -> int:
+    """Feed a file to `hasher`; return its length."""
+    length = 0
+    with open(path, "rb") as existing:
+        for chunk in iter(lambda: existing.read(1 << 20), b""):
+            hasher.update(chunk)
+            length += len(chunk)
+    return length
+
+
+class BlobCache:
+    """Blobs by digest under `root`; files private to the user (0600 in 0700 directories)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.blobs = self.root / "blobs" / "sha256"
+        self.locks = self.root / "locks"
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / digest_hex(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def _ensure_dirs(self) -> None:
+        for directory in (self.root, self.root / "blobs", self.blobs, self.locks):
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create cache directory {directory}: {exc.strerror}") from None
+
+    @contextmanager
+    def locked(self, digest: str) -> Iterator[None]:
+        """Hold the exclusive per-digest lock: a second process waits here until the first is done."""
+        self._ensure_dirs()
+        lock_path = self.locks / f"{digest_hex(digest)}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock; the kernel also releases it if we are killed
+
+    def _partials(self, digest: str) -> list[Path]:
+        if not self.blobs.is_dir():
+            return []
+        return list(self.blobs.glob(f".{digest_hex(digest)}.*{_PARTIAL_SUFFIX}"))
+
+    def discard_partials(self, digest: str) -> None:
+        """Remove temp files a killed process left for `digest`. Call with the digest's lock held."""
+        for leftover in self._partials(digest):
+            leftover.unlink(missing_ok=True)
+
+    def take_partial(self, digest: str) -> Path | None:
+        """The longest temp file a killed process left for `digest` (the others are removed), to resume
+        from. Call with the digest's lock held: then no living process is writing it."""
+        leftovers = sorted(self._partials(digest), key=lambda p: p.stat().st_size, reverse=True)
+        for extra in leftovers[1:]:
+            extra.unlink(missing_ok=True)
+        return leftovers[0] if leftovers else None
+
+    def store(self, digest: str, chunks: Iterable[bytes], size: int | None = None, *,
+              resume: Path | None = None) -> Path:
+        """Write a blob from `chunks`, verifying its sha256 (and `size` if known); return its path.
+
+        With `resume` (from `take_partial`), `chunks` continue that file's bytes; its content is hashed first.
+        On a mismatch, or any error, nothing is kept (not even the resumed file) and the error names the digest.
+        """
+        final = self.path(digest)
+        self._ensure_dirs()
+        hasher = hashlib.sha256()
+        written = 0
+        try:
+            if resume is not None:
+                temp = resume
+                written = _hash_file(resume, hasher)
+                fd = os.open(resume, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            else:
+                fd, temp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=_PARTIAL_SUFFIX, dir=self.blobs)
+                temp = Path(temp_name)
+        except OSError as exc:
+            raise _write_error(exc, resume or self.blobs) from None
+        try:
+            written = self._write(fd, temp, chunks, size, digest, hasher, written)
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != digest:
+                raise ImageError(f"digest mismatch for blob {digest}: got {actual}",
+                                 hint="the registry or something between us and it altered the content")
+            if size is not None and size >= 0 and written != size:
+                raise ImageError(f"blob {digest} is {written} bytes, the manifest says {size}")
+            os.rename(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return final
+
+    @staticmethod
+    def _write(fd: int, temp: Path, chunks: Iterable[bytes], size: int | None, digest: str,
+               hasher: hashlib._Hash, written: int) -> int:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                hasher.update(chunk)
+                written += len(chunk)
+                if size is not None and size >= 0 and written > size:
+                    raise ImageError(f"blob {digest} is larger than the {size} bytes the manifest says")
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise _write_error(exc, temp) from None
+            try:
+                out.flush()
+                # Synced before the rename so that a crash cannot leave a named but empty entry.
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise _write_error(exc, temp) from None
+        return written
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash a cached blob; True when present and intact."""
+        hasher = hashlib.sha256()
+        try:
+            _hash_file(self.path(digest), hasher)
+        except FileNotFoundError:
+            return False
+        return "sha256:" + hasher.hexdigest() == digest
+
+    def digests(self) -> list[str]:
+        """Every complete blob in the cache."""
+        if not self.blobs.is_dir():
+            return []
+        return sorted(f"sha256:{p.name}" for p in self.blobs.iterdir() if _DIGEST.match(f"sha256:{p.name}"))
