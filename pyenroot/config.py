@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +48,8 @@ def _cpu_count() -> str:
 
 
 def _default_gzip() -> str:
+    import shutil  # only when the setting is unset: keeps `start` imports small
+
     return "pigz" if shutil.which("pigz") else "gzip"
 
 
@@ -102,6 +102,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENROOT_UNSHARE_UTS", None, "new UTS namespace"),
     Setting("PYENROOT_CA_BUNDLE", None, "extra CA certificates (PEM) trusted for registries"),
     Setting("PYENROOT_REGISTRY_MIRRORS", None, "mirrors: 'REGISTRY=MIRROR[,MIRROR...]' entries separated by ';'"),
+    Setting("PYENROOT_NVIDIA_ROOT", "/", "where the NVIDIA driver is looked up (/proc, /dev, libraries; tests use"
+            " a fake tree)"),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 
@@ -204,6 +206,8 @@ def _read_layer(path: Path) -> dict[str, str]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    import subprocess  # only when a settings file exists
+
     # enroot's files are shell syntax; keep rejecting what bash would reject.
     if text.strip() and subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode != 0:
         raise ConfigError(f"invalid configuration file: {path}", hint="the file must be valid shell syntax")

@@ -1,8 +1,15 @@
-"""`pyenroot batch CONFIG [COMMAND] [ARG...]`; usable as a `#!` interpreter."""
+"""`pyenroot batch CONFIG [COMMAND] [ARG...]`; usable as a `#!` interpreter.
+
+A batch file is a start configuration script whose `#ENROOT_*` comment lines are settings; the container
+to start comes from `#ENROOT_ROOTFS=NAME|IMAGE`. The rest is `pyenroot start -c CONFIG ROOTFS COMMAND...`.
+"""
+
+from __future__ import annotations
 
 import argparse
-
-from pyenroot.errors import NotImplementedYet
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 
 def add_arguments(parser) -> None:
@@ -10,5 +17,43 @@ def add_arguments(parser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]", help="command to run")
 
 
+def read_directives(path: Path, lookup: Mapping[str, str]) -> dict[str, str]:
+    """The `#ENROOT_*` directives of a batch file, parsed as `start -c` parses them."""
+    from pyenroot.errors import ConfigError
+    from pyenroot.runtime import configscript
+
+    try:
+        text = path.read_text(errors="surrogateescape")
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read batch file {path}: it is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read batch file {path}: {exc.strerror}") from None
+    return configscript.directives(text, lookup)
+
+
+def start_arguments(args, rootfs: str) -> argparse.Namespace:
+    """The arguments `start` would get for `start -c CONFIG ROOTFS COMMAND...`, with start's own defaults."""
+    from pyenroot.commands import start
+
+    parser = argparse.ArgumentParser(prog="pyenroot start", add_help=False)
+    start.add_arguments(parser)
+    namespace = parser.parse_args(["-c", args.config, "--", rootfs])
+    namespace.command = list(args.command)
+    for common in ("debug", "verbose"):
+        setattr(namespace, common, getattr(args, common, None))
+    namespace.verb = "start"
+    return namespace
+
+
 def run(args, settings) -> int:
-    raise NotImplementedYet("batch is not implemented yet")
+    from pyenroot.commands import start
+    from pyenroot.errors import ConfigError
+
+    lookup = {**os.environ, **settings.values}
+    directives = read_directives(Path(args.config), lookup)
+    rootfs = directives.pop("ENROOT_ROOTFS", "")
+    if not rootfs:
+        raise ConfigError(f"missing directive ENROOT_ROOTFS in {args.config}",
+                          hint="add a line '#ENROOT_ROOTFS=NAME' (a container name or a .sqsh image)")
+    # start reads the directives again from -c; applying them here too keeps batch right whatever start does.
+    return start.run(start_arguments(args, rootfs), settings.overridden(**directives))

@@ -1,7 +1,5 @@
 """`pyenroot create [-n NAME] [-f] IMAGE`."""
 
-from pyenroot.errors import NotImplementedYet
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("-n", "--name", help="container name (default: image file name without .sqsh)")
@@ -10,4 +8,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("create is not implemented yet")
+    from pyenroot import storage
+
+    storage.create_container(settings, args.image, args.name, force=args.force)
+    return 0

@@ -1,8 +1,7 @@
 """`pyenroot exec [-e KEY[=VAL]] PID COMMAND [ARG...]`."""
 
 import argparse
-
-from pyenroot.errors import NotImplementedYet
+import os
 
 
 def add_arguments(parser) -> None:
@@ -13,4 +12,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("exec is not implemented yet")
+    from pyenroot.runtime import attach
+
+    # Real root keeps its privileges only with ENROOT_ALLOW_SUPERUSER, as for start.
+    unprivileged = not (os.geteuid() == 0 and settings.flag("ENROOT_ALLOW_SUPERUSER"))
+    return attach.attach(attach.parse_pid(args.pid), list(args.command), args.env, os.environ,
+                         unprivileged=unprivileged)

@@ -1,7 +1,5 @@
 """`pyenroot export [-o IMAGE] [-f] NAME`."""
 
-from pyenroot.errors import NotImplementedYet
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", metavar="IMAGE", help="squashfs file to write (default NAME.sqsh)")
@@ -10,4 +8,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("export is not implemented yet")
+    from pyenroot import storage
+
+    storage.export_container(settings, args.name, args.output, force=args.force)
+    return 0

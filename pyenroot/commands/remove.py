@@ -1,6 +1,6 @@
 """`pyenroot remove [-f] NAME...`."""
 
-from pyenroot.errors import NotImplementedYet
+import sys
 
 
 def add_arguments(parser) -> None:
@@ -8,5 +8,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("names", nargs="+", metavar="NAME", help="container names")
 
 
+def _confirm(path) -> bool:
+    """Ask on the terminal, as enroot does; anything but y/Y keeps the container."""
+    sys.stderr.write(f"Do you really want to delete {path}? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip()
+    return answer in ("y", "Y")
+
+
 def run(args, settings) -> int:
-    raise NotImplementedYet("remove is not implemented yet")
+    from pyenroot import storage
+    from pyenroot.errors import StorageError
+
+    force = args.force or settings.flag("ENROOT_FORCE_OVERRIDE")
+    names = list(dict.fromkeys(args.names))
+    # Check every name before deleting anything, so that a typo in the list removes nothing.
+    paths = [storage.existing_container(settings, name) for name in names]
+    if not force:
+        running = {p.name: p.pid for p in storage.running_containers(settings)}
+        for name in names:
+            if name in running:
+                raise StorageError(f"container {name} is running (PID {running[name]})",
+                                   hint="stop it first, or use -f to remove it anyway")
+    interactive = not force and sys.stdin.isatty()
+    for name, path in zip(names, paths, strict=True):
+        if interactive and not _confirm(path):
+            continue
+        storage.remove_container(settings, name)
+    return 0

@@ -2,8 +2,6 @@
 
 import argparse
 
-from pyenroot.errors import NotImplementedYet
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("-c", "--conf", metavar="CONFIG", help="configuration script")
@@ -24,4 +22,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("start is not implemented yet")
+    import sys
+    import time
+
+    from pyenroot.runtime import startup
+
+    def warn(message: str) -> None:
+        print(f"pyenroot: warning: {message}", file=sys.stderr)
+
+    started = time.perf_counter()
+
+    def trace(step: str) -> None:
+        print(f"pyenroot: {(time.perf_counter() - started) * 1000:7.1f} ms  {step}", file=sys.stderr, flush=True)
+
+    verbose = getattr(args, "verbose", 0) > 0
+    return startup.start(args, settings, warn=warn, trace=trace if verbose else lambda step: None)

@@ -42,6 +42,8 @@ def install_wrapper(workdir: Path) -> Path:
     if src.exists():
         shutil.rmtree(src)
     shutil.copytree(REPO / "pyenroot", src / "pyenroot", ignore=shutil.ignore_patterns("__pycache__"))
+    # Compiled once here: the test user cannot write __pycache__ into the copy.
+    subprocess.run([user_python(), "-m", "compileall", "-q", str(src)], check=True)
     wrapper = workdir / "bin" / "pyenroot"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(

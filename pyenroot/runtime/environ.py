@@ -1,0 +1,78 @@
+"""enroot's environment-file dialect and the precedence of environment sources (pure).
+
+A file holds `NAME=value` lines; blanks and comments are dropped, lines that do not start with a valid name
+and `=` are ignored, `ENROOT_*` names are reserved, one pair of surrounding quotes is stripped. Later sources
+win: image /etc/environment < environ.d (system, then user) < the config script's environ() < --env < hooks.
+The host environment is not inherited, except through those sources.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from pyenroot.errors import UsageError
+from pyenroot.runtime.fstab import substitute
+
+__all__ = ["from_cli", "login_defaults", "merge", "parse", "render", "substitute"]
+
+_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_CLI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=|$)")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEFAULT_ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
+
+
+def parse(text: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of an environment file, in file order."""
+    pairs = []
+    for raw in text.splitlines():
+        line = raw.lstrip(" \t")
+        match = _LINE.match(line)
+        if not match or match.group(1).startswith("ENROOT_"):
+            continue
+        pairs.append((match.group(1), _unquote(match.group(2))))
+    return pairs
+
+
+def merge(layers: Iterable[Iterable[tuple[str, str]]]) -> dict[str, str]:
+    """Apply layers in order; a later value for a name replaces an earlier one."""
+    result: dict[str, str] = {}
+    for layer in layers:
+        for name, value in layer:
+            result[name] = value
+    return result
+
+
+def from_cli(entries: Iterable[str], host_environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`--env NAME=VALUE`, or `--env NAME` for the host's value (empty when the host has none)."""
+    pairs = []
+    for entry in entries:
+        if not _CLI.match(entry):
+            raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
+        name, sep, value = entry.partition("=")
+        pairs.append((name, value if sep else host_environ.get(name, "")))
+    return pairs
+
+
+def render(environ: Mapping[str, str]) -> str:
+    """An environment file the hooks can read and append to (one NAME=value per line)."""
+    return "".join(f"{name}={value}\n" for name, value in environ.items() if "\n" not in value)
+
+
+def login_defaults(environ: Mapping[str, str], *, user: str, home: str, shell: str, logname: str,
+                   is_root: bool) -> dict[str, str]:
+    """Fill what login(1) would set, without replacing anything the sources gave."""
+    result = dict(environ)
+    defaults = {
+        "TERM": "dumb", "HOME": home, "SHELL": shell, "USER": user, "LOGNAME": logname,
+        "PATH": DEFAULT_ROOT_PATH if is_root else DEFAULT_PATH,
+    }
+    for name, value in defaults.items():
+        result.setdefault(name, value)
+    return result

@@ -1,0 +1,114 @@
+"""enroot's fstab dialect, parsed into plain entries (pure: no file system, no kernel).
+
+Besides fstab(5) it accepts omitted fields, `${VAR}` substitution, octal escapes, `fs_passno` as the mount
+phase (-1 before the hooks, 0 after), and the options `x-create=dir|file|auto`, `x-move`, `x-detach`, `nofail`,
+`silent`/`loud`; the first enroot releases spelled `x-create=` as `create=`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pyenroot.errors import ConfigError
+
+MAX_LINE = 4096
+_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_OCTAL = re.compile(r"\\([0-7]{3})")
+DEFAULT_BIND_OPTIONS = ("rbind", "x-create=auto")
+
+
+@dataclass(frozen=True)
+class FstabEntry:
+    source: str
+    target: str  # a path inside the container
+    fstype: str
+    options: tuple[str, ...]
+    passno: int
+    origin: str  # "file:line", for error messages
+
+
+def substitute(text: str, environ: Mapping[str, str]) -> str:
+    """Replace `${NAME}` (the braced form only, like enroot) by its value; unset names become ''."""
+    return _BRACED.sub(lambda m: environ.get(m.group(1), ""), text)
+
+
+def unescape(field: str) -> str:
+    """Decode fstab octal escapes such as `\\040` (space)."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def escape(field: str) -> str:
+    """Encode a path for an fstab field (the inverse of `unescape` for whitespace and backslashes)."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in field)
+
+
+def format_line(source: str, target: str, fstype: str = "none", options: str = "defaults", passno: int = 0) -> str:
+    return f"{escape(source)} {escape(target)} {fstype} {options} 0 {passno}"
+
+
+def _passno(fields: list[str], origin: str) -> int:
+    try:
+        dump = int(fields[4]) if len(fields) > 4 else 0
+        passno = int(fields[5]) if len(fields) > 5 else 0
+    except ValueError:
+        raise ConfigError(f"invalid fstab entry at {origin}: dump and pass must be numbers") from None
+    # enroot reads the fifth field as the pass when the sixth says 0, so `SRC DST TYPE OPTS -1` works too.
+    return passno if passno != 0 else dump
+
+
+def _infer(fields: list[str]) -> tuple[str, str, str, str]:
+    """Fill omitted fields: SRC | SRC DST | SRC OPTS | SRC DST OPTS | SRC DST TYPE OPTS."""
+    source = fields[0]
+    if len(fields) == 1:
+        return source, source, "none", ",".join(DEFAULT_BIND_OPTIONS)
+    if len(fields) == 2:
+        second = fields[1]
+        if not second.startswith("/"):
+            return source, source, "none", second
+        if source == "tmpfs":
+            return source, second, "tmpfs", "defaults"
+        return source, second, "none", ",".join(DEFAULT_BIND_OPTIONS)
+    if len(fields) == 3:
+        return source, fields[1], "none", fields[2]
+    return source, fields[1], fields[2], fields[3]
+
+
+def parse_line(line: str, origin: str) -> FstabEntry | None:
+    """One fstab line, or None for a blank line or a comment."""
+    if len(line) > MAX_LINE:
+        raise ConfigError(f"invalid fstab entry at {origin}: line longer than {MAX_LINE} characters")
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    fields = [unescape(f) for f in stripped.split()]
+    if len(fields) > 6:
+        raise ConfigError(f"invalid fstab entry at {origin}: too many fields: {stripped!r}")
+    source, target, fstype, options = _infer(fields)
+    if target == "none":
+        target = source
+    if not target.startswith("/"):
+        raise ConfigError(f"invalid fstab entry at {origin}: the target must be an absolute path: {target!r}",
+                          hint="targets are paths inside the container, e.g. /mnt/data")
+    return FstabEntry(source, target, fstype, tuple(o for o in options.split(",") if o), _passno(fields, origin),
+                      origin)
+
+
+def parse(text: str, origin: str = "fstab") -> list[FstabEntry]:
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = parse_line(line, f"{origin}:{number}")
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def from_cli(spec: str) -> FstabEntry:
+    """`--mount SRC:DST:TYPE:OPTS` (any prefix of the fields); every ':' separates fields, like enroot."""
+    if not re.fullmatch(r"\S+(:\S+)*", spec):
+        raise ConfigError(f"invalid mount: {spec!r}", hint="use --mount SRC[:DST[:TYPE[:OPTIONS]]]")
+    entry = parse_line(spec.replace(":", " "), "--mount")
+    if entry is None:
+        raise ConfigError(f"invalid mount: {spec!r}", hint="use --mount SRC[:DST[:TYPE[:OPTIONS]]]")
+    return entry

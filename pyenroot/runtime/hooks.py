@@ -1,0 +1,139 @@
+"""Start hooks: built-in Python functions first, then the executables of SYSCONF and CONFIG `hooks.d`.
+
+Built-ins are listed in an ordered table and imported only when they run. A file in a hooks.d directory
+named like a built-in (`10-shadow.sh`) replaces it; an empty or non-executable one switches it off. Scripts
+see ENROOT_PID, ENROOT_ROOTFS, ENROOT_ENVIRON and ENROOT_MOUNTS as with enroot; whatever they append to
+the environment and mounts files is read back. A failing hook aborts the start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyenroot.errors import PyenrootError, RuntimeStartError
+from pyenroot.runtime import environ as envdialect
+from pyenroot.runtime.hookapi import HookContext
+from pyenroot.runtime.plan import config_files
+
+BUILTIN_HOOKS: tuple[tuple[str, str], ...] = (
+    ("10-aptfix", "pyenroot.runtime.builtin_hooks:aptfix"),
+    ("10-cgroups", "pyenroot.runtime.builtin_hooks:cgroups"),
+    ("10-devices", "pyenroot.runtime.builtin_hooks:devices"),
+    ("10-home", "pyenroot.runtime.builtin_hooks:home"),
+    ("10-localtime", "pyenroot.runtime.builtin_hooks:localtime"),
+    ("10-shadow", "pyenroot.runtime.builtin_hooks:shadow"),
+    ("98-nvidia", "pyenroot.gpu.hook:nvidia_hook"),
+)
+
+
+def _wants_gpu(ctx: HookContext) -> bool:
+    value = ctx.host_environ.get("NVIDIA_VISIBLE_DEVICES") or ctx.environ.get("NVIDIA_VISIBLE_DEVICES")
+    return bool(value) and value != "void"
+
+
+# Cheap checks that save importing a hook that would do nothing.
+_GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu}
+
+
+@dataclass
+class LaunchHookContext(HookContext):
+    """HookContext plus what the launcher offers built-in hooks: mounting at once (before pass 0)."""
+
+    mount_now: Callable[[str], None] | None = None
+    settings_environ: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HookStep:
+    name: str  # file name, or the built-in's table name
+    target: str | None = None  # "module:function" of a built-in
+    path: Path | None = None  # executable of a hooks.d directory
+
+
+def _scripts(directory: Path | None) -> dict[str, Path]:
+    if directory is None or not directory.is_dir():
+        return {}
+    return {p.name: p for p in directory.iterdir() if p.name.endswith(".sh") and not p.is_dir()}
+
+
+def hook_steps(system_dir: Path | None, user_dir: Path | None,
+               builtins: Sequence[tuple[str, str]] = BUILTIN_HOOKS) -> list[HookStep]:
+    """Built-ins (unless a hooks.d file of the same name replaces them), system hooks, user hooks."""
+    table = dict(builtins)
+    system, user = _scripts(system_dir), _scripts(user_dir)
+    names = {f"{name}.sh": name for name in table}
+    ordered = config_files(names, system, user)
+    steps = []
+    for where, name in ordered:
+        if where == "builtin":
+            steps.append(HookStep(names[name], target=table[names[name]]))
+        else:
+            path = (system if where == "system" else user)[name]
+            if os.access(path, os.X_OK):
+                steps.append(HookStep(name, path=path))
+    return steps
+
+
+def _load(target: str) -> Callable[[HookContext], None] | None:
+    module_name, _, function = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return None  # a built-in whose module is not part of this installation
+        raise
+    return getattr(module, function)
+
+
+def _run_builtin(step: HookStep, ctx: HookContext) -> None:
+    guard = _GUARDS.get(step.name)
+    if guard is not None and not guard(ctx):
+        return
+    assert step.target is not None
+    function = _load(step.target)
+    if function is None:
+        return
+    try:
+        function(ctx)
+    except PyenrootError as error:
+        raise RuntimeStartError(f"hook {step.name} failed: {error.message}", hint=error.hint) from None
+    except OSError as error:
+        raise RuntimeStartError(f"hook {step.name} failed: {error}") from None
+
+
+def _keep_caps() -> None:
+    from pyenroot.runtime.seccomp import keep_capabilities_across_exec
+
+    keep_capabilities_across_exec()
+
+
+def run_external(argv: Sequence[str], name: str, ctx: HookContext, workdir: Path,
+                 extra_env: Mapping[str, str] | None = None) -> None:
+    """Run one executable hook with the ENROOT_* interface, then read back what it appended."""
+    environ_file, mounts_file = workdir / "environment", workdir / "fstab"
+    environ_file.write_text(envdialect.render(ctx.environ))
+    mounts_file.write_text("".join(line + "\n" for line in ctx.mounts))
+    env = dict(ctx.host_environ)
+    env.update(extra_env or {})
+    env.update(ENROOT_PID=str(ctx.pid), ENROOT_ROOTFS=str(ctx.rootfs), ENROOT_ENVIRON=str(environ_file),
+               ENROOT_MOUNTS=str(mounts_file))
+    result = subprocess.run(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            preexec_fn=_keep_caps, cwd="/")
+    if result.returncode != 0:
+        raise RuntimeStartError(f"hook {name} exited with return code {result.returncode}")
+    ctx.environ.clear()
+    ctx.environ.update(envdialect.merge([envdialect.parse(environ_file.read_text())]))
+    ctx.mounts[:] = [line for line in mounts_file.read_text().splitlines() if line.strip()]
+
+
+def run_hooks(steps: Sequence[HookStep], ctx: HookContext, workdir: Path) -> None:
+    for step in steps:
+        if step.target is not None:
+            _run_builtin(step, ctx)
+        elif step.path is not None:
+            run_external([str(step.path)], step.name, ctx, workdir)

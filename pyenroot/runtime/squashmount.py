@@ -1,0 +1,139 @@
+"""Direct start of a squashfs image: squashfuse below, an overlay with a tmpfs upper layer above.
+
+Runs inside the container's user and mount namespaces, where the caller is root (image files owned by root
+then belong to the caller). The FUSE servers are children that die with the container's process
+(parent-death signal), so they live exactly as long as it. Writes go to the tmpfs and vanish with the
+mount namespace. Without FUSE the image is unpacked into a tmpfs instead (slower, uses memory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyenroot.errors import RuntimeStartError
+from pyenroot.runtime import syscalls
+
+_READY_POLL_S = 0.002
+_READY_LIMIT_S = 30.0
+
+
+@dataclass
+class SquashMount:
+    rootfs: Path
+    method: str  # "overlayfs", "fuse-overlayfs" or "unpacked"
+    notes: list[str] = field(default_factory=list)
+
+
+def _spawn_fuse(argv: list[str], mountpoint: Path) -> None:
+    """Start a FUSE server in the foreground as a child and wait until its mount is in place."""
+    before = os.stat(mountpoint).st_dev
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: die with the container's process, report exec failures through the pipe
+        try:
+            os.close(read_end)
+            # SIGKILL: a caller (slurmstepd) may hand down blocked or ignored signals, and a server that
+            # outlives its container would keep the mount namespace and the image alive for nothing.
+            syscalls.set_parent_death_signal(signal.SIGKILL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(write_end, 2)
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(write_end, f"{argv[0]}: {exc.strerror}\n".encode())
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    deadline = time.monotonic() + _READY_LIMIT_S
+    try:
+        while os.stat(mountpoint).st_dev == before:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                if not done:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                raise OSError(f"{_drain(read_end) or 'no output'}")
+            time.sleep(_READY_POLL_S)
+    finally:
+        os.close(read_end)
+
+
+def _drain(fd: int) -> str:
+    try:
+        return os.read(fd, 4096).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def fuse_problem() -> str | None:
+    """Why FUSE cannot work for this user, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist (load the fuse module)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not readable and writable by this user (distributions ship it mode 0666)"
+    if not (shutil.which("squashfuse_ll") or shutil.which("squashfuse")):
+        return "squashfuse is not installed"
+    return None
+
+
+def _mount_lower(image: Path, lower: Path) -> None:
+    program = shutil.which("squashfuse_ll") or "squashfuse"
+    _spawn_fuse([program, "-f", str(image), str(lower)], lower)
+
+
+def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, notes: list[str]) -> str:
+    if native:
+        try:
+            syscalls.mount("overlay", merged, "overlay", 0,
+                           f"lowerdir={lower},upperdir={upper},workdir={work},xino=off")
+            return "overlayfs"
+        except OSError as exc:
+            notes.append(f"kernel overlayfs in a user namespace failed ({exc.strerror}); using fuse-overlayfs")
+    if not shutil.which("fuse-overlayfs"):
+        raise RuntimeStartError("cannot mount an overlay: kernel overlayfs is unavailable in a user namespace "
+                                "and fuse-overlayfs is not installed",
+                                hint="install fuse-overlayfs, or create a container first: pyenroot create IMAGE")
+    os.environ["FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT"] = "y"
+    _spawn_fuse(["fuse-overlayfs", "-f", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)],
+                merged)
+    return "fuse-overlayfs"
+
+
+def _unpack(image: Path, target: Path, processors: int) -> None:
+    if not shutil.which("unsquashfs"):
+        raise RuntimeStartError(f"cannot start {image}: FUSE is unusable and unsquashfs is not installed",
+                                hint="install squashfs-tools, or make /dev/fuse usable")
+    target.rmdir()
+    result = subprocess.run(["unsquashfs", "-no-progress", "-processors", str(processors), "-d", str(target),
+                             str(image)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeStartError(f"cannot unpack {image}: {result.stderr.strip()[-300:]}")
+
+
+def mount_image(image: Path, workdir: Path, *, native_overlay: bool = True, processors: int = 1) -> SquashMount:
+    """Make `image` a writable root filesystem under `workdir` (a tmpfs private to this mount namespace)."""
+    lower, upper, work, merged = (workdir / n for n in ("lower", "upper", "work", "rootfs"))
+    for path in (lower, upper, work, merged):
+        path.mkdir(mode=0o755)
+    notes: list[str] = []
+    problem = fuse_problem()
+    if problem is None:
+        try:
+            _mount_lower(image, lower)
+        except OSError as exc:
+            problem = f"squashfuse failed: {exc}"
+    if problem is not None:
+        notes.append(f"{problem}; unpacking {image.name} into memory instead")
+        _unpack(image, merged, processors)
+        return SquashMount(merged, "unpacked", notes)
+    method = _overlay(lower, upper, work, merged, native_overlay, notes)
+    return SquashMount(merged, method, notes)

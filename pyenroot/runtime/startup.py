@@ -1,0 +1,180 @@
+"""From `start`'s options and the settings to a `Launch`: target, config dirs, config script, hooks.
+
+`start(args, settings)` is what `pyenroot start` (and `batch`) call; `args` carries the attributes of start's
+parser (conf, env, rc, root, rw, mount, pid, net, ipc, uts, target, command).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from pyenroot.errors import ConfigError, ImageError, UsageError
+from pyenroot.runtime.plan import StartRequest, config_files
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+def _is_squashfs(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == SQUASHFS_MAGIC
+    except OSError:
+        return False
+
+
+def resolve_target(settings, target: str):
+    """A squashfs image file (started directly) or the name of a created container."""
+    from pyenroot.runtime.launcher import Target
+
+    if os.path.isfile(target):
+        if _is_squashfs(target):
+            return Target("squashfs", Path(os.path.realpath(target)))
+        if "/" in target or target.endswith(".sqsh"):
+            raise ImageError(f"not a squashfs image: {target}")
+    elif "/" in target or target.endswith(".sqsh"):
+        raise ImageError(f"no such image file: {target}")
+    fast = _plain_container(settings, target)
+    if fast is not None:
+        return Target("dir", fast)
+    from pyenroot import storage
+
+    return Target("dir", storage.existing_container(settings, target))
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def _plain_container(settings, name: str) -> Path | None:
+    """The common case without importing `storage` (slow to import): a plainly valid name of an existing
+    directory. Everything else goes through `storage`, which owns the naming rules and their messages."""
+    data = settings.get("ENROOT_DATA_PATH")
+    if not data or not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+        return None
+    path = Path(os.path.abspath(data)) / name
+    return path if not path.is_symlink() and path.is_dir() else None
+
+
+def _settings_with_options(settings, args, directives: dict[str, str]):
+    """Command-line flags beat configuration-script directives, which beat everything else."""
+    changes: dict[str, str | None] = dict(directives)
+    for flag, name in (("root", "ENROOT_REMAP_ROOT"), ("rw", "ENROOT_ROOTFS_WRITABLE"), ("pid", "ENROOT_UNSHARE_PID"),
+                       ("net", "ENROOT_UNSHARE_NET"), ("ipc", "ENROOT_UNSHARE_IPC"), ("uts", "ENROOT_UNSHARE_UTS")):
+        if getattr(args, flag, False):
+            changes[name] = "y"
+    return settings.overridden(**changes) if changes else settings
+
+
+def _dir_listing(directory: Path | None, suffix: str) -> dict[str, Path]:
+    if directory is None:
+        return {}
+    try:
+        return {e.name: Path(e.path) for e in os.scandir(directory) if e.name.endswith(suffix) and e.is_file()}
+    except OSError:
+        return {}
+
+
+def _config_dir(settings, name: str) -> Path | None:
+    value = settings.get(name)
+    return Path(value) if value else None
+
+
+def read_config_files(settings, subdir: str, suffix: str) -> tuple[tuple[str, str], ...]:
+    """(path, text) of the built-in, system and user files of `subdir` (environ.d, mounts.d) in order."""
+    where = {"builtin": "ENROOT_LIBRARY_PATH", "system": "ENROOT_SYSCONF_PATH", "user": "ENROOT_CONFIG_PATH"}
+    listings = {}
+    for key, setting in where.items():
+        base = _config_dir(settings, setting)
+        listings[key] = _dir_listing(base / subdir if base else None, suffix)
+    result = []
+    for key, name in config_files(listings["builtin"], listings["system"], listings["user"]):
+        path = listings[key][name]
+        try:
+            result.append((str(path), path.read_text(errors="replace")))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return tuple(result)
+
+
+def _read_rc(path: str) -> str:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UsageError(f"no such rc script: {path}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise UsageError(f"the rc script must be a file: {path}")
+    with open(path, errors="replace") as handle:
+        return handle.read()
+
+
+def _check_options(args) -> None:
+    for spec in args.mount:
+        if not re.fullmatch(r"\S+(:\S+)*", spec):
+            raise UsageError(f"invalid mount: {spec!r}", hint="use --mount SRC[:DST[:TYPE[:OPTIONS]]]")
+    for entry in args.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(=|$)", entry):
+            raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
+
+
+def start(args, settings, *, warn: Callable[[str], None],
+          trace: Callable[[str], None] = lambda step: None) -> int:
+    _check_options(args)
+    command = list(args.command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    script = None
+    directives: dict[str, str] = {}
+    if args.conf:
+        from pyenroot.runtime import configscript
+
+        conf = Path(args.conf)
+        configscript.check_syntax(conf)
+        directives = configscript.directives(conf.read_text(errors="replace"), os.environ)
+    settings = _settings_with_options(settings, args, directives)
+    host_environ = {**os.environ, **settings.environ()}
+    if args.conf:
+        script = configscript.evaluate(conf, command, host_environ)
+    target = resolve_target(settings, args.target)
+    euid = os.geteuid()
+    request = StartRequest(
+        command=tuple(command),
+        outer_uid=euid,
+        outer_gid=os.getegid(),
+        host_environ=host_environ,
+        remap_root=settings.flag("ENROOT_REMAP_ROOT"),
+        writable=settings.flag("ENROOT_ROOTFS_WRITABLE"),
+        userns=not (euid == 0 and settings.flag("ENROOT_ALLOW_SUPERUSER")),
+        unshare_pid=settings.flag("ENROOT_UNSHARE_PID"),
+        unshare_net=settings.flag("ENROOT_UNSHARE_NET"),
+        unshare_ipc=settings.flag("ENROOT_UNSHARE_IPC"),
+        unshare_uts=settings.flag("ENROOT_UNSHARE_UTS"),
+        login=settings.flag("ENROOT_LOGIN_SHELL"),
+        init_shell=settings.get("ENROOT_INIT_SHELL") or "/bin/sh",
+        environ_files=read_config_files(settings, "environ.d", ".env"),
+        mount_files=read_config_files(settings, "mounts.d", ".fstab"),
+        script_environ=script.environ if script else "",
+        script_mounts=script.mounts if script else "",
+        cli_env=tuple(args.env),
+        cli_mounts=tuple(args.mount),
+        rc_text=_read_rc(args.rc) if args.rc else (script.rc if script else None),
+    )
+    from pyenroot.runtime import hooks, launcher
+
+    sysconf, config = _config_dir(settings, "ENROOT_SYSCONF_PATH"), _config_dir(settings, "ENROOT_CONFIG_PATH")
+    spec = launcher.Launch(
+        target=target,
+        request=request,
+        runtime_path=settings.path("ENROOT_RUNTIME_PATH"),
+        host_environ=host_environ,
+        hook_steps=hooks.hook_steps(sysconf / "hooks.d" if sysconf else None, config / "hooks.d" if config else None),
+        script_hooks=configscript.hooks_argv(conf, command) if script and script.has_hooks else None,
+        native_overlay=settings.flag("ENROOT_NATIVE_OVERLAYFS"),
+        processors=settings.max_processors(),
+        warn=warn,
+        trace=trace,
+    )
+    trace("configuration read")
+    return launcher.launch(spec)

@@ -1,0 +1,650 @@
+"""Container storage: names and root filesystem directories under ENROOT_DATA_PATH.
+
+Create (unsquashfs), remove and export (mksquashfs) never leave half a result visible: work happens in a
+hidden, locked entry of the data directory that `list` ignores and is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import resource
+import signal
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyenroot.errors import ImageError, StorageError, UsageError
+
+NAME_MAX_LENGTH = 128
+# Letters, digits and ._+- ; the first character is a letter or digit, so no hidden names, no `.`/`..`,
+# no option look-alikes. Covers pyxis names (pyxis_<jobid>_<name>) and enroot import names (nvidia+pytorch+24.01).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# Hidden work entries (creation in progress, removal in progress); `list` skips every hidden entry.
+WORK_PREFIX = ".pyenroot-work-"
+# Only what start needs (name -> directory) is imported at module level; the tools' imports wait for create,
+# export and remove, to keep `pyenroot start NAME` quick.
+
+# unsquashfs needs one descriptor per open file while writing; enroot caps the request at 2^26.
+_NOFILE_WANTED = 1 << 26
+
+
+# ----------------------------------------------------------------------------------------------- names
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a valid container name, else raise a one-line UsageError."""
+    if not name:
+        raise UsageError("invalid container name: the name is empty")
+    if "/" in name:
+        raise UsageError(f"invalid container name {name!r}: it must not contain '/'")
+    if name in (".", ".."):
+        raise UsageError(f"invalid container name {name!r}")
+    if len(name) > NAME_MAX_LENGTH:
+        raise UsageError(f"invalid container name {name[:20]!r}...: longer than {NAME_MAX_LENGTH} characters")
+    if not _NAME.fullmatch(name):
+        raise UsageError(f"invalid container name {name!r}",
+                         hint="use letters, digits and '._+-', starting with a letter or digit")
+    return name
+
+
+def default_name(image: Path) -> str:
+    """The name `create` gives a container by default: the image's file name without `.sqsh`."""
+    base = image.name
+    return base[: -len(".sqsh")] if base.endswith(".sqsh") and base != ".sqsh" else base
+
+
+def data_path(settings, *, create: bool = True) -> Path:
+    """ENROOT_DATA_PATH as an absolute path; created private (mode 0700) like enroot does."""
+    path = Path(os.path.abspath(settings.path("ENROOT_DATA_PATH")))
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory {path}: {exc.strerror}",
+                               hint="check ENROOT_DATA_PATH") from None
+    return path
+
+
+def container_dir(settings, name: str) -> Path:
+    """The directory of container `name`: always a direct child of ENROOT_DATA_PATH."""
+    validate_name(name)
+    base = data_path(settings, create=False)
+    path = base / name
+    # A validated name is one plain path component; check anyway, it is cheap and this must never escape.
+    if path.parent != base or path.name != name:
+        raise UsageError(f"invalid container name {name!r}")
+    return path
+
+
+def existing_container(settings, name: str) -> Path:
+    """The directory of an existing container, or StorageError. A symlink is not a container."""
+    path = container_dir(settings, name)
+    if path.is_symlink() or not path.is_dir():
+        raise StorageError(f"no such container: {name}", hint="see 'pyenroot list'")
+    return path
+
+
+def container_names(settings) -> list[str]:
+    """Names of the containers in ENROOT_DATA_PATH, sorted; hidden work entries are skipped."""
+    base = data_path(settings, create=False)
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StorageError(f"cannot read {base}: {exc.strerror}") from None
+    return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+
+
+# ------------------------------------------------------------------------------------ work entries
+
+
+@dataclass
+class _WorkEntry:
+    """A hidden entry in the data directory, locked (flock) for as long as its creator lives."""
+
+    path: Path
+    lock_fd: int
+
+
+def _work_name() -> str:
+    return f"{WORK_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _lock(fd: int, *, wait: bool) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+
+
+@contextlib.contextmanager
+def _work_dir(base: Path) -> Iterator[_WorkEntry]:
+    """A fresh hidden directory in `base`, removed on any failure unless it was renamed away."""
+    path = base / _work_name()
+    path.mkdir(mode=0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _lock(fd, wait=True)
+    try:
+        yield _WorkEntry(path, fd)
+    finally:
+        # On success only an empty directory is left (its content was renamed into place).
+        with contextlib.suppress(OSError, StorageError):
+            remove_tree(path)
+        os.close(fd)
+
+
+def clean_stale_work(base: Path) -> list[str]:
+    """Remove hidden work entries whose creator died (their lock is free). Returns what was removed."""
+    removed = []
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(WORK_PREFIX)]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | (os.O_DIRECTORY if entry.is_dir(follow_symlinks=False) else 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd, wait=False):
+                remove_tree(Path(entry.path))
+                removed.append(entry.name)
+        except (OSError, StorageError):
+            pass  # best effort: a later run tries again
+        finally:
+            os.close(fd)
+    return removed
+
+
+# ------------------------------------------------------------------------------------ squashfs tools
+
+
+def _child_setup() -> None:
+    """In the tool's process: die with pyenroot (no orphan keeps writing), allow many open files."""
+    from pyenroot.runtime import syscalls  # already loaded by _run_tool: nothing is imported after the fork
+
+    with contextlib.suppress(OSError):
+        syscalls.set_parent_death_signal(signal.SIGKILL)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+# What unsquashfs says (exit code 2, not fatal) for each device node an unprivileged user cannot create. A
+# container directory never holds working device nodes anyway: start mounts /dev.
+_DEVICE_NODE_SKIPPED = re.compile(r"(create_inode: )?could not create (character|block) device .*not superuser!?")
+
+
+def _run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (),
+              tolerate_device_nodes: bool = False) -> None:
+    import subprocess
+
+    from pyenroot.runtime import syscalls  # noqa: F401 (for _child_setup)
+
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                                preexec_fn=_child_setup, pass_fds=keep_fds)
+    except FileNotFoundError:
+        raise ImageError(f"{argv[0]} is not installed", hint="install squashfs-tools") from None
+    if result.returncode == 0:
+        return
+    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    if tolerate_device_nodes and result.returncode == 2 and lines and all(map(_DEVICE_NODE_SKIPPED.fullmatch, lines)):
+        return
+    detail = lines[-1] if lines else f"exit code {result.returncode}"
+    raise ImageError(f"{what}: {argv[0]} failed: {detail}")
+
+
+def check_squashfs(image: str | os.PathLike) -> Path:
+    """The image's real path, if it is a regular file that unsquashfs accepts; else ImageError."""
+    path = Path(os.path.realpath(image))
+    if not path.exists():
+        raise ImageError(f"no such image file: {image}")
+    if not path.is_file():
+        raise ImageError(f"not a squashfs image: {image} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"cannot read image {image}: permission denied")
+    import subprocess
+
+    try:
+        result = subprocess.run(["unsquashfs", "-s", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
+    except FileNotFoundError:
+        raise ImageError("unsquashfs is not installed", hint="install squashfs-tools") from None
+    if result.returncode != 0:
+        raise ImageError(f"not a squashfs image: {image}", hint="create takes a .sqsh file made by 'pyenroot import'")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ create
+
+
+def _fix_permissions(root: Path) -> None:
+    """Give the owner read on everything and write+search on directories (enroot's fixperms), so that the
+    user can later read, export and remove what the image shipped with restrictive modes."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            _add_mode(os.path.join(dirpath, name), stat.S_IRWXU)
+        for name in filenames:
+            _add_mode(os.path.join(dirpath, name), stat.S_IRUSR, executable_if_any=True)
+    _add_mode(str(root), stat.S_IRWXU)
+
+
+def _add_mode(path: str, bits: int, *, executable_if_any: bool = False) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    wanted = mode | bits
+    if executable_if_any and mode & 0o111:
+        wanted |= stat.S_IXUSR  # chmod u+X: executable for the owner if executable for anyone
+    if wanted != mode:
+        os.chmod(path, wanted)
+
+
+def create_container(settings, image: str | os.PathLike, name: str | None = None, *, force: bool = False) -> Path:
+    """Unpack a squashfs image into ENROOT_DATA_PATH/NAME; the container appears complete or not at all."""
+    name = validate_name(name if name is not None else default_name(Path(image)))
+    target = container_dir(settings, name)
+    image_path = check_squashfs(image)
+    force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
+    if _exists(target) and not force:
+        raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
+    base = data_path(settings)
+    clean_stale_work(base)
+    with _work_dir(base) as work:
+        rootfs = work.path / "rootfs"
+        _unpack(image_path, rootfs, settings.max_processors(), work.lock_fd, str(image))
+        _fix_permissions(rootfs)
+        _install(rootfs, target, force=force)
+    return target
+
+
+def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str) -> None:
+    """unsquashfs (parallel); if it cannot read the image, rdsquashfs (squashfs-tools-ng) as a second try.
+
+    unsquashfs 4.5 rejects lz4 images written by tar2sqfs ("failed to read id table block") although they
+    are valid; rdsquashfs reads them.
+    """
+    argv = ["unsquashfs", "-no-progress", "-quiet", "-processors", str(processors), "-user-xattrs",
+            "-d", str(rootfs), str(image)]
+    try:
+        _run_tool(argv, f"unpack {label}", keep_fds=(lock_fd,), tolerate_device_nodes=True)
+        return
+    except ImageError as first:
+        import shutil
+
+        if shutil.which("rdsquashfs") is None:
+            raise
+        failure = first
+    if os.path.lexists(rootfs):
+        remove_tree(rootfs)
+    rootfs.mkdir(mode=0o700)
+    # -D: no device nodes (see above); -C/-T: modes and times as in the image; ownership stays the user's.
+    fallback = ["rdsquashfs", "-q", "-D", "-C", "-T", "-u", "/", "-p", str(rootfs), str(image)]
+    try:
+        _run_tool(fallback, f"unpack {label}", keep_fds=(lock_fd,))
+    except ImageError:
+        raise failure from None
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _install(rootfs: Path, target: Path, *, force: bool) -> None:
+    """Rename the finished root filesystem into place; with force, an old container is swapped out first."""
+    if _exists(target):
+        if not force:
+            raise StorageError(f"container already exists: {target.name}", hint="use -f to replace it")
+        _discard(target)
+    try:
+        os.rename(rootfs, target)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            raise StorageError(f"container already exists: {target.name}", hint="use -f to replace it") from None
+        raise StorageError(f"cannot create {target}: {exc.strerror}") from None
+
+
+# ------------------------------------------------------------------------------------------ remove
+
+
+def remove_container(settings, name: str) -> None:
+    """Delete a container: it disappears from `list` at once, then its files are removed."""
+    path = existing_container(settings, name)
+    _discard(path)
+
+
+def _discard(path: Path) -> None:
+    """Move `path` (a container dir, or a stray file/link) to a hidden work name, then delete it.
+
+    The lock is taken before the rename so that no concurrent clean-up deletes it under us; a kill in the
+    middle leaves a hidden, unlocked entry that the next create or remove cleans up.
+    """
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _lock(fd, wait=True)
+        trash = path.parent / _work_name()
+        try:
+            os.rename(path, trash)
+        except OSError as exc:
+            raise StorageError(f"cannot remove {path}: {exc.strerror}") from None
+        remove_tree(trash)
+    finally:
+        os.close(fd)
+    clean_stale_work(path.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree like `rm -rf --one-file-system`, even where write or search bits are missing.
+
+    Works on directory descriptors and never follows symbolic links; a mount point inside stops the removal.
+    """
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    _ensure_owner_rwx(str(path), st)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        mounts = _purge(fd, st.st_dev, str(path))
+    finally:
+        os.close(fd)
+    if mounts:
+        raise StorageError(f"cannot remove {path}: a file system is mounted at {mounts[0]}",
+                           hint="unmount it (or stop the container using it) and try again")
+    os.rmdir(path)
+
+
+def _ensure_owner_rwx(path: str, st: os.stat_result, dir_fd: int | None = None) -> None:
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & stat.S_IRWXU != stat.S_IRWXU:
+        os.chmod(path, mode | stat.S_IRWXU, dir_fd=dir_fd)
+
+
+def _purge(dir_fd: int, device: int, where: str) -> list[str]:
+    """Empty the directory open at `dir_fd`; returns mount points found (left in place)."""
+    mounts: list[str] = []
+    for name in os.listdir(dir_fd):
+        st = os.lstat(name, dir_fd=dir_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        child_path = f"{where}/{name}"
+        if st.st_dev != device:
+            mounts.append(child_path)
+            continue
+        _ensure_owner_rwx(name, st, dir_fd)
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if os.fstat(child).st_ino != st.st_ino:  # swapped between lstat and open: leave it
+                mounts.append(child_path)
+                continue
+            inner = _purge(child, device, child_path)
+        finally:
+            os.close(child)
+        if inner:
+            mounts.extend(inner)
+        else:
+            os.rmdir(name, dir_fd=dir_fd)
+    return mounts
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def export_excludes(root: Path) -> list[str]:
+    """Paths (relative to the root) that an exported image leaves out: the contents of /dev, the empty
+    mode-0000 mount points that x-create made, the start lock and bundle runtime files."""
+    excludes = []
+    dev = root / "dev"
+    if dev.is_dir() and not dev.is_symlink():
+        excludes.extend(f"dev/{name}" for name in sorted(os.listdir(dev)))
+    for name in (".lock", ".enroot"):
+        if os.path.lexists(root / name):
+            excludes.append(name)
+    for dirpath, dirnames, filenames in os.walk(root):
+        relative = os.path.relpath(dirpath, root)
+        if relative in ("dev", ".enroot"):
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            if _is_mountpoint_stub(os.path.join(dirpath, name)):
+                excludes.append(os.path.normpath(os.path.join(relative, name)))
+    return sorted(set(excludes))
+
+
+def _is_mountpoint_stub(path: str) -> bool:
+    st = os.lstat(path)
+    if stat.S_IMODE(st.st_mode) != 0:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size == 0
+    if stat.S_ISDIR(st.st_mode):
+        with contextlib.suppress(OSError):
+            return not os.listdir(path)
+        return True  # unreadable mode-0000 directory: a mount point as far as we can tell
+    return False
+
+
+def default_export_path(name: str) -> Path:
+    return Path(os.path.abspath(f"{name}.sqsh"))
+
+
+def export_container(settings, name: str, output: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Write the container's root filesystem as a squashfs image; the file appears complete or not at all."""
+    root = existing_container(settings, name)
+    out = Path(os.path.abspath(output)) if output else default_export_path(name)
+    force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
+    if _exists(out) and not force:
+        raise StorageError(f"file already exists: {out}", hint="use -f to overwrite it")
+    if _exists(out) and out.is_dir():
+        raise StorageError(f"cannot write {out}: it is a directory")
+    if not out.parent.is_dir():
+        raise StorageError(f"cannot write {out}: no such directory {out.parent}")
+    temp = out.parent / f".{out.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    exclude_file = out.parent / f"{temp.name}.excludes"
+    try:
+        exclude_file.write_text("".join(f"{e}\n" for e in export_excludes(root) if "\n" not in e))
+        argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", "-no-progress", "-quiet",
+                "-processors", str(settings.max_processors()), *squash_options(settings), "-ef", str(exclude_file)]
+        _run_tool(argv, f"export {name}")
+        os.rename(temp, out)
+    except OSError as exc:
+        raise StorageError(f"cannot write {out}: {exc.strerror}") from None
+    finally:
+        for leftover in (temp, exclude_file):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+    return out
+
+
+def squash_options(settings) -> list[str]:
+    """ENROOT_SQUASH_OPTIONS split like a shell would (mksquashfs syntax)."""
+    import shlex
+
+    value = settings.get("ENROOT_SQUASH_OPTIONS") or ""
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise UsageError(f"invalid ENROOT_SQUASH_OPTIONS: {exc}") from None
+
+
+# -------------------------------------------------------------------------------- running containers
+
+UNKNOWN_NAME = "<unknown>"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """The fields of one /proc/PID/mountinfo line that locate a mount's source."""
+
+    device: str  # major:minor
+    root: str  # path of the mount's root within its file system
+    mountpoint: str
+
+
+@dataclass(frozen=True)
+class ContainerProcess:
+    """A process running in a container's mount namespace (the lowest PID of that namespace)."""
+
+    name: str  # UNKNOWN_NAME: not started from ENROOT_DATA_PATH (e.g. straight from a .sqsh image)
+    pid: int
+    state: str
+    started: float  # seconds since the epoch
+    mntns: int
+    userns: int
+    command: str
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 5:
+            entries.append(MountEntry(fields[2], _unescape(fields[3]), _unescape(fields[4])))
+    return entries
+
+
+def root_mount(entries: list[MountEntry]) -> MountEntry | None:
+    """The mount a process sees as `/` (the last one mounted there is on top)."""
+    found = [e for e in entries if e.mountpoint == "/"]
+    return found[-1] if found else None
+
+
+def containing_mount(entries: list[MountEntry], path: str) -> MountEntry | None:
+    """The mount that holds `path` (an absolute, resolved path): the longest mount point above it."""
+    best = None
+    for entry in entries:
+        point = entry.mountpoint.rstrip("/") or "/"
+        inside = path == point or path.startswith(point + "/") or point == "/"
+        if inside and (best is None or len(point) >= len(best.mountpoint.rstrip("/") or "/")):
+            best = entry
+    return best
+
+
+def data_location(entries: list[MountEntry], data: str) -> MountEntry:
+    """Where ENROOT_DATA_PATH lives, as (device, path within that file system)."""
+    mount = containing_mount(entries, data)
+    if mount is None:
+        return MountEntry("", data, data)
+    point = mount.mountpoint.rstrip("/") or "/"
+    relative = os.path.relpath(data, point)
+    inner = os.path.normpath(os.path.join(mount.root, relative)) if relative != "." else mount.root
+    return MountEntry(mount.device, inner, data)
+
+
+def container_name_of(root: MountEntry, data: MountEntry) -> str | None:
+    """The container name if a process's root mount is a directory directly inside the data path."""
+    if data.device and root.device != data.device:
+        return None
+    parent, _, name = root.root.rstrip("/").rpartition("/")
+    if (parent or "/") != (data.root.rstrip("/") or "/") or not name:
+        return None
+    return name if _NAME.fullmatch(name) else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _ns_inode(pid: int | str, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def parse_stat(text: str) -> tuple[str, int]:
+    """(state letter, start time in clock ticks after boot) from a /proc/PID/stat line."""
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def _boot_time() -> float:
+    for line in (_read("/proc/stat") or "").splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def running_containers(settings) -> list[ContainerProcess]:
+    """Containers of this user that are running: one process per mount namespace, found through /proc.
+
+    A process belongs to a container if its root is a directory of ENROOT_DATA_PATH or holds the `/.lock`
+    file that start puts there; processes sharing our own mount namespace never do.
+    """
+    own_mnt = _ns_inode("self", "mnt")
+    data = data_location(parse_mountinfo(_read("/proc/self/mountinfo") or ""),
+                         os.path.realpath(data_path(settings, create=False)))
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = _boot_time()
+    own_pidns = _ns_inode("self", "pid")
+    best: dict[int, tuple[tuple[bool, bool, int], ContainerProcess]] = {}
+    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+        process = _container_process(pid, own_mnt, data, ticks, boot)
+        if process is None:
+            continue
+        # Show the process a user means: with a PID namespace the container's own first process (the one
+        # `exec` should join) rather than the launcher waiting in the host's; a FUSE daemon serving the
+        # image (pivot_root moved its root too) only when nothing else is left.
+        rank = (_ns_inode(pid, "pid") == own_pidns, _is_fuse_helper(pid), pid)
+        if process.mntns not in best or rank < best[process.mntns][0]:
+            best[process.mntns] = (rank, process)
+    return sorted((p for _, p in best.values()), key=lambda p: (p.name, p.pid))
+
+
+_FUSE_HELPERS = frozenset({"squashfuse", "squashfuse_ll", "fuse-overlayfs"})
+
+
+def _is_fuse_helper(pid: int) -> bool:
+    return (_read(f"/proc/{pid}/comm") or "").strip() in _FUSE_HELPERS
+
+
+def _container_process(pid: int, own_mnt: int | None, data: MountEntry, ticks: int,
+                       boot: float) -> ContainerProcess | None:
+    mntns = _ns_inode(pid, "mnt")
+    if mntns is None or mntns == own_mnt:
+        return None
+    mountinfo = _read(f"/proc/{pid}/mountinfo")
+    root = root_mount(parse_mountinfo(mountinfo or ""))
+    if root is None:
+        return None
+    name = container_name_of(root, data)
+    if name is None:
+        if not os.path.lexists(f"/proc/{pid}/root/.lock"):
+            return None
+        name = UNKNOWN_NAME
+    stat_text = _read(f"/proc/{pid}/stat")
+    if stat_text is None:
+        return None
+    state, start_ticks = parse_stat(stat_text)
+    cmdline = (_read(f"/proc/{pid}/cmdline") or "").rstrip("\0").replace("\0", " ")
+    return ContainerProcess(name, pid, state, boot + start_ticks / ticks, mntns, _ns_inode(pid, "user") or 0,
+                            cmdline)
+
+
+def running_pids(settings, name: str) -> list[int]:
+    """PIDs (one per mount namespace) of the running instances of container `name`."""
+    return [p.pid for p in running_containers(settings) if p.name == name]

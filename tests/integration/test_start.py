@@ -1,0 +1,335 @@
+"""`pyenroot start` as an unprivileged user: identity, namespaces, exit codes, signals, stdin, isolation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def data_path(user) -> Path:
+    return user.home / ".local/share/enroot"
+
+
+def make_container(user, image: Path, name: str = "bb") -> Path:
+    """Unpack a squashfs image as the user into its data path (what `create` does)."""
+    target = data_path(user) / name
+    user.make_dir(".local/share/enroot")
+    result = user.run(["unsquashfs", "-no-progress", "-quiet", "-d", str(target), str(image)])
+    assert result.returncode == 0, result.stderr
+    return target
+
+
+def put_file(user, path: Path, text: str, mode: int = 0o644) -> Path:
+    """Write a file as root and hand it to the user (the container's files belong to the user)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
+def popen(user, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `pyenroot ARGS` as the user without waiting (stdin/stdout are pipes)."""
+    return subprocess.Popen([str(user.wrapper), *args], env=user.env(**(env or {})), cwd=str(user.home),
+                            user=user.uid, group=user.gid, extra_groups=[], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def bb(user, busybox_sqsh) -> Path:
+    return make_container(user, busybox_sqsh)
+
+
+def test_runs_command_as_the_user(user, bb):
+    result = user.pyenroot("start", "bb", "sh", "-c", "id -u; id -g; cat /etc/os-release")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [str(user.uid), str(user.gid)]
+    assert "pyenroot busybox" in result.stdout
+
+
+def test_exit_code_is_the_commands(user, bb):
+    assert user.pyenroot("start", "bb", "sh", "-c", "exit 7").returncode == 7
+    assert user.pyenroot("start", "bb", "false").returncode == 1
+
+
+def test_death_by_signal_is_the_commands(user, bb):
+    # An exec chain: the process that dies is the one the caller started.
+    assert user.pyenroot("start", "bb", "sh", "-c", "kill -TERM $$").returncode == -signal.SIGTERM
+
+
+def test_command_not_found(user, bb):
+    result = user.pyenroot("start", "bb", "no-such-program")
+    assert result.returncode == 127
+    assert "command not found in the container: no-such-program" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stdin_passes_through(user, bb):
+    result = user.pyenroot("start", "bb", "cat", input="from stdin\n")
+    assert result.stdout == "from stdin\n"
+
+
+def test_interactive_shell_without_command(user, bb):
+    result = user.pyenroot("start", "bb", input="echo interactive $((6*7))\nexit 3\n")
+    assert "interactive 42" in result.stdout
+    assert result.returncode == 3
+
+
+def test_command_string_with_spaces_runs_through_the_shell(user, bb):
+    result = user.pyenroot("start", "bb", "echo a; echo b")
+    assert result.stdout.split() == ["a", "b"]
+
+
+def test_unknown_container(user):
+    result = user.pyenroot("start", "missing", "true")
+    assert result.returncode != 0
+    assert "missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_root_filesystem_read_only_by_default(user, bb):
+    result = user.pyenroot("start", "bb", "touch", "/newfile")
+    assert result.returncode != 0
+    assert "Read-only" in result.stderr
+    assert not (bb / "newfile").exists()
+
+
+@pytest.mark.parametrize("how", ["option", "setting"])
+def test_writable_root(user, bb, how):
+    args, env = (["--rw"], {}) if how == "option" else ([], {"ENROOT_ROOTFS_WRITABLE": "y"})
+    result = user.pyenroot("start", *args, "bb", "sh", "-c", "echo kept > /newfile", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (bb / "newfile").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("how", ["option", "setting"])
+def test_root_inside(user, bb, how):
+    args, env = (["--root"], {}) if how == "option" else ([], {"ENROOT_REMAP_ROOT": "yes"})
+    result = user.pyenroot("start", *args, "bb", "id", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("uid=0(root) gid=0(root)")
+
+
+def test_root_inside_has_no_host_privilege(user, bb, session_dir):
+    secret = session_dir / f"secret-{user.home.name}"
+    secret.write_text("top secret\n")
+    secret.chmod(0o600)
+    try:
+        result = user.pyenroot("start", "--root", "-m", f"{secret}:/secret", "bb", "cat", "/secret")
+        assert result.returncode != 0
+        assert "top secret" not in result.stdout
+        assert "Permission denied" in result.stderr
+    finally:
+        secret.unlink()
+
+
+@pytest.mark.parametrize("root", [False, True])
+def test_files_written_through_a_bind_mount_belong_to_the_user(user, bb, root):
+    shared = user.make_dir("shared")
+    args = ["--root"] if root else []
+    result = user.pyenroot("start", *args, "-m", f"{shared}:/mnt/shared", "bb", "sh", "-c",
+                           "echo hi > /mnt/shared/out && chown 0:0 /mnt/shared/out")
+    assert result.returncode == 0, result.stderr
+    info = (shared / "out").stat()
+    assert (info.st_uid, info.st_gid) == (user.uid, user.gid)
+
+
+def test_mounts_inside_never_reach_the_host(user, bb):
+    proc = popen(user, "start", "--root", "bb", "sh", "-c",
+                 "mount -t tmpfs inner /tmp && echo ready && read line && echo done")
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        host_mounts = Path("/proc/self/mountinfo").read_text()
+        assert str(bb) not in host_mounts
+        assert " inner " not in host_mounts
+        inside = Path(f"/proc/{proc.pid}/mountinfo").read_text()
+        assert str(bb) in inside.split("\n")[0] or any(
+            line.split()[4] == "/" and line.split()[3] == str(bb) for line in inside.splitlines())
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_same_process_and_stopped_anchor(user, bb):
+    """The Slurm anchor pattern: the started PID is the container's process and can stop itself."""
+    proc = popen(user, "start", "bb", "sh", "-c", "kill -STOP $$; exit 0")
+    reaped = False
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        assert os.readlink(f"/proc/{proc.pid}/exe").endswith("busybox")
+        assert Path(f"/proc/{proc.pid}/root/etc/os-release").read_text().count("pyenroot busybox") == 1
+        os.kill(proc.pid, signal.SIGCONT)
+        _, status = os.waitpid(proc.pid, 0)
+        reaped = True
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        if not reaped:
+            os.kill(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+        proc.returncode = 0  # reaped above: keep Popen from waiting for it again
+
+
+@pytest.mark.parametrize("how", ["option", "setting"])
+def test_pid_namespace(user, bb, how):
+    args, env = (["--pid"], {}) if how == "option" else ([], {"ENROOT_UNSHARE_PID": "y"})
+    result = user.pyenroot("start", *args, "bb", "sh", "-c", "echo $$; ps -o pid | wc -l; exit 5", env=env)
+    assert result.returncode == 5, result.stderr
+    pid, count = result.stdout.split()
+    assert pid == "1"
+    assert int(count) <= 4  # header, sh, ps, wc: no host processes
+
+
+def test_pid_namespace_forwards_signals(user, bb):
+    proc = popen(user, "start", "--pid", "bb", "sh", "-c", "trap 'exit 9' TERM; echo ready; while :; do sleep 1; done")
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_net_namespace(user, bb):
+    result = user.pyenroot("start", "--net", "bb", "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate")
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert names[0] == "lo" and len(names) == 2
+    assert names[1] in ("unknown", "up")
+    assert user.pyenroot("start", "bb", "ls", "/sys/class/net", env={"ENROOT_UNSHARE_NET": "y"}).stdout.split() == [
+        "lo"]
+
+
+def test_uts_namespace(user, bb):
+    result = user.pyenroot("start", "--root", "--uts", "bb", "sh", "-c", "hostname inside-box && hostname")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "inside-box"
+    assert os.uname().nodename != "inside-box"
+
+
+def test_ipc_namespace(user, bb):
+    host = user.run(["readlink", "/proc/self/ns/ipc"]).stdout.strip()
+    inside = user.pyenroot("start", "--ipc", "bb", "readlink", "/proc/self/ns/ipc").stdout.strip()
+    assert inside and inside != host
+    same = user.pyenroot("start", "bb", "readlink", "/proc/self/ns/ipc").stdout.strip()
+    assert same == host
+
+
+def test_restrict_dev(user, bb):
+    result = user.pyenroot("start", "bb", "ls", "/dev", env={"ENROOT_RESTRICT_DEV": "y"})
+    assert result.returncode == 0, result.stderr
+    names = set(result.stdout.split())
+    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "fd", "stdin"} <= names
+    assert "fuse" not in names
+    assert "fuse" in user.pyenroot("start", "bb", "ls", "/dev").stdout.split()
+    echo = user.pyenroot("start", "bb", "sh", "-c", "echo ok > /dev/null && echo fine",
+                         env={"ENROOT_RESTRICT_DEV": "y"})
+    assert echo.stdout.strip() == "fine"
+
+
+def test_mount_home(user, bb):
+    put_file(user, user.home / "marker.txt", "home file\n")
+    result = user.pyenroot("start", "bb", "sh", "-c", 'echo "$HOME"; cat "$HOME/marker.txt"',
+                           env={"ENROOT_MOUNT_HOME": "y"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(user.home), "home file"]
+    rooted = user.pyenroot("start", "--root", "bb", "cat", "/root/marker.txt", env={"ENROOT_MOUNT_HOME": "y"})
+    assert rooted.stdout == "home file\n"
+    assert user.pyenroot("start", "bb", "test", "-e", f"{user.home}/marker.txt").returncode != 0
+
+
+def test_shadow_puts_the_caller_in_passwd(user, bb):
+    result = user.pyenroot("start", "bb", "sh", "-c", "id -un; grep -c '^root:' /etc/passwd")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [user.name, "1"]
+
+
+def test_system_mounts(user, bb):
+    result = user.pyenroot("start", "bb", "sh", "-c",
+                           "test -d /proc/self && test -d /sys/class && test -c /dev/null && "
+                           "touch /tmp/scratch && cat /etc/hosts >/dev/null && echo ok; "
+                           "touch /sys/x 2>/dev/null || echo ro")
+    assert result.stdout.split() == ["ok", "ro"], result.stderr
+
+
+def test_lock_file_and_list(user, bb):
+    proc = popen(user, "start", "bb", "sh", "-c", "echo ready; read line")
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert (bb / ".lock").exists()
+        listing = user.pyenroot("list", "--fancy")
+        assert any(line.split()[:2] == ["bb", str(proc.pid)] for line in listing.stdout.splitlines()), listing.stdout
+    finally:
+        proc.stdin.write("x\n")
+        proc.stdin.flush()
+        proc.wait()
+
+
+def test_bad_options(user, bb):
+    bad_env = user.pyenroot("start", "-e", "1X=y", "bb", "true")
+    assert bad_env.returncode == 2 and "invalid environment variable" in bad_env.stderr
+    bad_mount = user.pyenroot("start", "-m", "/a b", "bb", "true")
+    assert bad_mount.returncode != 0
+    missing_rc = user.pyenroot("start", "--rc", "/no/such/rc", "bb", "true")
+    assert missing_rc.returncode != 0 and "rc script" in missing_rc.stderr
+
+
+def test_data_dir_is_private_and_untouched_by_start(user, bb):
+    # A start creates only the lock file in the root filesystem.
+    before = {p.name for p in bb.iterdir()}
+    assert user.pyenroot("start", "bb", "true").returncode == 0
+    after = {p.name for p in bb.iterdir()}
+    assert after - before <= {".lock"}
+    assert stat.S_ISDIR(bb.stat().st_mode)
+
+
+def test_localtime_follows_the_host(user, bb):
+    host = Path("/etc/localtime")
+    if not host.is_symlink():
+        pytest.skip("the host's /etc/localtime is not a link to a zone file")
+    for _ in range(2):  # a second start must not disturb what the first set up
+        result = user.pyenroot("start", "bb", "sh", "-c", "readlink /etc/localtime; cat /etc/localtime | wc -c")
+        assert result.returncode == 0, result.stderr
+        link, size = result.stdout.split()
+        assert link == os.readlink(host)
+        assert int(size) == host.stat().st_size
+
+
+def test_inherited_descriptors_are_closed(user, bb):
+    read_end, write_end = os.pipe()
+    try:
+        result = subprocess.run([str(user.wrapper), "start", "bb", "sh", "-c", f"test -e /proc/self/fd/{write_end} "
+                                 "&& echo leaked || echo closed"], env=user.env(), cwd=str(user.home),
+                                user=user.uid, group=user.gid, extra_groups=[], pass_fds=(write_end,),
+                                capture_output=True, text=True)
+        assert result.stdout.strip() == "closed", result.stderr
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _block_and_ignore() -> None:
+    """What a caller like slurmstepd may hand down: blocked signals and an ignored SIGTERM."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGUSR1])
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def test_program_gets_a_clean_signal_state(user, bb):
+    result = subprocess.run([str(user.wrapper), "start", "bb", "grep", "-E", "SigBlk|SigIgn", "/proc/self/status"],
+                            env=user.env(), cwd=str(user.home), user=user.uid, group=user.gid, extra_groups=[],
+                            preexec_fn=_block_and_ignore, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split(":\t") for line in result.stdout.splitlines())
+    assert int(fields["SigBlk"], 16) == 0
+    assert not int(fields["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1))  # Python's own SIG_IGN is not passed on

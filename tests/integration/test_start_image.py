@@ -1,0 +1,206 @@
+"""Direct start of squashfs images (FUSE + overlay), the fallback without FUSE, and a real Debian image."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_start import data_path, popen
+
+
+def test_sqsh_start_read_only(user, busybox_sqsh):
+    result = user.pyenroot("start", str(busybox_sqsh), "sh", "-c", "id -u; cat /etc/os-release; touch /x")
+    assert result.stdout.splitlines()[0] == str(user.uid)
+    assert "pyenroot busybox" in result.stdout
+    assert result.returncode != 0 and "Read-only" in result.stderr
+
+
+def test_sqsh_start_writable_and_nothing_persists(user, busybox_sqsh):
+    result = user.pyenroot("start", "--rw", str(busybox_sqsh), "sh", "-c",
+                           "echo data > /etc/new && cat /etc/new && rm /bin/ls && (test -e /bin/ls || echo gone)")
+    assert result.stdout.split() == ["data", "gone"], result.stderr
+    again = user.pyenroot("start", str(busybox_sqsh), "sh", "-c", "test -e /etc/new || echo clean; test -e /bin/ls")
+    assert again.stdout.strip() == "clean" and again.returncode == 0
+    assert not data_path(user).exists() or not any(data_path(user).iterdir())
+
+
+def test_sqsh_start_as_root(user, busybox_sqsh):
+    result = user.pyenroot("start", "--root", "--rw", str(busybox_sqsh), "sh", "-c",
+                           "id -u; stat -c %u /bin/busybox; touch /made && stat -c %u /made")
+    assert result.stdout.split() == ["0", "0", "0"], result.stderr
+
+
+def test_sqsh_files_belong_to_the_user_without_root(user, busybox_sqsh):
+    result = user.pyenroot("start", "--rw", str(busybox_sqsh), "sh", "-c", "stat -c %u /bin/busybox; "
+                           "echo x >> /etc/passwd && echo appended")
+    assert result.stdout.split() == [str(user.uid), "appended"], result.stderr
+
+
+def test_sqsh_anchor_keeps_the_image_mounted(user, busybox_sqsh):
+    """A stopped container from an image (the Slurm anchor) still serves its files: FUSE lives with it."""
+    proc = popen(user, "start", str(busybox_sqsh), "sh", "-c", "kill -STOP $$; exit 0")
+    reaped = False
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        assert "pyenroot busybox" in Path(f"/proc/{proc.pid}/root/etc/os-release").read_text()
+        os.kill(proc.pid, signal.SIGCONT)
+        _, status = os.waitpid(proc.pid, 0)
+        reaped = True
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        if not reaped:
+            os.kill(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+        proc.returncode = 0
+
+
+def test_sqsh_with_image_rc(user, busybox_rootfs_dir, session_dir, tmp_path):
+    """An image of the current format (/etc/rc) started directly."""
+    import shutil
+    import subprocess
+
+    tree = tmp_path / "tree"
+    shutil.copytree(busybox_rootfs_dir, tree, symlinks=True)
+    (tree / "etc/rc").write_text('#!/bin/sh\necho "image rc: $*"\nexec "$@"\n')
+    image = session_dir / f"rc-{os.getpid()}-{tmp_path.name}.sqsh"
+    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet", "-no-progress"],
+                   check=True, capture_output=True)
+    image.chmod(0o644)
+    try:
+        result = user.pyenroot("start", str(image), "echo", "hi")
+        assert result.stdout.splitlines() == ["image rc: echo hi", "hi"], result.stderr
+    finally:
+        image.unlink()
+
+
+def _path_with(user, tools: list[str]) -> str:
+    bin_dir = user.make_dir("limited-bin")
+    for tool in tools:
+        (bin_dir / tool).symlink_to(f"/usr/bin/{tool}")
+    return str(bin_dir)
+
+
+def test_sqsh_without_fuse_unpacks(user, busybox_sqsh):
+    path = _path_with(user, ["unsquashfs"])
+    result = user.pyenroot("start", "--rw", str(busybox_sqsh), "sh", "-c", "touch /x && cat /etc/os-release",
+                           env={"PATH": path})
+    assert result.returncode == 0, result.stderr
+    assert "pyenroot busybox" in result.stdout
+    assert "squashfuse is not installed" in result.stderr and "unpacking" in result.stderr
+
+
+def test_sqsh_without_fuse_or_unsquashfs(user, busybox_sqsh):
+    result = user.pyenroot("start", str(busybox_sqsh), "true", env={"PATH": _path_with(user, [])})
+    assert result.returncode != 0
+    assert "unsquashfs is not installed" in result.stderr and "FUSE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_not_a_squashfs_image(user, tmp_path):
+    fake = user.home / "fake.sqsh"
+    fake.write_text("not an image")
+    result = user.pyenroot("start", str(fake), "true")
+    assert result.returncode != 0 and "not a squashfs image" in result.stderr
+    missing = user.pyenroot("start", str(user.home / "missing.sqsh"), "true")
+    assert missing.returncode != 0 and "no such image" in missing.stderr
+
+
+@pytest.fixture
+def debian(user, debian_rootfs_tar) -> Path:
+    target = data_path(user) / "debian"
+    user.make_dir(".local/share/enroot/debian")
+    # Device nodes cannot be made by a user (the container gets the host's /dev anyway).
+    user.run(["tar", "-x", "-f", "-", "-C", str(target), "--exclude=./dev/*"], input=debian_rootfs_tar.read_bytes(),
+             text=False)
+    assert (target / "usr/bin/apt-get").exists()
+    return target
+
+
+def test_debian_apt_get_install_as_root(user, debian):
+    update = user.pyenroot("start", "--root", "--rw", "debian", "apt-get", "update", timeout=600)
+    if update.returncode != 0 and ("Could not resolve" in update.stdout + update.stderr
+                                   or "Temporary failure" in update.stdout + update.stderr):
+        pytest.skip("no network to the Debian mirrors")
+    assert update.returncode == 0, update.stdout + update.stderr
+    install = user.pyenroot("start", "--root", "--rw", "debian", "apt-get", "install", "-y", "--no-install-recommends",
+                            "hello", timeout=600)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    assert user.pyenroot("start", "debian", "hello").stdout.strip() == "Hello, world!"
+    installed = debian / "usr/bin/hello"
+    assert installed.stat().st_uid == user.uid
+
+
+def test_debian_login_environment(user, debian):
+    result = user.pyenroot("start", "debian", "sh", "-c", 'echo "$USER $HOME"; id -un')
+    assert result.returncode == 0, result.stderr
+    home = user.run(["sh", "-c", "getent passwd $(id -u) | cut -d: -f6"]).stdout.strip()
+    assert result.stdout.split() == [user.name, home, user.name]
+
+
+def test_sqsh_with_fuse_overlayfs(user, busybox_sqsh):
+    result = user.pyenroot("start", "--rw", str(busybox_sqsh), "sh", "-c",
+                           "grep ' / / ' /proc/self/mountinfo | grep -c fuse-overlayfs; touch /x && echo wrote",
+                           env={"ENROOT_NATIVE_OVERLAYFS": "n"})
+    assert result.stdout.split() == ["1", "wrote"], result.stderr
+
+
+def _fuse_servers_of(image: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(image).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_fuse_server_dies_with_the_container_even_with_blocked_signals(user, busybox_sqsh, session_dir, tmp_path):
+    """The FUSE server ends when its container does, whatever signal state the caller handed down."""
+    import shutil
+    import subprocess
+
+    image = session_dir / f"own-{tmp_path.name}.sqsh"  # a path no other test's FUSE server uses
+    shutil.copy(busybox_sqsh, image)
+    image.chmod(0o644)
+    proc = subprocess.Popen([str(user.wrapper), "start", str(image), "sh", "-c", "kill -STOP $$; exit 0"],
+                            env=user.env(), cwd=str(user.home), user=user.uid, group=user.gid, extra_groups=[],
+                            preexec_fn=_block_signals, stdin=subprocess.DEVNULL)
+    try:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        servers = _fuse_servers_of(image)
+        assert servers
+        os.kill(proc.pid, signal.SIGKILL)
+        os.waitpid(proc.pid, 0)
+        proc.returncode = -9
+        import time
+
+        give_up = time.monotonic() + 60  # only against a hang: SIGKILL is delivered at once
+        for server in servers:
+            while Path(f"/proc/{server}").exists() and "Z" not in _state(server) and time.monotonic() < give_up:
+                time.sleep(0.01)
+        assert all(not Path(f"/proc/{pid}").exists() or "Z" in _state(pid) for pid in servers)
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+            proc.returncode = -9
+        image.unlink()
+
+
+def _block_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

@@ -1,0 +1,60 @@
+"""The environment-file dialect and the precedence of the environment sources."""
+
+import pytest
+
+from pyenroot.errors import UsageError
+from pyenroot.runtime import environ
+
+
+def test_dialect():
+    text = (
+        "  # comment\n"
+        "\n"
+        "PATH=/usr/bin:/bin\n"
+        "  INDENTED=yes\n"
+        'QUOTED="a b"\n'
+        "SINGLE='c d'\n"
+        "HALF=\"e\n"
+        "ENROOT_SECRET=no\n"
+        "export NOT=valid\n"
+        "1BAD=x\n"
+        "EMPTY=\n"
+        "EQUALS=a=b\n"
+    )
+    assert environ.parse(text) == [
+        ("PATH", "/usr/bin:/bin"), ("INDENTED", "yes"), ("QUOTED", "a b"), ("SINGLE", "c d"),
+        ("HALF", '"e'), ("EMPTY", ""), ("EQUALS", "a=b"),
+    ]
+
+
+def test_later_layers_win():
+    merged = environ.merge([[("A", "image"), ("B", "image")], [("A", "system")], [("A", "user"), ("C", "user")]])
+    assert merged == {"A": "user", "B": "image", "C": "user"}
+
+
+def test_cli_entries():
+    assert environ.from_cli(["A=1", "B", "C=", "D"], {"B": "host", "X": "y"}) == [
+        ("A", "1"), ("B", "host"), ("C", ""), ("D", "")]
+    with pytest.raises(UsageError):
+        environ.from_cli(["1A=2"], {})
+    with pytest.raises(UsageError):
+        environ.from_cli(["A-B=2"], {})
+
+
+def test_substitution():
+    assert environ.substitute("TERM=${TERM}\nX=$TERM", {"TERM": "xterm"}) == "TERM=xterm\nX=$TERM"
+
+
+def test_render_round_trip():
+    values = {"A": "1", "B": "two words", "C": ""}
+    assert dict(environ.parse(environ.render(values))) == values
+
+
+def test_login_defaults_fill_only_unset():
+    result = environ.login_defaults({"HOME": "/custom"}, user="u", home="/home/u", shell="/bin/sh", logname="u",
+                                    is_root=False)
+    assert result["HOME"] == "/custom"
+    assert result["USER"] == "u"
+    assert "sbin" not in result["PATH"]
+    root = environ.login_defaults({}, user="root", home="/root", shell="/bin/sh", logname="u", is_root=True)
+    assert "/usr/sbin" in root["PATH"]

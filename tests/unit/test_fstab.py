@@ -1,0 +1,104 @@
+"""enroot's fstab dialect: omitted fields, escapes, substitution, pass numbers and the x- options."""
+
+import pytest
+
+from pyenroot.errors import ConfigError
+from pyenroot.runtime import fstab, plan
+
+
+def one(line: str) -> fstab.FstabEntry:
+    entry = fstab.parse_line(line, "test:1")
+    assert entry is not None
+    return entry
+
+
+def test_full_line():
+    entry = one("/data /mnt/data none rbind,ro 0 -1")
+    assert (entry.source, entry.target, entry.fstype, entry.options, entry.passno) == (
+        "/data", "/mnt/data", "none", ("rbind", "ro"), -1)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("/data", ("/data", "/data", "none", ("rbind", "x-create=auto"))),
+    ("/data /mnt", ("/data", "/mnt", "none", ("rbind", "x-create=auto"))),
+    ("/data ro,bind", ("/data", "/data", "none", ("ro", "bind"))),
+    ("/data /mnt ro,rbind", ("/data", "/mnt", "none", ("ro", "rbind"))),
+    ("tmpfs /scratch", ("tmpfs", "/scratch", "tmpfs", ("defaults",))),
+    ("/data none none bind", ("/data", "/data", "none", ("bind",))),
+])
+def test_omitted_fields(line, expected):
+    entry = one(line)
+    assert (entry.source, entry.target, entry.fstype, entry.options) == expected
+    assert entry.passno == 0
+
+
+def test_comments_and_blank_lines():
+    assert fstab.parse("# comment\n\n   \n/a /b none bind\n") == [
+        fstab.FstabEntry("/a", "/b", "none", ("bind",), 0, "fstab:4")]
+
+
+def test_octal_escapes():
+    entry = one(r"/my\040data /mnt/with\040space none bind")
+    assert entry.source == "/my data"
+    assert entry.target == "/mnt/with space"
+    assert fstab.unescape(fstab.escape("/a b\\c")) == "/a b\\c"
+
+
+def test_substitution_only_braced():
+    text = "${SRC} /mnt/$DST none bind ${UNSET}"
+    assert fstab.substitute(text, {"SRC": "/x", "DST": "y"}) == "/x /mnt/$DST none bind "
+
+
+@pytest.mark.parametrize(("fields", "passno"), [("0 -1", -1), ("-1", -1), ("0 0", 0), ("0 2", 2), ("", 0)])
+def test_pass_numbers(fields, passno):
+    assert one(f"/a /b none bind {fields}").passno == passno
+
+
+def test_bad_lines():
+    with pytest.raises(ConfigError):
+        one("/a relative none bind")
+    with pytest.raises(ConfigError):
+        one("/a /b none bind 0 x")
+    with pytest.raises(ConfigError):
+        one("/a /b none bind 0 0 extra")
+    with pytest.raises(ConfigError):
+        one("/a " + "x" * 5000)
+
+
+def test_cli_form():
+    entry = fstab.from_cli("/host/dir:/ctr/dir:none:bind,ro")
+    assert (entry.source, entry.target, entry.options) == ("/host/dir", "/ctr/dir", ("bind", "ro"))
+    assert fstab.from_cli("/host").target == "/host"
+    with pytest.raises(ConfigError):
+        fstab.from_cli("/a b")
+    with pytest.raises(ConfigError):
+        fstab.from_cli("")
+
+
+def test_options_to_mount():
+    mount = plan.mount_from_entry(one("/a /b none x-create=file,rbind,ro,nosuid,rslave,nofail,silent 0 -1"))
+    assert mount.create == "file"
+    assert mount.flags & plan.MS_BIND and mount.flags & plan.MS_REC
+    assert mount.remount_flags == plan.MS_RDONLY | plan.MS_NOSUID
+    assert mount.propagation == plan.MS_SLAVE | plan.MS_REC
+    assert mount.nofail and mount.silent and mount.passno == -1
+
+
+def test_first_release_create_option():
+    assert plan.mount_from_entry(one("/a /b none create=dir,bind")).create == "dir"
+    with pytest.raises(ConfigError):
+        plan.mount_from_entry(one("/a /b none x-create=socket,bind"))
+
+
+def test_move_detach_and_data():
+    assert plan.mount_from_entry(one("/a /b none x-move")).move
+    assert plan.mount_from_entry(one("none /proc none x-detach,nofail")).detach
+    mount = plan.mount_from_entry(one("tmpfs /t tmpfs rw,nodev,mode=1777,size=10m,defaults,loud"))
+    assert mount.fstype == "tmpfs"
+    assert mount.data == "mode=1777,size=10m"
+    assert mount.flags & plan.MS_NODEV and not mount.silent
+    assert mount.remount_flags == 0  # only binds need a second call
+
+
+def test_rw_clears_ro():
+    assert not plan.mount_from_entry(one("/a /b none bind,ro,rw")).flags & plan.MS_RDONLY

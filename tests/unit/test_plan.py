@@ -1,0 +1,190 @@
+"""Start plans computed without a kernel: namespaces, maps, mount order, environment, init script, argv."""
+
+import pytest
+
+from pyenroot.errors import ConfigError
+from pyenroot.runtime import plan
+from pyenroot.runtime.plan import ImageFacts, StartRequest, build_plan
+
+
+def request(**changes) -> StartRequest:
+    base = dict(outer_uid=1001, outer_gid=1002, host_environ={"TERM": "xterm", "HOSTVAR": "h"})
+    base.update(changes)
+    return StartRequest(**base)
+
+
+def test_default_namespaces_and_maps():
+    p = build_plan(request(), ImageFacts())
+    assert p.namespaces == plan.CLONE_NEWUSER | plan.CLONE_NEWNS
+    assert p.uid_map == "1001 1001 1" and p.gid_map == "1002 1002 1"
+    assert (p.inner_uid, p.inner_gid) == (1001, 1002)
+    assert not p.pid_namespace and not p.writable
+
+
+def test_root_and_optional_namespaces():
+    p = build_plan(request(remap_root=True, unshare_net=True, unshare_ipc=True, unshare_uts=True, unshare_pid=True,
+                           writable=True), ImageFacts())
+    assert p.uid_map == "0 1001 1" and p.gid_map == "0 1002 1"
+    assert p.inner_uid == 0
+    assert p.namespaces & plan.CLONE_NEWNET and p.namespaces & plan.CLONE_NEWIPC and p.namespaces & plan.CLONE_NEWUTS
+    assert not p.namespaces & plan.CLONE_NEWPID  # needs a fork: handled apart
+    assert p.pid_namespace and p.writable
+
+
+def test_superuser_keeps_host_identity():
+    p = build_plan(request(outer_uid=0, outer_gid=0, userns=False), ImageFacts())
+    assert not p.namespaces & plan.CLONE_NEWUSER
+    assert p.inner_uid == 0
+
+
+def test_environment_precedence():
+    image = ImageFacts(environment="A=image\nB=image\nC=image\nD=image\nE=image\nT=${TERM}\n")
+    p = build_plan(request(
+        environ_files=(("system.env", "B=system\nC=system\nD=system\nE=system\n"), ("user.env", "C=user\nD=user\n")),
+        script_environ="D=script\nE=script\n",
+        cli_env=("E=cli", "HOSTVAR"),
+    ), image)
+    assert p.environ == {"A": "image", "B": "system", "C": "user", "D": "script", "E": "cli", "T": "xterm",
+                         "HOSTVAR": "h"}
+
+
+def test_host_environment_not_inherited():
+    assert "HOSTVAR" not in build_plan(request(), ImageFacts()).environ
+
+
+def test_mount_order_and_passes():
+    p = build_plan(request(
+        mount_files=(("10-system.fstab", "/proc /proc none rbind 0 -1\n/late1 /l1 none bind\n"),
+                     ("user.fstab", "/sys /sys none rbind 0 -1\n/late2 /l2 none bind 0 1\n")),
+        script_mounts="/late3 /l3 none bind\n",
+        cli_mounts=("/late4:/l4",),
+    ), ImageFacts(fstab="/img /i none bind\n"))
+    assert [m.target for m in p.early_mounts] == ["/proc", "/sys"]
+    assert [m.target for m in p.late_mounts] == ["/i", "/l1", "/l3", "/l4", "/l2"]
+
+
+def test_pid_and_net_replace_proc_and_sys():
+    p = build_plan(request(unshare_pid=True, unshare_net=True), ImageFacts())
+    early = [(m.target, m.detach, m.fstype) for m in p.early_mounts]
+    assert early == [("/proc", True, None), ("/proc", False, "proc"), ("/sys", True, None), ("/sys", False, "sysfs")]
+
+
+def test_image_fstab_substitution_from_host():
+    p = build_plan(request(host_environ={"DATA": "/scratch"}), ImageFacts(fstab="${DATA} /data none bind\n"))
+    assert p.late_mounts[0].source == "/scratch"
+
+
+@pytest.mark.parametrize(("facts", "rc_text", "expected"), [
+    (ImageFacts(has_rc=True, has_rc_local=True), None, "/etc/rc"),
+    (ImageFacts(has_rc_local=True), None, "/etc/rc.local"),
+    (ImageFacts(), None, None),
+    (ImageFacts(has_rc=True), "echo custom\n", None),
+])
+def test_init_script_choice(facts, rc_text, expected):
+    assert build_plan(request(rc_text=rc_text), facts).use_image_rc == expected
+
+
+def _plan(command=(), login=True):
+    return build_plan(request(command=command, login=login), ImageFacts())
+
+
+def test_exec_argv():
+    assert plan.exec_argv(_plan(("ls", "-l")), "/bin/sh", "/etc/rc") == ["/bin/sh", "-sh", "/etc/rc", "ls", "-l"]
+    assert plan.exec_argv(_plan(("ls", "-l"), login=False), "/bin/sh", "/etc/rc") == [
+        "/bin/sh", "sh", "/etc/rc", "ls", "-l"]
+    assert plan.exec_argv(_plan(("ls", "-l")), "/bin/sh", None) == ["ls", "ls", "-l"]
+    assert plan.exec_argv(_plan(("echo a; echo b",)), "/bin/sh", None) == ["/bin/sh", "-sh", "-c", "echo a; echo b"]
+    assert plan.exec_argv(_plan(()), "/bin/bash", None) == ["/bin/bash", "-bash"]
+
+
+def test_config_file_order_and_override():
+    ordered = plan.config_files(["10-system.fstab", "20-config.fstab"], ["05-site.fstab", "20-config.fstab"],
+                                ["01-mine.fstab", "10-system.fstab"])
+    assert ordered == [("system", "05-site.fstab"), ("system", "20-config.fstab"), ("user", "01-mine.fstab"),
+                       ("user", "10-system.fstab")]
+    assert plan.config_files(["a", "c"], ["b"], []) == [("builtin", "a"), ("system", "b"), ("builtin", "c")]
+
+
+class FakeTree:
+    """Symlinks of a pretend image: container path -> link target."""
+
+    def __init__(self, links):
+        self.links = links
+
+    def __call__(self, path):
+        return self.links.get(path)
+
+
+@pytest.mark.parametrize(("path", "links", "expected"), [
+    ("/a/b", {}, "/a/b"),
+    ("/../../etc/passwd", {}, "/etc/passwd"),
+    ("/a/../../../x", {}, "/x"),
+    ("/evil/etc", {"/evil": "/"}, "/etc"),
+    ("/evil/etc", {"/evil": "../../.."}, "/etc"),
+    ("/mnt/data", {"/mnt": "/host/../../real"}, "/real/data"),
+    ("/x/y", {"/x": "rel", "/rel": "/abs"}, "/abs/y"),
+    ("//./a//b/.", {}, "/a/b"),
+])
+def test_resolve_inside_never_leaves_root(path, links, expected):
+    assert plan.resolve_inside(path, FakeTree(links)) == expected
+
+
+def test_resolve_inside_loops():
+    with pytest.raises(ConfigError):
+        plan.resolve_inside("/a", FakeTree({"/a": "/b", "/b": "/a"}))
+
+
+def test_hook_steps_order_and_replacement(tmp_path):
+    from pyenroot.runtime import hooks
+
+    system, user = tmp_path / "system", tmp_path / "user"
+    system.mkdir()
+    user.mkdir()
+    for directory, name, mode in ((system, "50-site.sh", 0o755), (system, "10-shadow.sh", 0o644),
+                                  (user, "05-mine.sh", 0o755), (user, "README", 0o755), (user, "60-off.sh", 0o600)):
+        (directory / name).write_text("#!/bin/sh\n")
+        (directory / name).chmod(mode)
+    builtins = (("10-home", "m:home"), ("10-shadow", "m:shadow"), ("98-nvidia", "m:gpu"))
+    steps = hooks.hook_steps(system, user, builtins)
+    assert [(s.name, s.target is not None) for s in steps] == [
+        ("10-home", True), ("50-site.sh", False), ("98-nvidia", True), ("05-mine.sh", False)]
+    # the non-executable 10-shadow.sh switched the built-in off; 60-off.sh is not executable either
+
+
+def test_config_script_directives_and_rc_body():
+    from pyenroot.runtime import configscript
+
+    text = "#!/bin/bash\n#ENROOT_REMAP_ROOT=y\n# ENROOT_MOUNT_HOME no\n#ENROOT_DATA=\"${BASE}/x\"\n#NOT_ENROOT=1\n"
+    assert configscript.directives(text, {"BASE": "/b"}) == {
+        "ENROOT_REMAP_ROOT": "y", "ENROOT_MOUNT_HOME": "no", "ENROOT_DATA": "/b/x"}
+    assert configscript.rc_body("rc () \n{ \n    echo hi;\n    exec \"$@\"\n}\n") == '    echo hi;\n    exec "$@"\n'
+
+
+def test_account_merge():
+    from pyenroot.runtime.builtin_hooks import merge_accounts
+
+    existing = ("root:x:0:0:root:/root:/bin/bash\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n"
+                "me:x:5:5::/:/bin/sh\nother:x:1001:1001::/home/other:/bin/sh\nkeep:x:7:7::/:/bin/sh\n")
+    first = ["root:x:0:0:root:/root:/bin/bash", "me:x:1001:1001::/home/me:/bin/sh"]
+    merged = merge_accounts(existing, first, {"_apt"}, set()).splitlines()
+    assert merged == ["root:x:0:0:root:/root:/bin/bash", "me:x:1001:1001::/home/me:/bin/sh", "keep:x:7:7::/:/bin/sh"]
+
+
+def test_namespace_stages_for_a_created_container():
+    first, second = plan.namespace_stages(request(unshare_net=True), direct_image=False)
+    assert first == (plan.CLONE_NEWUSER | plan.CLONE_NEWNS | plan.CLONE_NEWNET, "1001 1001 1", "1002 1002 1")
+    assert second == plan.NO_STAGE
+
+
+def test_namespace_stages_for_a_direct_image():
+    """The image is mounted as root of an outer namespace; a nested one gives the caller back its own uid."""
+    first, second = plan.namespace_stages(request(unshare_uts=True), direct_image=True)
+    assert first == (plan.CLONE_NEWUSER | plan.CLONE_NEWNS, "0 1001 1", "0 1002 1")
+    assert second == (plan.CLONE_NEWUSER | plan.CLONE_NEWNS | plan.CLONE_NEWUTS, "1001 0 1", "1002 0 1")
+    first, second = plan.namespace_stages(request(remap_root=True), direct_image=True)
+    assert first[1:] == ("0 1001 1", "0 1002 1") and second == plan.NO_STAGE
+
+
+def test_namespace_stages_for_the_superuser():
+    first, second = plan.namespace_stages(request(outer_uid=0, outer_gid=0, userns=False), direct_image=True)
+    assert first == (plan.CLONE_NEWNS, "", "") and second == plan.NO_STAGE
