@@ -42,17 +42,17 @@ def _in_child(action: Callable[[], None]) -> tuple[bool, str]:
 
 
 def _enter_user_namespace() -> None:
-    from pyenroot.runtime import syscalls
+    from pyenroot.runtime import flags, syscalls
 
     uid, gid = os.geteuid(), os.getegid()
-    syscalls.unshare(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS)
+    syscalls.unshare(flags.CLONE_NEWUSER | flags.CLONE_NEWNS)
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
     Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
 
 
 def _overlay_in_user_namespace() -> None:
-    from pyenroot.runtime import syscalls
+    from pyenroot.runtime import flags, syscalls
 
     _enter_user_namespace()
     scratch = tempfile.mkdtemp(prefix="pyenroot-doctor-")
@@ -65,7 +65,7 @@ def _overlay_in_user_namespace() -> None:
     finally:
         # The directory lives on the host's /tmp: unmount our tmpfs (private to this child) and remove it.
         if os.path.ismount(scratch):
-            syscalls.umount2(scratch, syscalls.MNT_DETACH)
+            syscalls.umount2(scratch, flags.MNT_DETACH)
         os.rmdir(scratch)
 
 

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pyenroot.errors import RuntimeStartError, UsageError
 
 # Imported here, not lazily: after entering the container the package is no longer reachable.
-from pyenroot.runtime import seccomp, syscalls
+from pyenroot.runtime import flags, seccomp, syscalls
 
 # setns order: the user namespace first (it grants the capabilities the other joins need), then pid (takes
 # effect for children only), then the rest.
 NAMESPACE_ORDER: tuple[tuple[str, int], ...] = (
-    ("user", syscalls.CLONE_NEWUSER),
-    ("pid", syscalls.CLONE_NEWPID),
-    ("mnt", syscalls.CLONE_NEWNS),
-    ("net", syscalls.CLONE_NEWNET),
-    ("ipc", syscalls.CLONE_NEWIPC),
-    ("uts", syscalls.CLONE_NEWUTS),
-    ("cgroup", syscalls.CLONE_NEWCGROUP),
+    ("user", flags.CLONE_NEWUSER),
+    ("pid", flags.CLONE_NEWPID),
+    ("mnt", flags.CLONE_NEWNS),
+    ("net", flags.CLONE_NEWNET),
+    ("ipc", flags.CLONE_NEWIPC),
+    ("uts", flags.CLONE_NEWUTS),
+    ("cgroup", flags.CLONE_NEWCGROUP),
 )
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _ENV_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(=|\Z)")

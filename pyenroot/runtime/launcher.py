@@ -21,12 +21,30 @@ from pathlib import Path
 from pyenroot.errors import PyenrootError, RuntimeStartError
 from pyenroot.runtime import environ as envdialect
 from pyenroot.runtime import fstab, plan, syscalls
+from pyenroot.runtime.flags import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWNET,
+    CLONE_NEWPID,
+    MNT_DETACH,
+    MS_BIND,
+    MS_MOVE,
+    MS_NOATIME,
+    MS_NODEV,
+    MS_NODIRATIME,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_REC,
+    MS_RELATIME,
+    MS_REMOUNT,
+    MS_SLAVE,
+)
 from pyenroot.runtime.plan import ImageFacts, Mount, StartPlan, StartRequest
 
 LOCK_WAIT_S = 30.0
-_ST_TO_MS = ((os.ST_RDONLY, plan.MS_RDONLY), (os.ST_NOSUID, plan.MS_NOSUID), (os.ST_NODEV, plan.MS_NODEV),
-             (os.ST_NOEXEC, plan.MS_NOEXEC), (os.ST_NOATIME, plan.MS_NOATIME),
-             (os.ST_NODIRATIME, plan.MS_NODIRATIME), (os.ST_RELATIME, plan.MS_RELATIME))
+_ST_TO_MS = ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
 
 
 class CommandNotFound(RuntimeStartError):
@@ -155,17 +173,17 @@ class Mounter:
 
     def _mount(self, mount: Mount, target: Path) -> None:
         if mount.detach:
-            syscalls.umount2(target, syscalls.MNT_DETACH)
+            syscalls.umount2(target, MNT_DETACH)
             return
         if mount.create:
             self._create(mount, target)
         if mount.move:
-            syscalls.mount(mount.source, target, None, plan.MS_MOVE)
+            syscalls.mount(mount.source, target, None, MS_MOVE)
             return
         syscalls.mount(mount.source, target, mount.fstype, mount.flags, mount.data)
         if mount.remount_flags:
             # Keep what the kernel locked (or the remount fails with EPERM) and add what was asked for.
-            flags = plan.MS_REMOUNT | plan.MS_BIND | mount.remount_flags | _locked_flags(target)
+            flags = MS_REMOUNT | MS_BIND | mount.remount_flags | _locked_flags(target)
             syscalls.mount(None, target, None, flags)
         if mount.propagation:
             syscalls.mount(None, target, None, mount.propagation)
@@ -213,7 +231,7 @@ def _lock_rootfs(root: Path) -> int | None:
 def _runtime_tmpfs(path: Path) -> Path:
     """A private tmpfs over ENROOT_RUNTIME_PATH, seen only by this mount namespace."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    syscalls.mount("tmpfs", path, "tmpfs", plan.MS_NOSUID | plan.MS_NODEV, "mode=700")
+    syscalls.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=700")
     return path
 
 
@@ -240,8 +258,8 @@ def _switch_root(root: Path) -> None:
     os.chdir(root)
     syscalls.pivot_root(".", ".")
     # The old root now sits on top of the new one: cut it loose without letting the unmount propagate.
-    syscalls.mount(None, ".", None, plan.MS_SLAVE | plan.MS_REC)
-    syscalls.umount2(".", syscalls.MNT_DETACH)
+    syscalls.mount(None, ".", None, MS_SLAVE | MS_REC)
+    syscalls.umount2(".", MNT_DETACH)
     os.chroot(".")
     os.chdir("/")
 
@@ -348,7 +366,7 @@ def _supervise(child: int) -> int:
 
 def _fork_into_pid_namespace() -> tuple[int | None, int]:
     """(None, host pid of the child) in the child; (child, child) in the parent."""
-    syscalls.unshare(plan.CLONE_NEWPID)
+    syscalls.unshare(CLONE_NEWPID)
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:
@@ -376,7 +394,7 @@ def _unshare(stage: plan.NamespaceStage) -> None:
         _enter_user_namespace(flags, uid_map, gid_map)
     else:
         syscalls.unshare(flags)
-    if flags & plan.CLONE_NEWNET:
+    if flags & CLONE_NEWNET:
         _loopback_up()
 
 
@@ -398,7 +416,7 @@ def _launch(spec: Launch) -> int:
     except OSError as exc:
         raise RuntimeStartError(f"cannot create the container's namespaces: {exc.strerror}",
                                 hint="user namespaces must be enabled: sysctl user.max_user_namespaces") from None
-    syscalls.mount(None, "/", None, plan.MS_REC | plan.MS_SLAVE)
+    syscalls.mount(None, "/", None, MS_REC | MS_SLAVE)
     runtime: list[Path] = []
 
     def workdir() -> Path:
@@ -432,7 +450,7 @@ def _launch(spec: Launch) -> int:
 def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Callable[[], Path]) -> None:
     request = spec.request
     try:
-        syscalls.mount(str(root), root, None, plan.MS_BIND | plan.MS_REC)
+        syscalls.mount(str(root), root, None, MS_BIND | MS_REC)
     except OSError as exc:
         raise RuntimeStartError(f"cannot bind the root filesystem {root}: {_reason(exc)}") from None
     start_plan = plan.build_plan(request, read_image_facts(root))
@@ -449,11 +467,11 @@ def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Call
         mounter.perform(mount)
     if lock is not None:
         os.close(lock)  # a file open for writing would make the read-only remount fail (EBUSY)
-    flags = plan.MS_REMOUNT | plan.MS_BIND | plan.MS_NOSUID | plan.MS_NODEV | _locked_flags(root)
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | _locked_flags(root)
     if start_plan.writable:
-        flags &= ~plan.MS_RDONLY
+        flags &= ~MS_RDONLY
     else:
-        flags |= plan.MS_RDONLY
+        flags |= MS_RDONLY
     try:
         syscalls.mount(None, root, None, flags)
     except OSError as exc:
@@ -468,7 +486,7 @@ def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Call
     except OSError as exc:
         raise RuntimeStartError(f"cannot switch to the container's root: {exc.strerror}") from None
     with contextlib.suppress(OSError):  # without cgroup namespaces the container sees the host's cgroup paths
-        syscalls.unshare(plan.CLONE_NEWCGROUP)
+        syscalls.unshare(CLONE_NEWCGROUP)
     syscalls.set_no_new_privs()
     if request.userns:
         try:

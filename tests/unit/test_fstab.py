@@ -3,7 +3,7 @@
 import pytest
 
 from pyenroot.errors import ConfigError
-from pyenroot.runtime import fstab, plan
+from pyenroot.runtime import flags, fstab, plan
 
 
 def one(line: str) -> fstab.FstabEntry:
@@ -78,9 +78,9 @@ def test_cli_form():
 def test_options_to_mount():
     mount = plan.mount_from_entry(one("/a /b none x-create=file,rbind,ro,nosuid,rslave,nofail,silent 0 -1"))
     assert mount.create == "file"
-    assert mount.flags & plan.MS_BIND and mount.flags & plan.MS_REC
-    assert mount.remount_flags == plan.MS_RDONLY | plan.MS_NOSUID
-    assert mount.propagation == plan.MS_SLAVE | plan.MS_REC
+    assert mount.flags & flags.MS_BIND and mount.flags & flags.MS_REC
+    assert mount.remount_flags == flags.MS_RDONLY | flags.MS_NOSUID
+    assert mount.propagation == flags.MS_SLAVE | flags.MS_REC
     assert mount.nofail and mount.silent and mount.passno == -1
 
 
@@ -96,9 +96,9 @@ def test_move_detach_and_data():
     mount = plan.mount_from_entry(one("tmpfs /t tmpfs rw,nodev,mode=1777,size=10m,defaults,loud"))
     assert mount.fstype == "tmpfs"
     assert mount.data == "mode=1777,size=10m"
-    assert mount.flags & plan.MS_NODEV and not mount.silent
+    assert mount.flags & flags.MS_NODEV and not mount.silent
     assert mount.remount_flags == 0  # only binds need a second call
 
 
 def test_rw_clears_ro():
-    assert not plan.mount_from_entry(one("/a /b none bind,ro,rw")).flags & plan.MS_RDONLY
+    assert not plan.mount_from_entry(one("/a /b none bind,ro,rw")).flags & flags.MS_RDONLY

@@ -3,7 +3,7 @@
 import pytest
 
 from pyenroot.errors import ConfigError
-from pyenroot.runtime import plan
+from pyenroot.runtime import flags, plan
 from pyenroot.runtime.plan import ImageFacts, StartRequest, build_plan
 
 
@@ -15,7 +15,7 @@ def request(**changes) -> StartRequest:
 
 def test_default_namespaces_and_maps():
     p = build_plan(request(), ImageFacts())
-    assert p.namespaces == plan.CLONE_NEWUSER | plan.CLONE_NEWNS
+    assert p.namespaces == flags.CLONE_NEWUSER | flags.CLONE_NEWNS
     assert p.uid_map == "1001 1001 1" and p.gid_map == "1002 1002 1"
     assert (p.inner_uid, p.inner_gid) == (1001, 1002)
     assert not p.pid_namespace and not p.writable
@@ -26,14 +26,14 @@ def test_root_and_optional_namespaces():
                            writable=True), ImageFacts())
     assert p.uid_map == "0 1001 1" and p.gid_map == "0 1002 1"
     assert p.inner_uid == 0
-    assert p.namespaces & plan.CLONE_NEWNET and p.namespaces & plan.CLONE_NEWIPC and p.namespaces & plan.CLONE_NEWUTS
-    assert not p.namespaces & plan.CLONE_NEWPID  # needs a fork: handled apart
+    assert p.namespaces & flags.CLONE_NEWNET and p.namespaces & flags.CLONE_NEWIPC and p.namespaces & flags.CLONE_NEWUTS
+    assert not p.namespaces & flags.CLONE_NEWPID  # needs a fork: handled apart
     assert p.pid_namespace and p.writable
 
 
 def test_superuser_keeps_host_identity():
     p = build_plan(request(outer_uid=0, outer_gid=0, userns=False), ImageFacts())
-    assert not p.namespaces & plan.CLONE_NEWUSER
+    assert not p.namespaces & flags.CLONE_NEWUSER
     assert p.inner_uid == 0
 
 
@@ -172,19 +172,19 @@ def test_account_merge():
 
 def test_namespace_stages_for_a_created_container():
     first, second = plan.namespace_stages(request(unshare_net=True), direct_image=False)
-    assert first == (plan.CLONE_NEWUSER | plan.CLONE_NEWNS | plan.CLONE_NEWNET, "1001 1001 1", "1002 1002 1")
+    assert first == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS | flags.CLONE_NEWNET, "1001 1001 1", "1002 1002 1")
     assert second == plan.NO_STAGE
 
 
 def test_namespace_stages_for_a_direct_image():
     """The image is mounted as root of an outer namespace; a nested one gives the caller back its own uid."""
     first, second = plan.namespace_stages(request(unshare_uts=True), direct_image=True)
-    assert first == (plan.CLONE_NEWUSER | plan.CLONE_NEWNS, "0 1001 1", "0 1002 1")
-    assert second == (plan.CLONE_NEWUSER | plan.CLONE_NEWNS | plan.CLONE_NEWUTS, "1001 0 1", "1002 0 1")
+    assert first == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS, "0 1001 1", "0 1002 1")
+    assert second == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS | flags.CLONE_NEWUTS, "1001 0 1", "1002 0 1")
     first, second = plan.namespace_stages(request(remap_root=True), direct_image=True)
     assert first[1:] == ("0 1001 1", "0 1002 1") and second == plan.NO_STAGE
 
 
 def test_namespace_stages_for_the_superuser():
     first, second = plan.namespace_stages(request(outer_uid=0, outer_gid=0, userns=False), direct_image=True)
-    assert first == (plan.CLONE_NEWNS, "", "") and second == plan.NO_STAGE
+    assert first == (flags.CLONE_NEWNS, "", "") and second == plan.NO_STAGE
