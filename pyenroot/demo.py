@@ -64,7 +64,7 @@ def run_container_demo(user, uri: str) -> None:
     run_as(user, [*pyenroot, "create", "--force", "--name", "demo", str(image_file)], env)
     _say("pyenroot start demo cat /etc/os-release")
     print(run_as(user, [*pyenroot, "start", "demo", "cat", "/etc/os-release"], env), end="", flush=True)
-    _say("pyenroot start demo sh -c 'echo hello from $(id -u) in $(uname -n)'")
+    _say("pyenroot start demo sh -c 'echo hello from uid $(id -u) inside'")
     print(run_as(user, [*pyenroot, "start", "demo", "sh", "-c", "echo hello from uid $(id -u) inside"], env),
           end="", flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
