@@ -14,6 +14,7 @@ import re
 import resource
 import signal
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ NAME_MAX_LENGTH = 128
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 # Hidden work entries (creation in progress, removal in progress); `list` skips every hidden entry.
 WORK_PREFIX = ".pyenroot-work-"
+NEW_PREFIX = ".pyenroot-new-"  # a work entry before it is locked: never cleaned while young
 # Only what start needs (name -> directory) is imported at module level; the tools' imports wait for create,
 # export and remove, to keep `pyenroot start NAME` quick.
 
@@ -127,10 +129,20 @@ def _lock(fd: int, *, wait: bool) -> bool:
 @contextlib.contextmanager
 def _work_dir(base: Path) -> Iterator[_WorkEntry]:
     """A fresh hidden directory in `base`, removed on any failure unless it was renamed away."""
-    path = base / _work_name()
-    path.mkdir(mode=0o700)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # The entry is locked before it gets a name that clean_stale_work() looks at: otherwise a concurrent
+    # cleaner could find it unlocked (like a dead creator's) and delete it under our feet.
+    unnamed = base / f"{NEW_PREFIX}{_work_name()[len(WORK_PREFIX):]}"
+    unnamed.mkdir(mode=0o700)
+    fd = os.open(unnamed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     _lock(fd, wait=True)
+    path = base / (WORK_PREFIX + unnamed.name[len(NEW_PREFIX):])
+    try:
+        unnamed.rename(path)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            unnamed.rmdir()
+        raise
     try:
         yield _WorkEntry(path, fd)
     finally:
@@ -145,6 +157,7 @@ def clean_stale_work(base: Path) -> list[str]:
     removed = []
     try:
         entries = [e for e in os.scandir(base) if e.name.startswith(WORK_PREFIX)]
+        _remove_abandoned_new_entries(base)
     except OSError:
         return removed
     for entry in entries:
@@ -162,6 +175,16 @@ def clean_stale_work(base: Path) -> list[str]:
         finally:
             os.close(fd)
     return removed
+
+
+def _remove_abandoned_new_entries(base: Path) -> None:
+    """A creator killed between mkdir and rename leaves an empty entry: remove those older than an hour."""
+    cutoff = time.time() - 3600
+    for entry in os.scandir(base):
+        if entry.name.startswith(NEW_PREFIX):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.rmdir(entry.path)
 
 
 # ------------------------------------------------------------------------------------ squashfs tools
@@ -185,6 +208,9 @@ def _child_setup() -> None:
 _DEVICE_NODE_SKIPPED = re.compile(r"(create_inode: )?could not create (character|block) device .*not superuser!?")
 
 
+_NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as unsquashfs and mksquashfs report it
+
+
 def _run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (),
               tolerate_device_nodes: bool = False) -> None:
     import subprocess
@@ -201,6 +227,10 @@ def _run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (),
     lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
     if tolerate_device_nodes and result.returncode == 2 and lines and all(map(_DEVICE_NODE_SKIPPED.fullmatch, lines)):
         return
+    if any(_NO_SPACE in line for line in lines):
+        # The tools' last line only says that a write failed; the reason is on an earlier one.
+        raise StorageError(f"{what}: {argv[0]} failed: {_NO_SPACE.lower()}",
+                           hint="free some space there, or choose another location")
     detail = lines[-1] if lines else f"exit code {result.returncode}"
     raise ImageError(f"{what}: {argv[0]} failed: {detail}")
 
@@ -439,6 +469,10 @@ def _is_mountpoint_stub(path: str) -> bool:
     return False
 
 
+# What follows `.<image name>.` in an export's temp files: `<pid>-<8 hex>.tmp`, and `.excludes` after that.
+_EXPORT_TEMP = re.compile(r"\d+-[0-9a-f]{8}\.tmp(\.excludes)?")
+
+
 def default_export_path(name: str) -> Path:
     return Path(os.path.abspath(f"{name}.sqsh"))
 
@@ -456,7 +490,13 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
         raise StorageError(f"cannot write {out}: no such directory {out.parent}")
     temp = out.parent / f".{out.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     exclude_file = out.parent / f"{temp.name}.excludes"
+    lock_fd = -1
     try:
+        clean_stale_exports(out)
+        # Created and locked before mksquashfs writes into it (it keeps the inode), so that a later export can
+        # tell the leftover of a killed run (lock free) from an export in progress. 0666: the umask decides.
+        lock_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        _lock(lock_fd, wait=True)
         exclude_file.write_text("".join(f"{e}\n" for e in export_excludes(root) if "\n" not in e))
         argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", "-no-progress", "-quiet",
                 "-processors", str(settings.max_processors()), *squash_options(settings), "-ef", str(exclude_file)]
@@ -468,7 +508,41 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
         for leftover in (temp, exclude_file):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+        if lock_fd >= 0:
+            os.close(lock_fd)
     return out
+
+
+def clean_stale_exports(out: Path) -> list[str]:
+    """Remove the hidden temp files that a killed export to `out` left next to it (their lock is free)."""
+    prefix, removed = f".{out.name}.", []
+    try:
+        names = [n for n in os.listdir(out.parent) if n.startswith(prefix) and _EXPORT_TEMP.fullmatch(n[len(prefix):])]
+    except OSError:
+        return removed
+    for name in names:
+        path = out.parent / name
+        if name.endswith(".excludes"):
+            if not os.path.lexists(path.with_suffix("")):  # its image was renamed into place or cleaned up
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(name)
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _lock(fd, wait=False):
+                for stale in (path, path.parent / f"{name}.excludes"):
+                    with contextlib.suppress(FileNotFoundError):
+                        stale.unlink()
+                        removed.append(stale.name)
+        except OSError:
+            pass  # best effort: a later export tries again
+        finally:
+            os.close(fd)
+    return removed
 
 
 def squash_options(settings) -> list[str]:

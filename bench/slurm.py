@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Benchmark what the SPANK plugin adds to a Slurm step, on a real local two-node cluster.
+
+In one run (as root; steps run as the unprivileged test account), interleaved, --repeat times each
+(default 20), the median and spread of:
+
+- `srun true` (the floor)
+- `srun --container-image=<cached image> true` (unnamed container; the image is imported once beforehand)
+- `srun --container-name=<existing> true` (a named container that exists)
+- and `srun -n8` of each
+
+and the container's overhead over bare srun. Targets: cached image under 0.3 s, existing named container
+under 0.1 s per step.
+
+    python bench/slurm.py              # 20 runs each
+    python bench/slurm.py --repeat 5   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pyenroot.devtools import imagebuilder, rootfs  # noqa: E402
+from pyenroot.devtools.registry import LocalRegistry  # noqa: E402
+from pyenroot.slurm import devcluster  # noqa: E402
+from tests.helpers import users  # noqa: E402
+
+
+def build_plugin(workdir: Path) -> Path:
+    build = workdir / "spank-build"
+    shutil.copytree(REPO / "spank_plugin", build, ignore=shutil.ignore_patterns("*.so"))
+    subprocess.run(["make", "-s", "-C", str(build)], check=True)
+    build.chmod(0o755)
+    return build / "spank_pyenroot.so"
+
+
+def push_busybox(workdir: Path, registry: LocalRegistry) -> str:
+    root = rootfs.busybox_rootfs(workdir / "rootfs-busybox")
+    image = imagebuilder.build_image([imagebuilder.tar_of_directory(root)], env=["PATH=/usr/bin:/bin"])
+    imagebuilder.Pusher(registry.url).image("bench/busybox", "latest", image)
+    return f"{registry.host}#bench/busybox:latest"
+
+
+def timed(user: users.TestUser, argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = user.run(argv, env=env, timeout=600)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="pyenroot-bench-slurm-", dir="/tmp"))
+    workdir.chmod(0o755)
+    registry = LocalRegistry(workdir / "registry").start()
+    spec = None
+    try:
+        wrapper = users.install_wrapper(workdir / "install")
+        account = users.ensure_user()
+        user = users.make_private_home(workdir, account, wrapper, "home")
+        spec = devcluster.ClusterSpec(directory=workdir / "cluster", plugin=build_plugin(workdir),
+                                      plugin_args={"pyenroot": str(wrapper)}, controller_port=26817,
+                                      first_node_port=26818)
+        devcluster.up(spec)
+        image = push_busybox(workdir, registry)
+        env = {"SLURM_CONF": str(spec.slurm_conf), "ENROOT_ALLOW_HTTP": "y"}
+        # Warm up: the image imported (cached) and the named container created.
+        timed(user, ["srun", f"--container-image={image}", "true"], env)
+        timed(user, ["srun", f"--container-image={image}", "--container-name=bench", "true"], env)
+        cases = {
+            "srun true": ["srun", "true"],
+            "srun --container-image (cached) true": ["srun", f"--container-image={image}", "true"],
+            "srun --container-name (existing) true": ["srun", "--container-name=bench", "true"],
+        }
+        cases |= {name.replace("srun", "srun -n8", 1): [argv[0], "-n8", *argv[1:]] for name, argv in cases.items()}
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeat):
+            for name, argv in cases.items():
+                times[name].append(timed(user, argv, env))
+        report(times)
+    finally:
+        if spec is not None:
+            devcluster.down(spec)
+        registry.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(times: dict[str, list[float]]) -> None:
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'case':45} {'median':>8} {'min':>8} {'max':>8} {'overhead':>9}")
+    for name, values in times.items():
+        floor = medians["srun -n8 true" if "-n8" in name else "srun true"]
+        overhead = medians[name] - floor
+        print(f"{name:45} {medians[name]:8.3f} {min(values):8.3f} {max(values):8.3f} {overhead:+9.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

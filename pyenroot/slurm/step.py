@@ -1,0 +1,584 @@
+"""The Python side of the SPANK plugin: one container per step and node, prepared and started as the job user.
+
+`prepare_start` decides (names, scope, reuse, import, create) and leaves a stopped anchor process behind that
+the plugin's tasks join; `cleanup` runs when the step's last local task exits (save, remove unnamed
+containers); `epilog` removes job-scoped named containers at the end of the job. Messages keep pyxis's
+wording, since users' scripts look for them. Results go to the plugin over fd 3, one `KIND TEXT` line each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pyenroot.errors import PyenrootError
+
+BATCH_STEP = 0xFFFFFFFB  # SLURM_BATCH_SCRIPT
+ANCHOR_COMMAND = ("sh", "-c", "kill -STOP $$ ; exit 0")
+NAME_FLAGS = ("auto", "create", "exec", "no_exec")
+UNSHARE_SETTINGS = {"net": "ENROOT_UNSHARE_NET", "ipc": "ENROOT_UNSHARE_IPC", "uts": "ENROOT_UNSHARE_UTS"}
+
+
+class StepError(PyenrootError):
+    """A step cannot get its container; the message is shown to the srun user as is."""
+
+    reference = "slurm"
+
+
+class ReportedError(StepError):
+    """A failure whose messages were already sent to the plugin."""
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Everything the plugin passes for one step on one node."""
+
+    job: int
+    step: int
+    node: str = ""
+    total_tasks: int = 1
+    local_tasks: int = 1
+    scope: str = "global"
+    runtime_path: str = "/run/pyenroot"
+    squashfuse: bool = True
+    importer: str | None = None
+    cwd: str | None = None
+    batch_script: str | None = None
+    image: str | None = None
+    name: str | None = None
+    mounts: str | None = None
+    workdir: str | None = None
+    save: str | None = None
+    env_names: tuple[str, ...] = ()
+    unshare: tuple[str, ...] = ()
+    mount_home: bool | None = None
+    remap_root: bool | None = None
+    entrypoint: bool = False
+    entrypoint_log: bool = False
+    writable: bool | None = None
+
+    @property
+    def step_label(self) -> str:
+        return f"{self.job}.{self.step}"
+
+
+@dataclass(frozen=True)
+class ContainerName:
+    name: str  # the container's name in ENROOT_DATA_PATH
+    flag: str  # auto | create | exec | no_exec
+    named: bool  # named containers persist (by scope); unnamed ones are removed at step end
+
+
+@dataclass
+class StepState:
+    """What cleanup must do, written at start (node-local runtime directory) and read at step end."""
+
+    name: str
+    named: bool
+    created: bool = False  # this step made the container filesystem (so an unnamed one is removed)
+    squashfs: str | None = None  # a temporary image to delete
+    save: str | None = None
+    config: str | None = None
+    importer: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ pure
+
+
+def container_name(request: StepRequest) -> ContainerName:
+    """pyxis naming: pyxis_NAME (global) or pyxis_JOB_NAME (job); unnamed: pyxis_[JOB_]JOB.STEP."""
+    prefix = "pyxis_" if request.scope == "global" else f"pyxis_{request.job}_"
+    if request.name:
+        base, _, flag = request.name.partition(":")
+        flag = flag or "auto"
+        if not base:
+            raise StepError("--container-name: empty name")
+        if flag not in NAME_FLAGS:
+            raise StepError('--container-name: flag must be "auto", "create", "exec" or "no_exec"')
+        return ContainerName(prefix + base, flag, True)
+    return ContainerName(prefix + request.step_label, "auto", False)
+
+
+def is_path_image(image: str) -> bool:
+    return image.startswith((".", "/"))
+
+
+def docker_uri(image: str) -> str:
+    return image if image.startswith(("docker://", "dockerd://")) else f"docker://{image}"
+
+
+def resolve_path(path: str, cwd: str | None, what: str) -> str:
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    if not cwd:
+        raise StepError(f"{what}: a relative path needs the job's working directory (PWD is not set)")
+    return os.path.normpath(os.path.join(cwd, path))
+
+
+def _escape(path: str) -> str:
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
+def mount_lines(spec: str | None, cwd: str | None, exists: Callable[[str], bool] = os.path.exists) -> list[str]:
+    """`--container-mounts` entries as fstab lines (pyxis semantics: defaults per source kind, '+' for ',')."""
+    lines: list[str] = []
+    for entry in (spec or "").split(","):
+        if not entry:
+            continue
+        src, _, rest = entry.partition(":")
+        dst, _, flags = rest.partition(":")
+        dst = dst or src
+        if src == "tmpfs":
+            source, fstype, defaults = "tmpfs", "tmpfs", "x-create=dir"
+        elif src == "umount":
+            source, fstype, defaults = "none", "none", "x-detach"
+        else:
+            source, fstype, defaults = resolve_path(src, cwd, "--container-mounts"), "none", "x-create=auto,rbind"
+            if not exists(source):
+                raise StepError(f"--container-mounts: source path does not exist: {source}")
+        options = defaults + ("," + flags.replace("+", ",") if flags else "")
+        line = f"{_escape(source)} {_escape(dst)} {fstype} {options} 0 0"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def config_script(mounts: Sequence[str], env_names: Sequence[str], entrypoint: bool) -> str:
+    """An enroot configuration script: mounts(), environ() for --container-env, rc() to skip the entrypoint."""
+    parts = ["# Written by pyenroot for one Slurm step; removed when the step ends.\n"]
+    if mounts:
+        body = "".join(f"    printf '%s\\n' {_shell_quote(line)}\n" for line in mounts)
+        parts.append(f"mounts() {{\n{body}}}\n")
+    if env_names:
+        body = "".join(f'    [ -n "${{{n}-}}" ] && printf \'%s=%s\\n\' {n} "${n}"\n' for n in env_names
+                       if n.replace("_", "a").isalnum())
+        parts.append(f"environ() {{\n{body}    return 0\n}}\n")
+    if not entrypoint:
+        # The command runs without the image's entrypoint (what /etc/rc would start), but in the image's
+        # working directory, which /etc/rc enters with a `cd DIR && unset OLDPWD` line.
+        parts.append('rc() {\n'
+                     '    __workdir=$(sed -n "s/^cd \\(.*\\) && unset OLDPWD.*/\\1/p" /etc/rc 2>/dev/null | head -1)\n'
+                     '    if [ -n "$__workdir" ]; then eval "cd $__workdir" 2>/dev/null; fi\n'
+                     '    unset __workdir OLDPWD\n'
+                     '    exec "$@"\n'
+                     '}\n')
+    return "".join(parts)
+
+
+def setting_overrides(request: StepRequest) -> dict[str, str]:
+    """ENROOT_* switches the user asked for; unset options leave the node's configuration in charge."""
+    yes_no = {True: "y", False: "n"}
+    changes: dict[str, str] = {}
+    if request.mount_home is not None:
+        changes["ENROOT_MOUNT_HOME"] = yes_no[request.mount_home]
+    if request.remap_root is not None:
+        changes["ENROOT_REMAP_ROOT"] = yes_no[request.remap_root]
+    if request.writable is not None:
+        changes["ENROOT_ROOTFS_WRITABLE"] = yes_no[request.writable]
+    for ns in request.unshare:
+        changes[UNSHARE_SETTINGS[ns]] = "y"
+    return changes
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+class Reporter:
+    """Result lines for the plugin (fd 3); without the plugin (tests, manual runs) they go to stderr."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def _write(self, kind: str, text: str) -> None:
+        line = f"{kind} {text.replace(chr(10), ' ')}\n"
+        if self.fd is None:
+            sys.stderr.write(line)
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.fd, line.encode())
+
+    def log(self, text: str) -> None:
+        self._write("log", text)
+
+    def info(self, text: str) -> None:
+        self._write("info", text)
+
+    def error(self, text: str) -> None:
+        self._write("error", text)
+
+    def join(self, pid: int) -> None:
+        self._write("join", str(pid))
+
+    def seccomp(self, program: bytes) -> None:
+        self._write("seccomp", program.hex())
+
+    def cleanup(self) -> None:
+        self._write("cleanup", "1")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def result_reporter(environ: dict[str, str] | None = None) -> Reporter:
+    """The pipe the plugin names in PYENROOT_SPANK_RESULT_FD (taken out of the environment, which the
+    container inherits), else stderr (manual runs)."""
+    environ = os.environ if environ is None else environ
+    try:
+        fd = int(environ.pop("PYENROOT_SPANK_RESULT_FD", ""))
+        os.fstat(fd)
+    except (ValueError, OSError):
+        return Reporter(None)
+    os.set_inheritable(fd, False)  # the container must not keep the plugin waiting
+    return Reporter(fd)
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def user_runtime(request: StepRequest) -> Path:
+    """Node-local per-user directory (the plugin creates it 0700): per-step files never collide across nodes."""
+    return Path(request.runtime_path) / str(os.getuid())
+
+
+def state_path(request: StepRequest) -> Path:
+    return user_runtime(request) / f"step-{request.step_label}.json"
+
+
+def job_list_path(runtime: Path, job: int) -> Path:
+    return runtime / f"job-{job}.containers"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_state(request: StepRequest, state: StepState) -> None:
+    write_atomic(state_path(request), json.dumps(asdict(state)))
+
+
+def load_state(request: StepRequest) -> StepState | None:
+    try:
+        return StepState(**json.loads(state_path(request).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def remember_job_container(request: StepRequest, data_path: Path, name: str) -> None:
+    """Job-scoped containers are removed by the epilog, which has no job environment: record where they live."""
+    with open(job_list_path(user_runtime(request), request.job), "a") as handle:
+        handle.write(f"{data_path}\t{name}\n")
+
+
+# ------------------------------------------------------------------------------------------------ actions
+
+
+def _run_cli(verb: str, argv: Sequence[str], settings) -> int:
+    """Run a pyenroot verb in this process (no second interpreter start), with only its own parser."""
+    import argparse
+
+    from pyenroot import cli
+
+    module = cli._command_module(verb)
+    parser = argparse.ArgumentParser(prog=f"pyenroot {verb}")
+    module.add_arguments(parser)
+    args = parser.parse_args(list(argv))
+    args.verb, args.verbose, args.debug = verb, 0, False
+    return int(module.run(args, settings) or 0)
+
+
+def squashfs_cache_dir(settings) -> Path:
+    """Imported images by manifest digest, next to the blob cache (shared by all nodes when homes are)."""
+    return Path(os.path.abspath(settings.path("ENROOT_CACHE_PATH"))) / "squashfs"
+
+
+def _manifest_digest(uri: str, settings) -> str | None:
+    """The digest a registry image resolves to now; None for sources that have none (dockerd://)."""
+    from pyenroot.registry.source import RegistrySource
+    from pyenroot.registry.uri import parse_uri
+
+    ref = parse_uri(uri)
+    if ref.scheme != "docker":
+        return None
+    return RegistrySource(ref, settings).manifest_digest(None)
+
+
+def _import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
+    """(squashfs, temporary?). A registry image already imported (same manifest digest) is not rebuilt: steps
+    of every node use the cached file, written once under its final name by an atomic rename."""
+    image = request.image or ""
+    if request.importer:
+        return _run_importer(request, report, image), False
+    uri = docker_uri(image)
+    try:
+        digest = _manifest_digest(uri, settings)
+        if digest is None:
+            with contextlib.suppress(FileNotFoundError):
+                temp_output.unlink()
+            _announce_import(request, report)
+            _run_cli("import", ["-o", str(temp_output), uri], settings)
+            output, temporary = temp_output, True
+        else:
+            output, temporary = _cached_import(request, settings, report, uri, digest), False
+    except PyenrootError as exc:
+        report.error(f"failed to import docker image: {image}")
+        report.log(f"    {exc.message}")
+        raise ReportedError("import failed") from None
+    report.log(f"imported docker image: {image}")
+    return output, temporary
+
+
+def _announce_import(request: StepRequest, report: Reporter) -> None:
+    if request.total_tasks <= 1:  # pyxis: not once per task of a big step
+        report.log(f"importing docker image: {request.image}")
+
+
+def _cached_import(request: StepRequest, settings, report: Reporter, uri: str, digest: str) -> Path:
+    """The squashfs of `digest`, built by the first step that needs it; concurrent steps (on any node, the
+    cache may be on a shared filesystem) wait for that one under a lock instead of building it again."""
+    import fcntl
+
+    output = squashfs_cache_dir(settings) / f"{digest.replace(':', '-')}.sqsh"
+    if output.is_file():
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(output.with_name(output.name + ".lock"), "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
+        if not output.is_file():
+            _announce_import(request, report)
+            _run_cli("import", ["-o", str(output), uri], settings)
+    return output
+
+
+def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
+    assert request.importer
+    done = subprocess.run([request.importer, "get", docker_uri(image)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        report.error(f"importer get failed with exit code {done.returncode}")
+        for line in done.stderr.splitlines():
+            report.error(f"    {line}")
+        report.error(f"failed to import docker image: {image} (importer: {request.importer})")
+        raise ReportedError("import failed")
+    first = (done.stdout.splitlines() or [""])[0].strip()
+    if not first:
+        report.error("importer did not return a squashfs path")
+        raise ReportedError("import failed")
+    report.log(f"imported docker image: {image}")
+    return Path(first)
+
+
+def _create(settings, image: Path, name: str, request: StepRequest, report: Reporter) -> bool:
+    """Unpack `image` as container `name`; False if a concurrent step created it first (then it is reused)."""
+    from pyenroot import storage
+
+    report.info("creating container filesystem")
+    try:
+        storage.create_container(settings, image, name)
+        return True
+    except PyenrootError as exc:
+        if name in storage.container_names(settings):
+            return False  # a concurrent step (maybe on another node) created it: reuse it
+        failure = exc.message
+    report.error(f"failed to create container filesystem for image: {request.image}")
+    report.log(f"    {failure}")
+    raise ReportedError("create failed")
+
+
+def _uts(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/uts").st_ino
+    except OSError:
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return int(text.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def on_this_node(pid: int) -> bool:
+    """Whether a container process runs on this node. Nodes sharing one kernel (the local test cluster) see
+    each other's processes; each node has its own UTS namespace, which the container or its parent shares."""
+    own = _uts("self")
+    parent = _parent(pid)
+    return own is not None and (_uts(pid) == own or (parent is not None and _uts(parent) == own))
+
+
+def _check_flags(cname: ContainerName, exists: bool, running: list[int], request: StepRequest) -> None:
+    if cname.flag == "create" and exists:
+        raise StepError('error: "create" flag was passed to --container-name but the container already exists')
+    if cname.flag == "exec" and not running:
+        raise StepError('error: "exec" flag was passed to --container-name but the container is not running')
+    if cname.named and not exists and not request.image:
+        raise StepError(f'error: a container with name "{cname.name}" does not exist, and --container-image is '
+                        "not set")
+
+
+def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[str]]:
+    """Make sure the container filesystem exists; return the start target, the cleanup state and mounts."""
+    from pyenroot import storage
+
+    cname = container_name(request)
+    state = StepState(cname.name, cname.named, save=_save_target(request))
+    exists = cname.name in storage.container_names(settings)
+    running = [pid for pid in storage.running_pids(settings, cname.name) if on_this_node(pid)] if (
+        exists and cname.flag in ("auto", "exec")) else []
+    _check_flags(cname, exists, running, request)
+    mounts = mount_lines(request.mounts, request.cwd)
+    if running:
+        report.log("reusing existing container namespaces")
+        report.join(running[0])
+        if mounts:
+            report.log("ignoring --container-mounts when attaching to a running container")
+            mounts = []
+    elif exists:
+        report.log("reusing existing container filesystem")
+    if exists:
+        return cname.name, state, mounts
+    direct = request.squashfuse and not cname.named and not state.save
+    if is_path_image(request.image or ""):
+        image = Path(resolve_path(request.image or "", request.cwd, "--container-image"))
+        if not image.is_file():
+            raise StepError(f"failed to create container filesystem for image: {request.image}: no such file")
+        if direct:
+            return str(image), state, mounts
+    else:
+        image, temporary = _import_image(request, settings, report,
+                                         user_runtime(request) / f"{request.step_label}.sqsh")
+        state.importer = request.importer
+        state.squashfs = str(image) if temporary else None
+        if direct:
+            return str(image), state, mounts
+    state.created = _create(settings, image, cname.name, request, report)
+    if state.squashfs:
+        with contextlib.suppress(OSError):
+            os.unlink(state.squashfs)
+        state.squashfs = None
+    if cname.named and request.scope == "job":
+        remember_job_container(request, storage.data_path(settings), cname.name)
+    return cname.name, state, mounts
+
+
+def _save_target(request: StepRequest) -> str | None:
+    if not request.save:
+        return None
+    return resolve_path(request.save, request.cwd, "--container-save")
+
+
+def _batch_mount(request: StepRequest) -> list[str]:
+    if request.step != BATCH_STEP or not request.batch_script:
+        return []
+    path = _escape(request.batch_script)
+    return [f"{path} {path} none x-create=file,bind,ro,nosuid,nodev,private 0 0"]
+
+
+def _unprivileged(settings) -> bool:
+    return not (os.getuid() == 0 and settings.flag("ENROOT_ALLOW_SUPERUSER"))
+
+
+def start_step(request: StepRequest, settings, report: Reporter) -> int:
+    """Prepare, report, then become the container's anchor (this process execs into it)."""
+    from pyenroot.runtime import seccomp
+
+    target, state, mounts = prepare(request, settings, report)
+    conf = user_runtime(request) / f"step-{request.step_label}.conf"
+    write_atomic(conf, config_script([*mounts, *_batch_mount(request)], request.env_names, request.entrypoint))
+    state.config = str(conf)
+    save_state(request, state)
+    if _unprivileged(settings):
+        with contextlib.suppress(ValueError):
+            report.seccomp(seccomp.filter_program(os.uname().machine))
+    if needs_cleanup(state):
+        report.cleanup()
+    report.info(f"starting container: {target}")
+    report.close()
+    overrides = setting_overrides(request)
+    argv = ["--conf", str(conf)]
+    argv += ["-r"] if request.remap_root else []
+    argv += ["-w"] if request.writable else []
+    argv += [f"--{ns}" for ns in request.unshare]
+    return _run_cli("start", [*argv, target, *ANCHOR_COMMAND], settings.overridden(**overrides))
+
+
+def needs_cleanup(state: StepState) -> bool:
+    """Whether step end needs `spank cleanup`; the plugin itself deletes the per-step config and state."""
+    return bool(state.save or (state.created and not state.named) or state.importer or state.squashfs)
+
+
+def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete: bool = False) -> int:
+    """At step end on this node: --container-save, then remove what the step made for itself."""
+    from pyenroot import storage
+
+    state = load_state(request)
+    if state is None:
+        return 0
+    failed = False
+    if state.save and not incomplete:
+        try:
+            storage.export_container(settings, state.name, state.save, force=True)
+            report.log(f"exported container {state.name} to {state.save}")
+        except PyenrootError as exc:
+            report.error(f"failed to export container {state.name} to {state.save}: {exc.message}")
+            failed = True
+    if state.created and not state.named:
+        report.info(f"removing container filesystem: {state.name}")
+        try:
+            storage.remove_container(settings, state.name)
+        except PyenrootError as exc:
+            report.info(f"couldn't remove container {state.name}: {exc.message}")
+    if state.importer:
+        subprocess.run([state.importer, "release"], stdin=subprocess.DEVNULL, capture_output=True)
+    for leftover in (state.squashfs, state.config, str(state_path(request))):
+        if leftover:
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+    return 1 if failed else 0
+
+
+def epilog(job: int, runtime_path: str, environ: Mapping[str, str], report: Reporter) -> int:
+    """At job end: remove the job-scoped named containers recorded on this node."""
+    from pyenroot import storage
+    from pyenroot.config import load_settings
+
+    listing = job_list_path(Path(runtime_path) / str(os.getuid()), job)
+    try:
+        entries = [line.split("\t", 1) for line in listing.read_text().splitlines() if "\t" in line]
+    except OSError:
+        return 0
+    status = 0
+    for data_path, name in dict.fromkeys(tuple(e) for e in entries):
+        settings = load_settings({**environ, "ENROOT_DATA_PATH": data_path})
+        try:
+            if name in storage.container_names(settings):
+                storage.remove_container(settings, name)
+        except PyenrootError:
+            report.error(f"epilog: container {name} was not removed")
+            status = 1
+    with contextlib.suppress(OSError):
+        listing.unlink()
+    return status

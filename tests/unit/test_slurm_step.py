@@ -1,0 +1,195 @@
+"""The pure half of the SPANK plugin's Python side: names, mounts, config scripts, settings; cluster JSON."""
+
+import json
+import os
+
+import pytest
+
+from pyenroot.slurm import cluster, devcluster, step
+
+
+def request(**kw) -> step.StepRequest:
+    return step.StepRequest(job=42, step=3, **kw)
+
+
+@pytest.mark.parametrize(("scope", "name", "expected"), [
+    ("global", None, ("pyxis_42.3", "auto", False)),
+    ("job", None, ("pyxis_42_42.3", "auto", False)),
+    ("global", "web", ("pyxis_web", "auto", True)),
+    ("job", "web:no_exec", ("pyxis_42_web", "no_exec", True)),
+    ("global", "web:create", ("pyxis_web", "create", True)),
+])
+def test_container_names(scope, name, expected):
+    got = step.container_name(request(scope=scope, name=name))
+    assert (got.name, got.flag, got.named) == expected
+
+
+@pytest.mark.parametrize("name", [":exec", "x:attach"])
+def test_bad_names(name):
+    with pytest.raises(step.StepError):
+        step.container_name(request(name=name))
+
+
+def test_docker_uri_and_path_images():
+    assert step.docker_uri("ubuntu:24.04") == "docker://ubuntu:24.04"
+    assert step.docker_uri("dockerd://x") == "dockerd://x"
+    assert step.is_path_image("./a.sqsh") and step.is_path_image("/a.sqsh") and not step.is_path_image("a")
+
+
+def test_mount_lines_follow_pyxis_defaults():
+    lines = step.mount_lines("/data:/mnt/d:ro+rprivate,tmpfs:/scratch,umount:/root,./rel,/data:/mnt/d:ro+rprivate",
+                             "/home/u", exists=lambda p: True)
+    assert lines == [
+        "/data /mnt/d none x-create=auto,rbind,ro,rprivate 0 0",
+        "tmpfs /scratch tmpfs x-create=dir 0 0",
+        "none /root none x-detach 0 0",
+        "/home/u/rel ./rel none x-create=auto,rbind 0 0",
+    ]
+
+
+def test_mount_paths_are_escaped():
+    got = step.mount_lines("/a b:/c\td", None, exists=lambda p: True)
+    assert got == ["/a\\040b /c\\011d none x-create=auto,rbind 0 0"]
+
+
+def test_missing_mount_source():
+    with pytest.raises(step.StepError, match="source path does not exist: /nope"):
+        step.mount_lines("/nope:/x", None, exists=lambda p: False)
+
+
+def test_relative_path_needs_cwd():
+    with pytest.raises(step.StepError):
+        step.resolve_path("out.sqsh", None, "--container-save")
+    assert step.resolve_path("../out.sqsh", "/home/u/w", "--container-save") == "/home/u/out.sqsh"
+
+
+def test_config_script(tmp_path):
+    text = step.config_script(["/a /b none rbind 0 0"], ["FOO", "BAD;NAME"], entrypoint=False)
+    assert "mounts() {" in text and "'/a /b none rbind 0 0'" in text
+    assert "FOO" in text and "BAD;NAME" not in text
+    assert 'exec "$@"' in text
+    assert "rc()" not in step.config_script([], [], entrypoint=True)
+    script = tmp_path / "conf"
+    script.write_text(text)
+    out = os.popen(f"FOO=bar bash -c 'source {script}; mounts; environ'").read()
+    assert out == "/a /b none rbind 0 0\nFOO=bar\n"
+
+
+def test_setting_overrides():
+    assert step.setting_overrides(request()) == {}
+    got = step.setting_overrides(request(mount_home=False, remap_root=True, writable=False, unshare=("net", "uts")))
+    assert got == {"ENROOT_MOUNT_HOME": "n", "ENROOT_REMAP_ROOT": "y", "ENROOT_ROOTFS_WRITABLE": "n",
+                   "ENROOT_UNSHARE_NET": "y", "ENROOT_UNSHARE_UTS": "y"}
+
+
+def test_state_round_trip(tmp_path):
+    req = request(runtime_path=str(tmp_path))
+    (tmp_path / str(os.getuid())).mkdir()
+    state = step.StepState("pyxis_42.3", named=False, created=True, save="/x.sqsh")
+    step.save_state(req, state)
+    assert step.load_state(req) == state
+
+
+def test_reporter_lines():
+    read_end, write_end = os.pipe()
+    report = step.Reporter(write_end)
+    report.log("imported docker image: x")
+    report.join(12)
+    report.seccomp(b"\x01\xff")
+    report.close()
+    assert os.read(read_end, 1000).decode().splitlines() == ["log imported docker image: x", "join 12", "seccomp 01ff"]
+
+
+def test_parse_sinfo_and_squeue():
+    sinfo = json.dumps({"nodes": [{"name": "node1", "state": "IDLE", "state_flags": []},
+                                  {"name": "node2", "state": "IDLE", "state_flags": ["DRAIN"]},
+                                  {"name": "node3", "state": "ALLOCATED", "state_flags": ["DRAIN"]}]})
+    assert [(n.name, n.state) for n in cluster.parse_sinfo(sinfo)] == [
+        ("node1", "idle"), ("node2", "drained"), ("node3", "draining")]
+    squeue = json.dumps({"jobs": [{"job_id": 7, "user_name": "u", "job_state": "RUNNING", "nodes": "node1",
+                                   "name": "x"}]})
+    assert cluster.parse_squeue(squeue) == [cluster.JobInfo(7, "u", "running", "node1", "x")]
+
+
+class FakeBackend:
+    def nodes(self):
+        return [cluster.NodeInfo("node1", "idle"), cluster.NodeInfo("node2", "allocated")]
+
+    def jobs(self):
+        return [cluster.JobInfo(1, "a", "running", "node1", "j"), cluster.JobInfo(2, "b", "pending", "", "k")]
+
+
+def test_cluster_state_interface():
+    state = cluster.ClusterState(backend=FakeBackend())
+    assert state.idle(["node1"]) and not state.idle()
+    assert [j.job_id for j in state.jobs(user="b")] == [2]
+
+
+def test_render_cluster_config(tmp_path):
+    spec = devcluster.ClusterSpec(directory=tmp_path, node_count=3, plugin=tmp_path / "p.so",
+                                  plugin_args={"pyenroot": "/opt/x/pyenroot"}, controller_port=7000,
+                                  first_node_port=7001)
+    files = devcluster.render(spec)
+    conf = files["slurm.conf"]
+    assert "SlurmctldPort=7000" in conf
+    assert conf.count("NodeName=node") == 3 and "Port=7003" in conf
+    assert f"AuthInfo=socket={tmp_path}/munge/munge.sock" in conf
+    plug = files["plugstack.conf.d/pyenroot.conf"]
+    assert f"required {tmp_path}/p.so pyenroot=/opt/x/pyenroot runtime_path={tmp_path}/noderun" in plug
+    assert "include" in files["plugstack.conf"]
+    no_plugin = devcluster.render(devcluster.ClusterSpec(directory=tmp_path))
+    assert "required" not in no_plugin["plugstack.conf.d/pyenroot.conf"]
+
+
+def test_cluster_cli_arguments(tmp_path):
+    args = devcluster.build_parser().parse_args(["up", "-d", str(tmp_path), "--port", "27000", "--plugin",
+                                                 "/x/p.so", "--plugin-arg", "container_scope=job"])
+    spec = devcluster.spec_from_args(args)
+    assert (spec.controller_port, spec.first_node_port) == (27000, 27001)
+    assert spec.plugin_args["container_scope"] == "job"
+    with pytest.raises(devcluster.UsageError):
+        devcluster._parse_plugin_args(["novalue"])
+
+
+def test_result_reporter_uses_the_named_fd():
+    read_end, write_end = os.pipe()
+    environ = {"PYENROOT_SPANK_RESULT_FD": str(write_end)}
+    report = step.result_reporter(environ)
+    assert environ == {} and report.fd == write_end
+    report.error("boom")
+    report.close()
+    assert os.read(read_end, 100) == b"error boom\n"
+    assert step.result_reporter({}).fd is None
+    assert step.result_reporter({"PYENROOT_SPANK_RESULT_FD": "999"}).fd is None
+
+
+class FakeSettings:
+    def __init__(self, cache):
+        self.cache = cache
+
+    def path(self, name):
+        assert name == "ENROOT_CACHE_PATH"
+        return self.cache
+
+
+def test_imports_are_cached_by_digest(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_cli(verb, argv, settings):
+        calls.append((verb, list(argv)))
+        os.makedirs(os.path.dirname(argv[1]), exist_ok=True)
+        with open(argv[1], "w") as handle:
+            handle.write("sqsh")
+        return 0
+
+    monkeypatch.setattr(step, "_run_cli", fake_cli)
+    read_end, write_end = os.pipe()
+    report = step.Reporter(write_end)
+    req = request(image="reg:5000#x/y:1", total_tasks=1)
+    settings = FakeSettings(tmp_path / "cache")
+    first = step._cached_import(req, settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
+    second = step._cached_import(req, settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
+    assert first == second == tmp_path / "cache" / "squashfs" / "sha256-abc.sqsh"
+    assert calls == [("import", ["-o", str(first), "docker://reg:5000#x/y:1"])]
+    report.close()
+    assert os.read(read_end, 1000) == b"log importing docker image: reg:5000#x/y:1\n"
