@@ -197,8 +197,9 @@ class Settings:
         return Settings(values)
 
     def environ(self) -> dict[str, str]:
-        """ENROOT_* settings as environment variables, for hooks and child processes."""
-        return {k: v for k, v in self.values.items() if k.startswith(("ENROOT_", "PYENROOT_"))}
+        """Settings (ENROOT_*, and NVIDIA_*, proxies, ... from settings files) as environment variables, for hooks
+        and child processes, as enroot exports them."""
+        return {k: v for k, v in self.values.items() if _FILE_KEY.match(k)}
 
 
 def _read_layer(path: Path) -> dict[str, str]:

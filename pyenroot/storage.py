@@ -22,9 +22,9 @@ from pathlib import Path
 from pyenroot.errors import ImageError, StorageError, UsageError
 
 NAME_MAX_LENGTH = 128
-# Letters, digits and ._+- ; the first character is a letter or digit, so no hidden names, no `.`/`..`,
+# Letters, digits and ._+:@- ; the first character is a letter or digit, so no hidden names, no `.`/`..`,
 # no option look-alikes. Covers pyxis names (pyxis_<jobid>_<name>) and enroot import names (nvidia+pytorch+24.01).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]*")  # ":" and "@": digest-pinned import names (+sha256:HEX)
 # Hidden work entries (creation in progress, removal in progress); `list` skips every hidden entry.
 WORK_PREFIX = ".pyenroot-work-"
 NEW_PREFIX = ".pyenroot-new-"  # a work entry before it is locked: never cleaned while young
@@ -50,7 +50,7 @@ def validate_name(name: str) -> str:
         raise UsageError(f"invalid container name {name[:20]!r}...: longer than {NAME_MAX_LENGTH} characters")
     if not _NAME.fullmatch(name):
         raise UsageError(f"invalid container name {name!r}",
-                         hint="use letters, digits and '._+-', starting with a letter or digit")
+                         hint="use letters, digits and '._+:@-', starting with a letter or digit")
     return name
 
 
@@ -237,9 +237,13 @@ def _run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (),
 
 def check_squashfs(image: str | os.PathLike) -> Path:
     """The image's real path, if it is a regular file that unsquashfs accepts; else ImageError."""
-    path = Path(os.path.realpath(image))
-    if not path.exists():
-        raise ImageError(f"no such image file: {image}")
+    try:
+        path = Path(os.path.realpath(image))
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"no such image file: {image}") from None
+    except OSError as exc:  # e.g. a link or directory on the way that we may not follow or search
+        raise ImageError(f"cannot read image {image}: {exc.strerror}") from None
     if not path.is_file():
         raise ImageError(f"not a squashfs image: {image} is not a regular file")
     if not os.access(path, os.R_OK):

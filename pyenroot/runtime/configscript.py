@@ -84,6 +84,7 @@ def _sections(output: str) -> dict[str, str]:
 
 def evaluate(path: Path, command: Sequence[str], environ: Mapping[str, str]) -> ConfigScript:
     """Run the script's environ() and mounts() and read rc() (hooks() runs later, with the hooks)."""
+    path = Path(os.path.abspath(path))  # hooks() runs later from another working directory
     env = dict(environ, PYENROOT_CONF=str(path))
     result = subprocess.run(["bash", "-c", _DRIVER, "bash", *command], env=env, stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
@@ -97,4 +98,4 @@ def evaluate(path: Path, command: Sequence[str], environ: Mapping[str, str]) -> 
 
 def hooks_argv(path: Path, command: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """How to run the script's hooks() function (argv and extra environment)."""
-    return ["bash", "-c", _HOOKS_DRIVER, "bash", *command], {"PYENROOT_CONF": str(os.fspath(path))}
+    return ["bash", "-c", _HOOKS_DRIVER, "bash", *command], {"PYENROOT_CONF": os.path.abspath(path)}

@@ -8,6 +8,7 @@ a parent stay behind (it forwards signals and exits with 128+N when the child di
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -453,7 +454,10 @@ def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Call
         syscalls.mount(str(root), root, None, MS_BIND | MS_REC)
     except OSError as exc:
         raise RuntimeStartError(f"cannot bind the root filesystem {root}: {_reason(exc)}") from None
-    start_plan = plan.build_plan(request, read_image_facts(root))
+    # As in enroot, ${ENROOT_ROOTFS} and ${ENROOT_PID} may be used in the image's fstab and in mounts.d files
+    # (the image format binds Volumes with ${ENROOT_ROOTFS}/PATH).
+    substitutions = {**request.host_environ, "ENROOT_ROOTFS": str(root), "ENROOT_PID": str(enroot_pid)}
+    start_plan = plan.build_plan(dataclasses.replace(request, host_environ=substitutions), read_image_facts(root))
     mounter = Mounter(root, spec.warn)
     lock = _lock_rootfs(root)
     for mount in start_plan.early_mounts:

@@ -68,3 +68,10 @@ def test_batch_with_image_rootfs(user, busybox_sqsh):
     result = user.pyenroot("batch", str(job), "cat", "/etc/os-release")
     assert result.returncode == 0, result.stderr
     assert 'NAME="pyenroot busybox"' in result.stdout.splitlines()
+
+
+def test_batch_with_relative_path_runs_hooks(user, container):
+    write_script(user, "rel.batch", "#ENROOT_ROOTFS=box\nhooks() {\n  echo HOOKED=yes >> \"$ENROOT_ENVIRON\"\n}\n")
+    result = user.pyenroot("batch", "rel.batch", "sh", "-c", 'echo "$HOOKED"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "yes"

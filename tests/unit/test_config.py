@@ -101,3 +101,12 @@ def test_overridden_unsets_false_values(tmp_path):
     settings = load_settings(_env(tmp_path, ENROOT_REMAP_ROOT="y"), uid=1)
     assert not settings.overridden(ENROOT_REMAP_ROOT="n").flag("ENROOT_REMAP_ROOT")
     assert settings.overridden(ENROOT_ROOTFS_RW="y").flag("ENROOT_ROOTFS_WRITABLE")
+
+
+def test_settings_file_variables_reach_child_environments(tmp_path):
+    _write(tmp_path / "enroot.conf", "NVIDIA_DRIVER_CAPABILITIES all\nhttps_proxy http://proxy:3128\nFOO bar\n")
+    child_env = load_settings(_env(tmp_path), uid=1).environ()
+    assert child_env["NVIDIA_DRIVER_CAPABILITIES"] == "all"
+    assert child_env["https_proxy"] == "http://proxy:3128"
+    assert "FOO" not in child_env and "HOME" not in child_env
+    assert child_env["ENROOT_DATA_PATH"] == "/home/u/.local/share/enroot"

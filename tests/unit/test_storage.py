@@ -20,13 +20,13 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.mark.parametrize("name", ["busybox", "pyxis_1234_step", "nvidia+pytorch+24.01", "a", "A-b.c_d+e", "9lives",
-                                  "x" * 128])
+                                  "x" * 128, "ubuntu+sha256:0123abcd"])
 def test_valid_names(name):
     assert storage.validate_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "/", "a/b", "../x", ".", "..", ".hidden", "-rf", "x" * 129, "a b", "tab\t",
-                                  "new\nline", "ünïcode", "a:b", "a*", "$HOME", "~user"])
+                                  "new\nline", "ünïcode", ":a", "a*", "$HOME", "~user"])
 def test_invalid_names(name):
     with pytest.raises(UsageError) as caught:
         storage.validate_name(name)
