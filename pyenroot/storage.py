@@ -684,20 +684,22 @@ def running_containers(settings) -> list[ContainerProcess]:
         process = _container_process(pid, own_mnt, data, ticks, boot)
         if process is None:
             continue
-        # Show the process a user means: with a PID namespace the container's own first process (the one
-        # `exec` should join) rather than the launcher waiting in the host's; a FUSE daemon serving the
+        # Show the process a user means: with a PID namespace the container's command (the one `exec` should
+        # join) rather than the launcher waiting in the host's or pyenroot's init; a FUSE daemon serving the
         # image (pivot_root moved its root too) only when nothing else is left.
-        rank = (_ns_inode(pid, "pid") == own_pidns, _is_fuse_helper(pid), pid)
+        rank = (_ns_inode(pid, "pid") == own_pidns, _is_helper(pid), pid)
         if process.mntns not in best or rank < best[process.mntns][0]:
             best[process.mntns] = (rank, process)
     return sorted((p for _, p in best.values()), key=lambda p: (p.name, p.pid))
 
 
-_FUSE_HELPERS = frozenset({"squashfuse", "squashfuse_ll", "fuse-overlayfs"})
+# Processes that serve a container rather than run in it: FUSE daemons, and the init of a --pid container
+# (launcher.INIT_PROCESS_NAME).
+_HELPERS = frozenset({"squashfuse", "squashfuse_ll", "fuse-overlayfs", "pyenroot-init"})
 
 
-def _is_fuse_helper(pid: int) -> bool:
-    return (_read(f"/proc/{pid}/comm") or "").strip() in _FUSE_HELPERS
+def _is_helper(pid: int) -> bool:
+    return (_read(f"/proc/{pid}/comm") or "").strip() in _HELPERS
 
 
 def _container_process(pid: int, own_mnt: int | None, data: MountEntry, ticks: int,

@@ -365,6 +365,34 @@ def _supervise(child: int) -> int:
         return os.WEXITSTATUS(status)
 
 
+INIT_PROCESS_NAME = "pyenroot-init"
+
+
+def _become_init() -> None:
+    """As PID 1 of the new namespace, fork the command and stay its init: the kernel drops signals to PID 1 that
+    it has no handler for, so SIGTERM would not stop a command that ran as PID 1; init also reaps orphans.
+    Returns in the child only."""
+    child = os.fork()
+    if child == 0:
+        return
+    with contextlib.suppress(OSError):
+        syscalls.set_process_name(INIT_PROCESS_NAME)  # list --fancy shows the command, not this init
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(number, lambda number, _frame: _signal_quietly(child, number))
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child:
+            os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+
+
+def _signal_quietly(pid: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, number)
+
+
 def _fork_into_pid_namespace() -> tuple[int | None, int]:
     """(None, host pid of the child) in the child; (child, child) in the parent."""
     syscalls.unshare(CLONE_NEWPID)
@@ -499,4 +527,6 @@ def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Call
             spec.warn(f"seccomp filter not installed: {exc}")
     logname = spec.host_environ.get("LOGNAME") or spec.host_environ.get("USER") or str(request.outer_uid)
     spec.trace("pivot_root and seccomp; executing the command")
+    if request.unshare_pid:
+        _become_init()
     _exec(start_plan, _final_environment(start_plan, environ, logname))

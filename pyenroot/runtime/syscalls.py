@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from pyenroot.runtime.flags import PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
+from pyenroot.runtime.flags import PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
 
 # The C library this interpreter already runs with: find_library() would spawn ldconfig on every start.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -62,3 +62,9 @@ def set_no_new_privs() -> None:
 
 def set_parent_death_signal(signal_number: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal_number, 0, 0, 0), "prctl(PDEATHSIG)")
+
+
+def set_process_name(name: str) -> None:
+    """The name /proc/PID/comm shows (at most 15 bytes)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.cast(buffer, ctypes.c_void_p).value or 0, 0, 0, 0), "prctl(PR_SET_NAME)")

@@ -185,8 +185,8 @@ def test_pid_namespace(user, bb, how):
     result = user.pyenroot("start", *args, "bb", "sh", "-c", "echo $$; ps -o pid | wc -l; exit 5", env=env)
     assert result.returncode == 5, result.stderr
     pid, count = result.stdout.split()
-    assert pid == "1"
-    assert int(count) <= 4  # header, sh, ps, wc: no host processes
+    assert pid == "2"  # PID 1 is pyenroot's minimal init, which forwards signals and reaps orphans
+    assert int(count) <= 5  # header, init, sh, ps, wc: no host processes
 
 
 def test_pid_namespace_forwards_signals(user, bb):
@@ -195,6 +195,18 @@ def test_pid_namespace_forwards_signals(user, bb):
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == 9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_pid_namespace_untrapped_sigterm_ends_the_command(user, bb):
+    proc = popen(user, "start", "--pid", "bb", "sh", "-c", "echo ready; exec sleep 600")
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()
