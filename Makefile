@@ -7,11 +7,16 @@ SYSTEM_PY   ?= /usr/bin/python3
 APT_PACKAGES := squashfs-tools squashfs-tools-ng squashfuse fuse3 fuse-overlayfs zstd pigz \
 	docker-registry busybox-static mmdebstrap debootstrap gcc make libc6-dev \
 	slurm-wlm slurmctld slurmd slurm-client munge libslurm-dev \
-	python3 python3-venv iproute2 bc apache2-utils openssl uidmap util-linux procps ca-certificates
+	python3 python3-venv iproute2 bc apache2-utils openssl uidmap util-linux procps ca-certificates podman
 APT_STAMP   := /var/lib/pyenroot-deps.stamp
+# Peer tools for `make bench` only (tests never need them); udocker comes from PyPI into its own virtualenv.
+BENCH_APT_PACKAGES := charliecloud-runtime charliecloud-builders proot podman runc uidmap fuse-overlayfs \
+	skopeo umoci squashfs-tools-ng
+BENCH_VENV  ?= /opt/pyenroot/bench-venv
+BENCH_STAMP := /var/lib/pyenroot-bench-deps.stamp
 PYTEST_ARGS ?=
 
-.PHONY: deps install plugin demo test test-unit test-integration test-slurm lint bench cluster-up cluster-down clean
+.PHONY: deps install plugin demo test test-unit test-integration test-slurm lint bench bench-deps cluster-up cluster-down clean
 
 deps: $(APT_STAMP) $(VENV)/.deps-stamp
 
@@ -57,7 +62,18 @@ lint: deps
 	$(VENV)/bin/ruff check pyenroot tests bench
 	$(VENV)/bin/ruff format --check pyenroot tests bench || true
 
-bench: install
+bench-deps: $(BENCH_STAMP)
+
+$(BENCH_STAMP): Makefile
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
+		--no-install-recommends $(BENCH_APT_PACKAGES)
+	test -x $(BENCH_VENV)/bin/python || $(SYSTEM_PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q 'udocker==1.3.17'
+	chmod -R a+rX $(BENCH_VENV)
+	touch $@
+
+bench: install bench-deps
 	$(PYTHON) bench/import.py
 	$(PYTHON) bench/start.py
 	$(PYTHON) bench/slurm.py

@@ -1,7 +1,5 @@
 """`pyenroot import [-a ARCH] [-o IMAGE] URI`."""
 
-from pyenroot.errors import NotImplementedYet
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("-a", "--arch", help="architecture of the image (uname -m or Go form, default: this host)")
@@ -12,4 +10,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("import is not implemented yet")
+    from pyenroot.image.importer import import_image
+
+    import_image(args.uri, args.output, args.arch, settings, verbose=getattr(args, "verbose", 0))
+    return 0

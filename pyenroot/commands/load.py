@@ -1,7 +1,5 @@
 """`pyenroot load [-a ARCH] [-n NAME] [-f] URI`."""
 
-from pyenroot.errors import NotImplementedYet
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("-a", "--arch", help="architecture of the image (default: this host)")
@@ -11,4 +9,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("load is not implemented yet")
+    from pyenroot.image.importer import load_image
+
+    load_image(args.uri, args.name, args.force, args.arch, settings, verbose=getattr(args, "verbose", 0))
+    return 0

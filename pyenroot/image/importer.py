@@ -1,0 +1,409 @@
+"""`import` and `load`: resolve an image, fetch its layers, stream the merged tree into a squashfs image or a
+container root filesystem. Nothing half-written is ever visible under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pyenroot.config import Settings
+from pyenroot.errors import ImageError, StorageError
+from pyenroot.image import imagefiles, squash
+from pyenroot.image.cache import BlobCache
+from pyenroot.image.merge import Decompressor, MergeResult, write_merged
+from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
+from pyenroot.image.progress import ImportProgress
+from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource, save_from_engine
+
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+
+@dataclass
+class OpenedSource:
+    source: ImageSource
+    default_name: str  # without .sqsh
+    arch: str | None
+
+
+@contextlib.contextmanager
+def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedSource]:
+    """The ImageSource for a URI (an engine's image is first saved to an archive in `workdir`)."""
+    from pyenroot.registry.uri import parse_uri
+
+    ref = parse_uri(uri)
+    name = ref.default_image_name()
+    cache = BlobCache(settings.path("ENROOT_CACHE_PATH"))
+    if ref.scheme == "docker":
+        from pyenroot.registry.source import RegistrySource
+
+        yield OpenedSource(RegistrySource(ref, settings), name, None)
+        return
+    if ref.scheme in ("podman", "dockerd"):
+        image = ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+        archive = save_from_engine(ref.scheme, image, workdir)
+        source: OciArchiveSource | DockerArchiveSource
+        if ref.scheme == "podman":
+            source = OciArchiveSource(archive, cache, uri=ref.canonical())
+        else:
+            source = DockerArchiveSource(archive, cache, uri=ref.canonical())
+    elif ref.scheme == "oci-archive":
+        source = OciArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
+    else:
+        source = DockerArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
+    try:
+        yield OpenedSource(source, name, None)
+    finally:
+        source.close()
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+class TempOutput:
+    """The image being written: an unnamed file (O_TMPFILE) linked under its name only when complete,
+    so that a crash, even kill -9, leaves nothing behind. Where the filesystem lacks O_TMPFILE, a hidden
+    temporary name in the same directory, removed on failure."""
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.fd: int | None = None
+        self.named: Path | None = None
+        try:
+            self.fd = os.open(final.parent, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise _output_error(exc, final) from None
+            if exc.errno == errno.ENOENT:
+                raise StorageError(f"directory does not exist: {final.parent}") from None
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+            os.close(fd)
+            self.named = Path(name)
+
+    @property
+    def path(self) -> Path:
+        """A path other processes (tar2sqfs, mksquashfs) can open; they must inherit `pass_fds`."""
+        if self.named is not None:
+            return self.named
+        return Path(f"/proc/self/fd/{self.fd}")
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return () if self.fd is None else (self.fd,)
+
+    def commit(self) -> None:
+        """Give the file its final name; never replaces an existing file."""
+        try:
+            if self.named is not None:
+                os.link(self.named, self.final)
+            else:
+                # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file; os.link only uses
+                # linkat (rather than link, which would link the /proc entry itself) when given a dir_fd.
+                parent = os.open(self.final.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.link(self.path, self.final.name, dst_dir_fd=parent, follow_symlinks=True)
+                finally:
+                    os.close(parent)
+        except FileExistsError:
+            raise StorageError(f"file already exists: {self.final}",
+                               hint="remove it or choose another name with -o") from None
+        except OSError as exc:
+            raise _output_error(exc, self.final) from None
+        self.discard()
+
+    def discard(self) -> None:
+        if self.named is not None:
+            squash.remove_quietly(self.named)
+            self.named = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _output_error(exc: OSError, path: Path) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"no space left on device: {path}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"cannot write {path}: {exc.strerror}", hint="choose another place with -o")
+    return StorageError(f"cannot write {path}: {exc.strerror}")
+
+
+def output_path(output: str | None, default_name: str) -> Path:
+    name = output or (default_name if default_name.endswith(".sqsh") else f"{default_name}.sqsh")
+    return Path(os.path.abspath(name))
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+
+
+def _generation_time() -> int:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(epoch) if epoch.isdigit() else int(time.time())
+
+
+# Memory the decompressors of upcoming layers may fill while earlier layers are merged (peak RSS stays
+# well under 300 MB whatever the image size).
+READ_AHEAD_BUDGET = 128 << 20
+
+
+def read_ahead_plan(cpus: int) -> tuple[int, int]:
+    """(layers decompressed at once, read-ahead memory): with two CPUs or fewer, the merge and tar2sqfs
+    keep them busy and only the next layer's decompressor runs ahead (into its pipe)."""
+    if cpus <= 2:
+        return 1, 0
+    return min(cpus - 1, 4), READ_AHEAD_BUDGET
+
+
+def _decompressor(settings: Settings) -> Decompressor:
+    return Decompressor(gzip=settings.get("ENROOT_GZIP_PROGRAM") or "gzip", threads=settings.max_processors())
+
+
+def _generated(image: ResolvedImage, arch: str | None, progress: ImportProgress) -> dict[str, bytes]:
+    from pyenroot.registry.manifest import normalize_platform
+
+    files, warnings = imagefiles.generated_files(image.config, image.source_uri)
+    # A single-platform image is taken as it is, whatever its architecture: say so when it differs.
+    warning = imagefiles.architecture_warning(image.config, normalize_platform(arch).architecture)
+    if warning:
+        warnings.append(warning)
+    for warning in warnings:
+        progress.warn(warning)
+    return files
+
+
+def _stream_into(sink, image: ResolvedImage, layers: list[LocalLayer | Future], settings: Settings, arch: str | None,
+                 progress: ImportProgress) -> MergeResult:
+    generated = _generated(image, arch, progress)
+
+    def on_layer(index: int, total: int, layer: LocalLayer) -> None:
+        progress.converting(index, total)
+
+    ahead, budget = read_ahead_plan(settings.max_processors())
+    return write_merged(layers, generated, sink, decompressor=_decompressor(settings),
+                        workdir=imagefiles.workdir_of(image.config), mtime=_generation_time(), on_layer=on_layer,
+                        ahead=ahead, read_ahead_budget=budget)
+
+
+@contextlib.contextmanager
+def _extractor(rootfs: Path) -> Iterator[subprocess.Popen]:
+    """`tar -x` into an empty directory, fed the merged stream (which never leads through a link)."""
+    argv = ["tar", "-x", "-f", "-", "-C", str(rootfs), "--no-same-owner", "--preserve-permissions",
+            "--delay-directory-restore", "--warning=no-timestamp"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               bufsize=1 << 20)
+    try:
+        yield process
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
+    rc = process.wait()
+    err = process.stderr.read().decode(errors="replace").strip()
+    if rc != 0:
+        if "No space left" in err:
+            raise StorageError(f"no space left on device while unpacking into {rootfs}")
+        raise ImageError(f"unpacking the image failed: {(err.splitlines() or ['tar failed'])[-1]}")
+
+
+def _merge_to_directory(image, layers, settings, arch, progress, rootfs: Path) -> MergeResult:
+    with _extractor(rootfs) as tar:
+        try:
+            return _stream_into(tar.stdin, image, layers, settings, arch, progress)
+        except BrokenPipeError:
+            pass  # tar stopped reading: its own error is raised when the context ends
+    raise ImageError("unpacking the image failed")
+
+
+class LayerFetch:
+    """The layers of an image, fetched in the background, top layer first, while the merge consumes them.
+
+    A source with `fetch_blob` (the registry) gets one task per blob, so the merge of the top layer starts
+    as soon as that blob is verified in the cache; other sources fetch everything first.
+    """
+
+    def __init__(self, source: ImageSource, image: ResolvedImage, progress: ImportProgress, connections: int):
+        self.progress = progress
+        self.pool: ThreadPoolExecutor | None = None
+        self._started = time.monotonic()
+        self._remaining = 0
+        self._lock = threading.Lock()
+        fetch_blob = getattr(source, "fetch_blob", None)
+        if fetch_blob is None:
+            self.layers: list[LocalLayer | Future] = list(source.fetch_layers(image, progress))
+            self._summary(image.layers)
+            return
+        tasks: dict[str, Future] = {}
+        workers = min(connections if connections > 0 else len(image.layers), len(image.layers)) or 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layer")
+        for descriptor in reversed(image.layers):  # the merge reads the top layer first
+            if descriptor.digest not in tasks:
+                tasks[descriptor.digest] = self.pool.submit(self._fetch, fetch_blob, descriptor)
+        self._remaining = len(tasks)
+        self._tasks = list(tasks.values())
+        self.layers = [tasks[d.digest] for d in image.layers]
+        for task in self._tasks:  # a task already done runs its callback at once
+            task.add_done_callback(lambda done: self._done(image.layers))
+
+    def _fetch(self, fetch_blob, descriptor) -> LocalLayer:
+        return LocalLayer(descriptor, Path(fetch_blob(descriptor, self.progress)))
+
+    def _done(self, descriptors) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last and all(not t.cancelled() and t.exception() is None for t in self._tasks):
+            self._summary(descriptors)
+
+    def _summary(self, descriptors) -> None:
+        self.progress.record("download", time.monotonic() - self._started)
+        total = sum(d.size for d in descriptors if d.size and d.size > 0)
+        self.progress.note(f"{len(descriptors)} layers, {total / (1 << 20):.1f} MB")
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _fetch(source: ImageSource, arch: str | None, settings: Settings,
+           progress: ImportProgress) -> tuple[ResolvedImage, LayerFetch]:
+    progress.phase("resolve")
+    image = source.resolve(arch)
+    progress.phase("merge")
+    return image, LayerFetch(source, image, progress, settings.integer("ENROOT_MAX_CONNECTIONS"))
+
+
+def _report(result: MergeResult, progress: ImportProgress) -> None:
+    for warning in result.warnings:
+        progress.warn(warning)
+
+
+@contextlib.contextmanager
+def _scratch(settings: Settings) -> Iterator[Path]:
+    base = Path(settings.get("ENROOT_TEMP_PATH") or tempfile.gettempdir())
+    try:
+        path = Path(tempfile.mkdtemp(prefix="pyenroot-import-", dir=base))
+    except OSError as exc:
+        raise StorageError(f"cannot create a temporary directory in {base}: {exc.strerror}",
+                           hint="check ENROOT_TEMP_PATH") from None
+    try:
+        yield path
+    finally:
+        _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    def make_writable(func, p, _exc):
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=make_writable)
+
+
+def _build_squashfs(image, layers, settings, arch, progress, out: TempOutput, plan: squash.SquashPlan,
+                    scratch: Path) -> MergeResult:
+    jobs = settings.max_processors()
+    if not plan.use_mksquashfs and shutil.which("tar2sqfs") is None:
+        plan.use_mksquashfs = True  # slower (the tree is unpacked first), but the same image
+        plan.notes.append("no tar2sqfs")
+    if plan.use_mksquashfs:
+        progress.note(f"building with mksquashfs ({', '.join(plan.notes)})")
+        rootfs = scratch / "rootfs"
+        rootfs.mkdir()
+        result = _merge_to_directory(image, layers, settings, arch, progress, rootfs)
+        progress.phase("squash")
+        squash.run_mksquashfs(plan, rootfs, out.path, jobs, pass_fds=out.pass_fds)
+        return result
+    builder = squash.Tar2Sqfs(plan, out.path, jobs, pass_fds=out.pass_fds)
+    try:
+        result = _stream_into(builder.stdin, image, layers, settings, arch, progress)
+    except BrokenPipeError:
+        builder.finish()  # raises tar2sqfs's own error
+        raise ImageError("building the squashfs image failed") from None
+    except BaseException:
+        builder.abort()
+        raise
+    progress.phase("squash")
+    builder.finish()
+    return result
+
+
+def _progress(verbose: int, stream: TextIO | None) -> ImportProgress:
+    return ImportProgress(stream or sys.stderr, verbose=verbose)
+
+
+def import_image(uri: str, output: str | None, arch: str | None, settings: Settings, verbose: int = 0,
+                 stream: TextIO | None = None) -> Path:
+    """Import URI into a squashfs file (default name from the URI); refuses to replace an existing file."""
+    from pyenroot.registry.uri import parse_uri
+
+    parse_uri(uri)  # a bad URI or bad options fail before anything is created
+    plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    progress = _progress(verbose, stream)
+    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+        final = output_path(output, opened.default_name)
+        if os.path.lexists(final):
+            raise StorageError(f"file already exists: {final}", hint="remove it or choose another name with -o")
+        out = TempOutput(final)  # before any download: an unwritable place fails at once
+        try:
+            image, fetch = _fetch(opened.source, arch, settings, progress)
+            try:
+                result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
+            finally:
+                fetch.close()
+            out.commit()
+        finally:
+            out.discard()
+    _report(result, progress)
+    progress.finish()
+    progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {result.entries} entries)")
+    return final
+
+
+def load_image(uri: str, name: str | None, force: bool, arch: str | None, settings: Settings, verbose: int = 0,
+               stream: TextIO | None = None) -> Path:
+    """Import URI straight into the container root filesystem ENROOT_DATA_PATH/NAME (no squashfs in between)."""
+    from pyenroot import storage
+    from pyenroot.registry.uri import parse_uri
+
+    parse_uri(uri)
+    progress = _progress(verbose, stream)
+    force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
+    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+        default = opened.default_name[:-len(".sqsh")] if opened.default_name.endswith(".sqsh") else opened.default_name
+        name = storage.validate_name(name if name else default)
+        target = storage.container_dir(settings, name)
+        if os.path.lexists(target) and not force:
+            raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
+        image, fetch = _fetch(opened.source, arch, settings, progress)
+        base = storage.data_path(settings)
+        storage.clean_stale_work(base)
+        try:
+            with storage._work_dir(base) as work:
+                rootfs = work.path / "rootfs"
+                rootfs.mkdir(mode=0o755)
+                result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
+                storage._install(rootfs, target, force=force)
+        finally:
+            fetch.close()
+    _report(result, progress)
+    progress.finish()
+    progress.note(f"created container {name}")
+    return target

@@ -1,0 +1,244 @@
+"""Build squashfs images from one tar stream with tar2sqfs (squashfs-tools-ng), honouring ENROOT_SQUASH_OPTIONS.
+
+ENROOT_SQUASH_OPTIONS is written in mksquashfs syntax (enroot passes it to mksquashfs); `translate_options`
+maps it to tar2sqfs. Options tar2sqfs cannot express (`-noD` and the like) make the import fall back to
+unpacking the merged tree and running mksquashfs over it; options that only change mksquashfs's chatter are
+ignored; anything else is an error that names the option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import struct
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyenroot.errors import ConfigError, ImageError
+
+COMPRESSORS = ("gzip", "lzma", "lzo", "xz", "lz4", "zstd")
+DEFAULT_OPTIONS = "-comp lz4"
+
+# mksquashfs options that change nothing tar2sqfs would do differently (or that we always do).
+_IGNORED = frozenset({
+    "-no-progress", "-progress", "-quiet", "-all-root", "-root-owned", "-noappend", "-no-recovery",
+    "-no-exports", "-no-sparse", "-sparse", "-xattrs", "-no-strip", "-tailends", "-percentage", "-info",
+})
+_IGNORED_WITH_VALUE = frozenset({"-mkfs-time", "-all-time", "-root-time", "-root-mode", "-root-uid", "-root-gid",
+                                 "-force-uid", "-force-gid"})
+# Options only mksquashfs has: data layout choices tar2sqfs does not offer.
+_NEEDS_MKSQUASHFS = frozenset({
+    "-noI", "-noD", "-noF", "-noX", "-noId", "-noInodeCompression", "-noDataCompression",
+    "-noFragmentCompression", "-noXattrCompression", "-no-fragments", "-always-use-fragments",
+    "-no-duplicates", "-Xbcj", "-Xdict-size", "-Xlc", "-Xlp", "-Xpb", "-Xextreme",
+})
+_NEEDS_MKSQUASHFS_VALUE = frozenset({"-Xbcj", "-Xdict-size", "-Xlc", "-Xlp", "-Xpb"})
+# tar2sqfs -X keys for mksquashfs -X options taking a value.
+_EXTRA_WITH_VALUE = {"-Xcompression-level": "level", "-Xwindow-size": "window", "-Xalgorithm": "algorithm",
+                     "-Xstrategy": "strategy"}
+
+
+@dataclass
+class SquashPlan:
+    """How to build the image: tar2sqfs arguments, or mksquashfs (with its own arguments) when needed."""
+
+    compressor: str = "lz4"
+    block_size: int | None = None
+    extra: list[str] = field(default_factory=list)  # tar2sqfs -X key[=value]
+    jobs: int | None = None
+    xattrs: bool = True
+    exportable: bool = False
+    use_mksquashfs: bool = False
+    mksquashfs_args: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def tar2sqfs_argv(self, output: Path, jobs: int) -> list[str]:
+        argv = ["tar2sqfs", "--quiet", "--no-skip", "--force", "-c", self.compressor, "-j", str(self.jobs or jobs)]
+        if self.extra:
+            argv += ["-X", ",".join(self.extra)]
+        if self.block_size:
+            argv += ["-b", str(self.block_size)]
+        if not self.xattrs:
+            argv.append("--no-xattr")
+        if self.exportable:
+            argv.append("--exportable")
+        return [*argv, str(output)]
+
+    def mksquashfs_argv(self, source: Path, output: Path, jobs: int) -> list[str]:
+        argv = ["mksquashfs", str(source), str(output), "-noappend", "-all-root", "-no-progress", "-quiet",
+                "-processors", str(self.jobs or jobs)]
+        return argv + self.mksquashfs_args
+
+
+def parse_size(text: str) -> int:
+    """mksquashfs sizes: `131072`, `128K`, `1M`."""
+    match = re.fullmatch(r"(\d+)([kKmM]?)", text)
+    if not match:
+        raise ConfigError(f"ENROOT_SQUASH_OPTIONS: invalid size {text!r}")
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1 << 20}[match[2].lower()]
+
+
+def translate_options(text: str | None) -> SquashPlan:
+    """Turn ENROOT_SQUASH_OPTIONS (mksquashfs syntax) into a SquashPlan; unknown options raise ConfigError."""
+    try:
+        words = shlex.split(text if text is not None else DEFAULT_OPTIONS)
+    except ValueError as exc:
+        raise ConfigError(f"ENROOT_SQUASH_OPTIONS cannot be parsed: {exc}") from None
+    result = SquashPlan(compressor="gzip")  # mksquashfs's default when no -comp is given
+    i = 0
+
+    def value() -> str:
+        if i + 1 >= len(words):
+            raise ConfigError(f"ENROOT_SQUASH_OPTIONS: {words[i]} needs a value")
+        return words[i + 1]
+
+    while i < len(words):
+        word = words[i]
+        if word == "-comp":
+            name = value()
+            if name not in COMPRESSORS:
+                raise ConfigError(f"ENROOT_SQUASH_OPTIONS: unknown compressor {name!r}",
+                                  hint=f"use one of: {', '.join(COMPRESSORS)}")
+            result.compressor = name
+            result.mksquashfs_args += [word, name]
+            i += 2
+        elif word == "-b":
+            result.block_size = parse_size(value())
+            result.mksquashfs_args += [word, value()]
+            i += 2
+        elif word in ("-processors", "-p"):
+            result.jobs = int(value()) if value().isdigit() else None
+            i += 2
+        elif word in _EXTRA_WITH_VALUE:
+            result.extra.append(f"{_EXTRA_WITH_VALUE[word]}={value()}")
+            result.mksquashfs_args += [word, value()]
+            i += 2
+        elif word == "-Xhc":
+            result.extra.append("hc")
+            result.mksquashfs_args.append(word)
+            i += 1
+        elif word in ("-no-xattrs", "-no-xattr"):
+            result.xattrs = False
+            result.mksquashfs_args.append("-no-xattrs")
+            i += 1
+        elif word == "-exports":
+            result.exportable = True
+            result.mksquashfs_args.append(word)
+            i += 1
+        elif word in _NEEDS_MKSQUASHFS:
+            result.use_mksquashfs = True
+            result.notes.append(word)
+            taken = [word, value()] if word in _NEEDS_MKSQUASHFS_VALUE else [word]
+            result.mksquashfs_args += taken
+            i += len(taken)
+        elif word in _IGNORED:
+            i += 1
+        elif word in _IGNORED_WITH_VALUE:
+            i += 2
+        else:
+            raise ConfigError(f"ENROOT_SQUASH_OPTIONS: unsupported option {word!r}",
+                              hint="supported: -comp, -b, -Xcompression-level, -Xhc, -Xwindow-size, -Xalgorithm, "
+                                   "-no-xattrs, -exports, -processors and mksquashfs's data layout options")
+    return result
+
+
+# ------------------------------------------------------------------------------------- id table fix
+
+_SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
+_SQUASHFS_MAGIC = 0x73717368
+_UNCOMPRESSED_BIT = 0x8000
+
+
+def fix_single_id_table(path: Path) -> bool:
+    """Store a one-entry ID table uncompressed, as mksquashfs does; return whether the file changed.
+
+    tar2sqfs 1.2 keeps the compressed form of a metadata block even when it is larger than the data, and
+    for the 4-byte ID table of an image where every file is root's (ours) it always is. unsquashfs 4.5
+    rejects such a block ("failed to read id table block"), so `create` could not unpack the image; the
+    kernel and squashfuse read either form. The uncompressed block (2 + 4 bytes) fits where the compressed
+    one was, and its content is known: the one ID is 0, because the merged stream makes every file root's.
+    """
+    with open(path, "r+b") as f:
+        fields = _SUPERBLOCK.unpack(f.read(_SUPERBLOCK.size))
+        magic, id_count, id_table_start = fields[0], fields[8], fields[13]
+        if magic != _SQUASHFS_MAGIC or id_count != 1:
+            return False
+        f.seek(id_table_start)
+        (block_start,) = struct.unpack("<Q", f.read(8))
+        f.seek(block_start)
+        (header,) = struct.unpack("<H", f.read(2))
+        if header & _UNCOMPRESSED_BIT or header < 4:
+            return False
+        f.seek(block_start)
+        f.write(struct.pack("<HI", _UNCOMPRESSED_BIT | 4, 0))
+    return True
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+class Tar2Sqfs:
+    """A running tar2sqfs that reads the merged tar on its stdin and writes `output`."""
+
+    def __init__(self, squash: SquashPlan, output: Path, jobs: int, *, pass_fds: tuple[int, ...] = ()):
+        self.output = output
+        try:
+            self.process = subprocess.Popen(squash.tar2sqfs_argv(output, jobs), stdin=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                                            bufsize=1 << 20)
+        except FileNotFoundError:
+            raise ImageError("tar2sqfs is not installed", hint="install squashfs-tools-ng") from None
+        assert self.process.stdin is not None
+        self.stdin = self.process.stdin
+
+    def finish(self) -> None:
+        """Wait for tar2sqfs; a failure becomes an ImageError with its last message."""
+        if not self.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+        rc = self.process.wait()
+        err = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+        if rc != 0:
+            raise squash_error(err, self.output)
+        fix_single_id_table(self.output)
+
+    def abort(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def squash_error(stderr: str, output: Path) -> ImageError:
+    last = stderr.splitlines()[-1] if stderr else "unknown error"
+    if "No space left" in stderr:
+        return ImageError(f"no space left on device while writing {output}",
+                          hint="free some space or write the image elsewhere with -o")
+    return ImageError(f"building the squashfs image failed: {last}")
+
+
+def run_mksquashfs(squash: SquashPlan, source: Path, output: Path, jobs: int, *,
+                   pass_fds: tuple[int, ...] = ()) -> None:
+    try:
+        result = subprocess.run(squash.mksquashfs_argv(source, output, jobs), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                                            bufsize=1 << 20)
+    except FileNotFoundError:
+        raise ImageError("mksquashfs is not installed", hint="install squashfs-tools") from None
+    if result.returncode != 0:
+        raise squash_error(result.stderr.decode(errors="replace").strip(), output)
+
+
+def output_is_squashfs(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == struct.pack("<I", _SQUASHFS_MAGIC)
+    except OSError:
+        return False
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

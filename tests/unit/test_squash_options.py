@@ -1,0 +1,86 @@
+"""ENROOT_SQUASH_OPTIONS (mksquashfs syntax) -> tar2sqfs, and the unsquashfs-compatibility fix."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from pyenroot.errors import ConfigError
+from pyenroot.image import squash
+
+
+def argv(text):
+    return squash.translate_options(text).tar2sqfs_argv(Path("/o.sqsh"), 4)
+
+
+def test_default_is_lz4():
+    plan = squash.translate_options(None)
+    assert plan.compressor == "lz4" and not plan.use_mksquashfs
+    assert argv(None)[:8] == ["tar2sqfs", "--quiet", "--no-skip", "--force", "-c", "lz4", "-j", "4"]
+
+
+def test_no_comp_means_gzip_like_mksquashfs():
+    assert squash.translate_options("").compressor == "gzip"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("-comp zstd -Xcompression-level 3", ["-c", "zstd", "-j", "4", "-X", "level=3"]),
+    ("-comp lz4 -Xhc", ["-c", "lz4", "-j", "4", "-X", "hc"]),
+    ("-comp gzip -Xcompression-level 9 -Xwindow-size 12", ["-c", "gzip", "-j", "4", "-X", "level=9,window=12"]),
+    ("-comp xz -b 1M", ["-c", "xz", "-j", "4", "-b", "1048576"]),
+    ("-comp lzo -Xalgorithm lzo1x_999", ["-c", "lzo", "-j", "4", "-X", "algorithm=lzo1x_999"]),
+    ("-comp lz4 -processors 2", ["-c", "lz4", "-j", "2"]),
+    ("-comp lz4 -no-xattrs -exports", ["-c", "lz4", "-j", "4", "--no-xattr", "--exportable"]),
+    ("-comp lz4 -no-progress -quiet -all-root -noappend -mkfs-time 0", ["-c", "lz4", "-j", "4"]),
+])
+def test_translation(text, expected):
+    assert argv(text)[4:-1] == expected
+    assert argv(text)[-1] == "/o.sqsh"
+
+
+@pytest.mark.parametrize("text", ["-comp lzo -noD", "-comp gzip -no-fragments", "-comp xz -Xbcj x86",
+                                  "-noI -noF", "-no-duplicates"])
+def test_mksquashfs_fallback(text):
+    plan = squash.translate_options(text)
+    assert plan.use_mksquashfs
+    args = plan.mksquashfs_argv(Path("/src"), Path("/o.sqsh"), 2)
+    assert args[:3] == ["mksquashfs", "/src", "/o.sqsh"] and "-all-root" in args
+    assert all(word in args for word in text.split())
+
+
+@pytest.mark.parametrize("text,message", [("-comp brotli", "brotli"), ("-frobnicate", "-frobnicate"),
+                                          ("-comp", "needs a value"), ("-b 12Q", "12Q"), ("-comp 'lz4", "parsed")])
+def test_errors(text, message):
+    with pytest.raises(ConfigError, match=message):
+        squash.translate_options(text)
+
+
+def test_parse_size():
+    assert squash.parse_size("131072") == 131072
+    assert squash.parse_size("128K") == 131072
+    assert squash.parse_size("1m") == 1 << 20
+
+
+def _image(id_block: bytes) -> bytes:
+    """A fake image: superblock, then one ID metadata block at 96, then its index at 96+len(block)."""
+    index_at = 96 + len(id_block)
+    fields = [0x73717368, 1, 0, 131072, 0, 5, 17, 0, 1, 4, 0, 0, index_at + 8, index_at] + [0] * 5
+    return struct.pack("<IIIIIHHHHHHQQQQQQQQ", *fields) + id_block + struct.pack("<Q", 96)
+
+
+def test_fix_single_id_table(tmp_path):
+    image = tmp_path / "x.sqsh"
+    image.write_bytes(_image(struct.pack("<H", 5) + b"\x40\x00\x00\x00\x00"))  # lz4 of 4 zero bytes, 5 bytes
+    assert squash.fix_single_id_table(image)
+    data = image.read_bytes()
+    assert data[96:102] == struct.pack("<HI", 0x8004, 0)
+    assert data[103:111] == struct.pack("<Q", 96)  # the index is untouched
+    assert not squash.fix_single_id_table(image)  # already uncompressed
+
+
+def test_fix_leaves_other_images_alone(tmp_path):
+    image = tmp_path / "x.sqsh"
+    image.write_bytes(b"not a squashfs image" * 10)
+    assert not squash.fix_single_id_table(image)
