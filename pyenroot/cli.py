@@ -7,10 +7,12 @@ command modules import their heavy dependencies inside `run` so that `--help` an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from pyenroot import __version__
 from pyenroot.errors import PyenrootError, UsageError
@@ -33,6 +35,31 @@ VERBS: dict[str, str] = {
     "doctor": "check what this machine supports (namespaces, FUSE, overlay, GPUs)",
     "spank": "internal: the Slurm SPANK plugin's helper (start, cleanup, epilog)",
 }
+
+
+# Verbs that write images, containers or cache entries: SIGTERM (kill, timeout, Slurm) unwinds them like an
+# error, so that their clean-up (`finally`, temp files, work directories, tool processes) runs before exiting.
+_UNWIND_ON_SIGTERM = frozenset({"create", "export", "import", "load", "remove"})
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived; a BaseException so that no `except Exception` in library code swallows it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds(verb: str) -> Iterator[None]:
+    if verb not in _UNWIND_ON_SIGTERM:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,10 +97,25 @@ def _find_verb(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _one_line(text: str) -> str:
+    """Tool output and library messages may span lines; an error is always one line (and a hint another)."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def _render(error: PyenrootError) -> None:
-    print(f"pyenroot: error: {error.message} ({error.reference})", file=sys.stderr)
+    print(f"pyenroot: error: {_one_line(error.message)} ({error.reference})", file=sys.stderr)
     if error.hint:
-        print(f"hint: {error.hint}", file=sys.stderr)
+        print(f"hint: {_one_line(error.hint)}", file=sys.stderr)
+
+
+def _unexpected(exc: Exception) -> PyenrootError:
+    """The last line of defence: an error no code path turned into a PyenrootError is still one line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return PyenrootError(f"{exc.strerror}{where}", reference="os-error",
+                             hint="rerun with --debug to see where it happened")
+    return PyenrootError(f"unexpected {type(exc).__name__}: {exc}", reference="bug",
+                         hint="this is a bug in pyenroot; rerun with --debug to see the traceback and report it")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from pyenroot.config import load_settings
 
-        return int(_command_module(args.verb).run(args, load_settings()) or 0)
+        with _sigterm_unwinds(args.verb):
+            return int(_command_module(args.verb).run(args, load_settings()) or 0)
     except PyenrootError as error:
         if debug:
             raise
@@ -97,8 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         return 141
+    except Exception as exc:  # never a traceback for the user; --debug shows it
+        if debug:
+            raise
+        error = _unexpected(exc)
+        _render(error)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,14 +216,24 @@ def _read_layer(path: Path) -> dict[str, str]:
     return parse_settings_file(text, str(path))
 
 
+def _is_kind(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Whether `path` is there and of that kind; a path we may not even look at is an error, not 'absent'."""
+    try:
+        return kind(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check ENROOT_SYSCONF_PATH") from None
+
+
 def _file_layers(sysconf: Path) -> list[dict[str, str]]:
     layers = []
     main_file = sysconf / "enroot.conf"
-    if main_file.is_file():
+    if _is_kind(main_file, stat.S_ISREG):
         layers.append(_read_layer(main_file))
     dropins = sysconf / "enroot.conf.d"
-    if dropins.is_dir():
-        layers.extend(_read_layer(p) for p in sorted(dropins.glob("*.conf")) if p.is_file())
+    if _is_kind(dropins, stat.S_ISDIR):
+        layers.extend(_read_layer(p) for p in sorted(dropins.glob("*.conf")) if _is_kind(p, stat.S_ISREG))
     return layers
 
 

@@ -86,7 +86,14 @@ def container_dir(settings, name: str) -> Path:
 def existing_container(settings, name: str) -> Path:
     """The directory of an existing container, or StorageError. A symlink is not a container."""
     path = container_dir(settings, name)
-    if path.is_symlink() or not path.is_dir():
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = 0
+    except OSError as exc:  # the data directory itself is not ours to read
+        raise StorageError(f"cannot read the data directory {path.parent}: {exc.strerror}",
+                           hint="check ENROOT_DATA_PATH") from None
+    if not stat.S_ISDIR(mode):
         raise StorageError(f"no such container: {name}", hint="see 'pyenroot list'")
     return path
 
@@ -132,7 +139,11 @@ def _work_dir(base: Path) -> Iterator[_WorkEntry]:
     # The entry is locked before it gets a name that clean_stale_work() looks at: otherwise a concurrent
     # cleaner could find it unlocked (like a dead creator's) and delete it under our feet.
     unnamed = base / f"{NEW_PREFIX}{_work_name()[len(WORK_PREFIX):]}"
-    unnamed.mkdir(mode=0o700)
+    try:
+        unnamed.mkdir(mode=0o700)
+    except OSError as exc:
+        raise StorageError(f"cannot write to the data directory {base}: {exc.strerror}",
+                           hint="check ENROOT_DATA_PATH") from None
     fd = os.open(unnamed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     _lock(fd, wait=True)
     path = base / (WORK_PREFIX + unnamed.name[len(NEW_PREFIX):])
@@ -367,7 +378,15 @@ def _discard(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink()
         return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(path, flags)
+        except PermissionError:  # its owner's bits are gone (a chmod, an image's mode): ours to give back
+            _ensure_owner_rwx(str(path), os.lstat(path))
+            fd = os.open(path, flags)
+    except OSError as exc:
+        raise StorageError(f"cannot remove {path}: {exc.strerror}") from None
     try:
         _lock(fd, wait=True)
         trash = path.parent / _work_name()
@@ -490,7 +509,7 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
         raise StorageError(f"file already exists: {out}", hint="use -f to overwrite it")
     if _exists(out) and out.is_dir():
         raise StorageError(f"cannot write {out}: it is a directory")
-    if not out.parent.is_dir():
+    if not os.path.isdir(out.parent):  # os.path: a name too long or a directory we may not search is "no"
         raise StorageError(f"cannot write {out}: no such directory {out.parent}")
     temp = out.parent / f".{out.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     exclude_file = out.parent / f"{temp.name}.excludes"
@@ -501,7 +520,11 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
         # tell the leftover of a killed run (lock free) from an export in progress. 0666: the umask decides.
         lock_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         _lock(lock_fd, wait=True)
-        exclude_file.write_text("".join(f"{e}\n" for e in export_excludes(root) if "\n" not in e))
+        try:
+            excludes = export_excludes(root)
+        except OSError as exc:  # not the output's fault: say what could not be read
+            raise StorageError(f"cannot read container {name}: {exc.strerror}: {exc.filename}") from None
+        exclude_file.write_text("".join(f"{e}\n" for e in excludes if "\n" not in e))
         argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", "-no-progress", "-quiet",
                 "-processors", str(settings.max_processors()), *squash_options(settings), "-ef", str(exclude_file)]
         _run_tool(argv, f"export {name}")

@@ -9,6 +9,9 @@ def add_arguments(parser) -> None:
 
 def run(args, settings) -> int:
     from pyenroot import storage
+    from pyenroot.errors import UsageError
 
+    if args.output == "":  # not "the default": an empty value is a mistake (an unset variable, say)
+        raise UsageError("the output file name is empty", hint="leave out -o to write NAME.sqsh")
     storage.export_container(settings, args.name, args.output, force=args.force)
     return 0

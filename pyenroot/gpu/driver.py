@@ -219,7 +219,8 @@ def _under(root: Path, absolute: str) -> Path:
 def find_binary(root: Path, name: str) -> Path | None:
     for directory in BINARY_DIRS:
         candidate = root / directory / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+        # os.path.isfile: a directory we may not search is "not found", not an error (Path.is_file raises)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import stat
 from collections.abc import Mapping
@@ -260,11 +261,12 @@ def find_credentials(registry: str, user: str | None, config_path: Path | None,
                      environ: Mapping[str, str]) -> Credentials | None:
     """Credentials for `registry` from the first file that has some; None for anonymous access."""
     for kind, path in credential_files(config_path, environ):
+        if kind == "netrc" and os.path.isfile(path) and os.path.getsize(path):
+            check_private(path)  # before reading: the secrets of a file others can see are never even read
         text = _read(path)
         if not text or not text.strip():
             continue
         if kind == "netrc":
-            check_private(path)
             found = netrc_credentials(text, registry, user, environ, str(path))
         else:
             found = docker_config_credentials(text, registry, str(path))

@@ -26,7 +26,7 @@ from pyenroot.config import Settings
 from pyenroot.errors import ConfigError, RegistryError
 from pyenroot.registry.auth import Challenge, Credentials, parse_www_authenticate, preferred_challenge
 from pyenroot.registry.manifest import ACCEPT
-from pyenroot.registry.uri import canonical_registry
+from pyenroot.registry.uri import canonical_registry, is_registry_host
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -114,6 +114,8 @@ def _mirror_endpoint(text: str) -> Endpoint:
     host, _, prefix = text.partition("/")
     if not host:
         raise ConfigError(f"PYENROOT_REGISTRY_MIRRORS: no host in {text!r}")
+    if not is_registry_host(host):
+        raise ConfigError(f"PYENROOT_REGISTRY_MIRRORS: {host!r} is not a HOST[:PORT]")
     return Endpoint(host.lower(), scheme, prefix.strip("/"))
 
 
@@ -145,7 +147,8 @@ def make_ssl_context(ca_bundle: str | None, cert_file: str | None = None, cert_d
         try:
             context.load_verify_locations(cafile=ca_bundle)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"PYENROOT_CA_BUNDLE: cannot load {ca_bundle}: {exc}") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"PYENROOT_CA_BUNDLE: cannot load {ca_bundle}: {why}") from None
     return context
 
 
@@ -328,6 +331,10 @@ class RegistryClient:
                         "trust the registry's CA with PYENROOT_CA_BUNDLE=/path/ca.pem")
                 raise RegistryError(f"TLS failure talking to {urlsplit(url).netloc}: {reason}",
                                     reference="registry-tls", hint=hint) from None
+            except ValueError as exc:  # requests' InvalidURL/InvalidProxyURL, urllib3's LocationParseError
+                raise RegistryError(f"cannot talk to {urlsplit(url).netloc}: {_reason(exc)}", reference="registry-url",
+                                    hint="check the registry name, PYENROOT_REGISTRY_MIRRORS and the proxy settings"
+                                    ) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt < retries:
                     self._sleep(retry_delay(None, attempt))

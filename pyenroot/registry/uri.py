@@ -96,6 +96,26 @@ def canonical_registry(registry: str) -> str:
     return DOCKER_HUB if lowered in DOCKER_HUB_ALIASES else lowered
 
 
+# HOST[:PORT], HOST a DNS name, an IPv4 address or a bracketed IPv6 address (what an HTTP URL can hold).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_REGISTRY = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?")
+# A repository path component starts and ends with a letter or digit (so never `.` or `..`).
+_COMPONENT = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
+
+
+def is_registry_host(text: str) -> bool:
+    """Whether `text` is a HOST[:PORT] that fits in a URL (a port from 1 to 65535)."""
+    match = _REGISTRY.fullmatch(text)
+    return bool(match) and (match["port"] is None or 0 < int(match["port"]) < 65536)
+
+
+def _check_docker_names(uri: str, registry: str, image: str) -> None:
+    if not is_registry_host(registry):
+        raise _invalid(uri, f"{registry!r} is not a registry host[:port]")
+    if not all(_COMPONENT.fullmatch(part) for part in image.split("/")):
+        raise _invalid(uri, "each part of an image name starts and ends with a letter or digit")
+
+
 def _docker_ref(registry: str, image: str, tag: str | None, digest: str | None, user: str | None) -> ImageRef:
     registry = canonical_registry(registry)
     if registry == DOCKER_HUB and "/" not in image:
@@ -116,6 +136,12 @@ def _split_digest(uri: str, rest: str) -> tuple[str, str | None]:
 
 
 def _parse_docker(uri: str, rest: str) -> ImageRef:
+    ref = _parse_docker_forms(uri, rest)
+    _check_docker_names(uri, ref.registry or "", ref.repository)
+    return ref
+
+
+def _parse_docker_forms(uri: str, rest: str) -> ImageRef:
     rest, digest = _split_digest(uri, rest)
     if "#" in rest:
         match = _HASH_FORM.match(rest)

@@ -108,7 +108,11 @@ def inspect(pid: int) -> Target:
                                 hint="you can only join containers that you started") from None
     except FileNotFoundError:
         raise RuntimeStartError(f"no such process: {pid}") from None
-    return Target(pid, environ, namespaces_to_join(theirs, _ns_identities("self")))
+    join = namespaces_to_join(theirs, _ns_identities("self"))
+    if "mnt" not in join:  # every container has its own mount namespace; sharing ours means it is not in one
+        raise RuntimeStartError(f"process {pid} is not in a container",
+                                hint="give the PID of a process in the container (pyenroot list -f)")
+    return Target(pid, environ, join)
 
 
 def _open_path(path: str, what: str, pid: int, flags: int = os.O_PATH) -> int:

@@ -56,9 +56,12 @@ class HookStep:
 
 
 def _scripts(directory: Path | None) -> dict[str, Path]:
-    if directory is None or not directory.is_dir():
+    if directory is None:
         return {}
-    return {p.name: p for p in directory.iterdir() if p.name.endswith(".sh") and not p.is_dir()}
+    try:  # a missing or unreadable directory holds no hooks, as for environ.d and mounts.d
+        return {e.name: Path(e.path) for e in os.scandir(directory) if e.name.endswith(".sh") and not e.is_dir()}
+    except OSError:
+        return {}
 
 
 def hook_steps(system_dir: Path | None, user_dir: Path | None,

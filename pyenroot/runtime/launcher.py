@@ -190,13 +190,16 @@ class Mounter:
             syscalls.mount(None, target, None, mount.propagation)
 
     def perform(self, mount: Mount) -> None:
+        target = None
         try:
             target = host_path(self.root, mount.target)
             self._mount(mount, target)
         except OSError as exc:
             message = f"mount {mount.source} on {mount.target} ({mount.origin}): {_reason(exc)}"
             if not mount.nofail:
-                raise RuntimeStartError(message) from None
+                missing = exc.errno == errno.ENOENT and target is not None and not os.path.lexists(target)
+                hint = f"{mount.target} does not exist in the container: add the option x-create=dir (or file)"
+                raise RuntimeStartError(message, hint=hint if missing else None) from None
             if not mount.silent:
                 self.warn(message)
         except PyenrootError as error:

@@ -116,7 +116,8 @@ def _unpack(image: Path, target: Path, processors: int) -> None:
     result = subprocess.run(["unsquashfs", "-no-progress", "-processors", str(processors), "-d", str(target),
                              str(image)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise RuntimeStartError(f"cannot unpack {image}: {result.stderr.strip()[-300:]}")
+        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
+        raise RuntimeStartError(f"cannot unpack {image}: {lines[-1].strip()[-300:]}")
 
 
 def mount_image(image: Path, workdir: Path, *, native_overlay: bool = True, processors: int = 1) -> SquashMount:

@@ -34,9 +34,17 @@ def resolve_target(settings, target: str):
         if _is_squashfs(target):
             return Target("squashfs", Path(os.path.realpath(target)))
         if "/" in target or target.endswith(".sqsh"):
+            if not os.access(target, os.R_OK):  # _is_squashfs could not even look
+                raise ImageError(f"cannot read image {target}: permission denied")
             raise ImageError(f"not a squashfs image: {target}")
     elif "/" in target or target.endswith(".sqsh"):
-        raise ImageError(f"no such image file: {target}")
+        try:
+            os.stat(target)
+        except PermissionError:  # a directory on the way that we may not search
+            raise ImageError(f"cannot read image {target}: permission denied") from None
+        except OSError:
+            raise ImageError(f"no such image file: {target}") from None
+        raise ImageError(f"not a squashfs image: {target} is not a regular file")
     fast = _plain_container(settings, target)
     if fast is not None:
         return Target("dir", fast)
@@ -55,7 +63,8 @@ def _plain_container(settings, name: str) -> Path | None:
     if not data or not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
         return None
     path = Path(os.path.abspath(data)) / name
-    return path if not path.is_symlink() and path.is_dir() else None
+    # os.path: an unreadable data path is "not found" here, and storage then says what is wrong with it
+    return path if not os.path.islink(path) and os.path.isdir(path) else None
 
 
 def _settings_with_options(settings, args, directives: dict[str, str]):
@@ -106,8 +115,11 @@ def _read_rc(path: str) -> str:
         raise UsageError(f"no such rc script: {path}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
         raise UsageError(f"the rc script must be a file: {path}")
-    with open(path, errors="replace") as handle:
-        return handle.read()
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read rc script {path}: {exc.strerror}") from None
 
 
 def _check_options(args) -> None:
