@@ -60,7 +60,12 @@ class BlobCache:
         return self.blobs / digest_hex(digest)
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        path = self.path(digest)
+        try:
+            return path.is_file()
+        except PermissionError:
+            raise StorageError(f"cannot read the cache directory {path.parent}: permission denied",
+                               hint="ENROOT_CACHE_PATH must be a directory you can read and write") from None
 
     def _ensure_dirs(self) -> None:
         for directory in (self.root, self.root / "blobs", self.blobs, self.locks):
@@ -74,7 +79,11 @@ class BlobCache:
         """Hold the exclusive per-digest lock: a second process waits here until the first is done."""
         self._ensure_dirs()
         lock_path = self.locks / f"{digest_hex(digest)}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot use the cache directory {self.locks}: {exc.strerror}",
+                               hint="ENROOT_CACHE_PATH must be a directory you can read and write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

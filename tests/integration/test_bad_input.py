@@ -582,3 +582,14 @@ def test_sigterm_during_import_cleans_up(user, busybox_image):
     assert [p.name for p in user.home.iterdir() if "out" in p.name] == []
     assert list((user.home / "tmp").iterdir()) == []
     only_verified_blobs(user.home / ".cache")
+
+
+@pytest.mark.parametrize("mode", [0o500, 0o000], ids=["read-only", "unreadable"])
+def test_unusable_cache_path(user, busybox_image, mode):
+    cache = user.make_dir("unusable-cache")
+    cache.chmod(mode)
+    try:
+        fails_cleanly(user, ["import", "-o", "out.sqsh", busybox_image.uri], 1, "cache directory",
+                      env={**HTTP, "ENROOT_CACHE_PATH": str(cache / "enroot")})
+    finally:
+        cache.chmod(0o755)
