@@ -49,9 +49,11 @@ def _cpu_count() -> str:
 
 
 def _default_gzip() -> str:
-    import shutil  # only when the setting is unset: keeps `start` imports small
-
-    return "pigz" if shutil.which("pigz") else "gzip"
+    # A plain PATH walk: shutil would cost every `start` an import for a setting only import uses.
+    for directory in (os.environ.get("PATH") or os.defpath).split(os.pathsep):
+        if directory and os.access(os.path.join(directory, "pigz"), os.X_OK):
+            return "pigz"
+    return "gzip"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +124,8 @@ def run_external(argv: Sequence[str], name: str, ctx: HookContext, workdir: Path
     env.update(extra_env or {})
     env.update(ENROOT_PID=str(ctx.pid), ENROOT_ROOTFS=str(ctx.rootfs), ENROOT_ENVIRON=str(environ_file),
                ENROOT_MOUNTS=str(mounts_file))
+    import subprocess  # only when there are hook executables: keeps a plain start free of it
+
     result = subprocess.run(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             preexec_fn=_keep_caps, cwd="/")
     if result.returncode != 0:
