@@ -125,6 +125,20 @@ def _work_name() -> str:
     return f"{WORK_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
 
 
+@dataclass(frozen=True)
+class WorkKind:
+    """Where a kind of work entry lives by name: its prefix, the prefix it has until it is locked, and what a
+    failure to create one says."""
+
+    prefix: str = WORK_PREFIX
+    new_prefix: str = NEW_PREFIX
+    place: str = "the data directory"
+    setting: str = "ENROOT_DATA_PATH"
+
+
+DATA_WORK = WorkKind()
+
+
 def _lock(fd: int, *, wait: bool) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -134,19 +148,19 @@ def _lock(fd: int, *, wait: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _work_dir(base: Path) -> Iterator[_WorkEntry]:
+def _work_dir(base: Path, kind: WorkKind = DATA_WORK) -> Iterator[_WorkEntry]:
     """A fresh hidden directory in `base`, removed on any failure unless it was renamed away."""
     # The entry is locked before it gets a name that clean_stale_work() looks at: otherwise a concurrent
     # cleaner could find it unlocked (like a dead creator's) and delete it under our feet.
-    unnamed = base / f"{NEW_PREFIX}{_work_name()[len(WORK_PREFIX):]}"
+    unnamed = base / f"{kind.new_prefix}{_work_name()[len(WORK_PREFIX):]}"
     try:
         unnamed.mkdir(mode=0o700)
     except OSError as exc:
-        raise StorageError(f"cannot write to the data directory {base}: {exc.strerror}",
-                           hint="check ENROOT_DATA_PATH") from None
+        raise StorageError(f"cannot write to {kind.place} {base}: {exc.strerror}",
+                           hint=f"check {kind.setting}") from None
     fd = os.open(unnamed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     _lock(fd, wait=True)
-    path = base / (WORK_PREFIX + unnamed.name[len(NEW_PREFIX):])
+    path = base / (kind.prefix + unnamed.name[len(kind.new_prefix):])
     try:
         unnamed.rename(path)
     except OSError:
@@ -163,12 +177,12 @@ def _work_dir(base: Path) -> Iterator[_WorkEntry]:
         os.close(fd)
 
 
-def clean_stale_work(base: Path) -> list[str]:
+def clean_stale_work(base: Path, kind: WorkKind = DATA_WORK) -> list[str]:
     """Remove hidden work entries whose creator died (their lock is free). Returns what was removed."""
     removed = []
     try:
-        entries = [e for e in os.scandir(base) if e.name.startswith(WORK_PREFIX)]
-        _remove_abandoned_new_entries(base)
+        entries = [e for e in os.scandir(base) if e.name.startswith(kind.prefix)]
+        _remove_abandoned_new_entries(base, kind.new_prefix)
     except OSError:
         return removed
     for entry in entries:
@@ -188,11 +202,11 @@ def clean_stale_work(base: Path) -> list[str]:
     return removed
 
 
-def _remove_abandoned_new_entries(base: Path) -> None:
+def _remove_abandoned_new_entries(base: Path, new_prefix: str = NEW_PREFIX) -> None:
     """A creator killed between mkdir and rename leaves an empty entry: remove those older than an hour."""
     cutoff = time.time() - 3600
     for entry in os.scandir(base):
-        if entry.name.startswith(NEW_PREFIX):
+        if entry.name.startswith(new_prefix):
             with contextlib.suppress(OSError):
                 if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.rmdir(entry.path)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from pyenroot import storage
 from pyenroot.config import Settings
-from pyenroot.errors import ImageError, StorageError
+from pyenroot.errors import ImageError, StorageError, UsageError
 from pyenroot.image import imagefiles, squash
 from pyenroot.image.cache import BlobCache
 from pyenroot.image.merge import Decompressor, MergeResult, write_merged
@@ -143,7 +144,14 @@ def _output_error(exc: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {exc.strerror}")
 
 
+def check_output_name(output: str | None) -> None:
+    """`-o ""` is a mistake (an unset variable, say), not a request for the default name."""
+    if output is not None and not output:
+        raise UsageError("invalid output file: the name is empty", hint="leave -o out to use the default name")
+
+
 def output_path(output: str | None, default_name: str) -> Path:
+    check_output_name(output)
     name = output or (default_name if default_name.endswith(".sqsh") else f"{default_name}.sqsh")
     return Path(os.path.abspath(name))
 
@@ -205,7 +213,7 @@ def _extractor(rootfs: Path) -> Iterator[subprocess.Popen]:
     argv = ["tar", "-x", "-f", "-", "-C", str(rootfs), "--no-same-owner", "--preserve-permissions",
             "--delay-directory-restore", "--warning=no-timestamp"]
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               bufsize=1 << 20)
+                               bufsize=1 << 20, preexec_fn=squash.die_with_parent)
     try:
         yield process
     except BaseException:
@@ -244,6 +252,8 @@ class LayerFetch:
         self._started = time.monotonic()
         self._remaining = 0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reporter = _Stoppable(progress, self._stop)
         fetch_blob = getattr(source, "fetch_blob", None)
         if fetch_blob is None:
             self.layers: list[LocalLayer | Future] = list(source.fetch_layers(image, progress))
@@ -262,7 +272,7 @@ class LayerFetch:
             task.add_done_callback(lambda done: self._done(image.layers))
 
     def _fetch(self, fetch_blob, descriptor) -> LocalLayer:
-        return LocalLayer(descriptor, Path(fetch_blob(descriptor, self.progress)))
+        return LocalLayer(descriptor, Path(fetch_blob(descriptor, self._reporter)))
 
     def _done(self, descriptors) -> None:
         with self._lock:
@@ -277,8 +287,33 @@ class LayerFetch:
         self.progress.note(f"{len(descriptors)} layers, {total / (1 << 20):.1f} MB")
 
     def close(self) -> None:
+        """Stop at once: downloads not started are dropped, running ones end at their next progress report
+        (Python waits for the pool's threads before it exits, so a SIGTERM would otherwise wait for them)."""
+        self._stop.set()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class DownloadStopped(BaseException):
+    """Ends a download thread once the import is over; a BaseException so that no retry or mirror fallback
+    (`except ImageError`, `except Exception`) takes it for a failed transfer. The blob's cache write unwinds
+    and removes its temporary file."""
+
+
+class _Stoppable:
+    """The progress reporter a download sees: it reports every few MiB, and raises once the import is over."""
+
+    def __init__(self, progress: ImportProgress, stop: threading.Event):
+        self._progress = progress
+        self._stop = stop
+
+    def advance(self, item: str, done: int, total: int | None) -> None:
+        if self._stop.is_set():
+            raise DownloadStopped()
+        self._progress.advance(item, done, total)
+
+    def __getattr__(self, name: str):
+        return getattr(self._progress, name)
 
 
 def _fetch(source: ImageSource, arch: str | None, settings: Settings,
@@ -294,27 +329,44 @@ def _report(result: MergeResult, progress: ImportProgress) -> None:
         progress.warn(warning)
 
 
+# The scratch directory (an engine's saved archive, the unpacked tree of the mksquashfs fallback) is a locked
+# work entry like storage's: a SIGKILLed import leaves it unlocked, and the next import or load removes it.
+SCRATCH = storage.WorkKind(prefix="pyenroot-import-", new_prefix="pyenroot-new-import-",
+                           place="the temporary directory", setting="ENROOT_TEMP_PATH")
+
+
 @contextlib.contextmanager
 def _scratch(settings: Settings) -> Iterator[Path]:
     base = Path(settings.get("ENROOT_TEMP_PATH") or tempfile.gettempdir())
+    storage.clean_stale_work(base, SCRATCH)
+    with storage._work_dir(base, SCRATCH) as work:
+        yield work.path
+
+
+# Below this much free space (more than one squashfs data block and its metadata), a squashfs tool's failure is
+# taken as a full disk.
+_NEARLY_FULL = 1 << 20
+
+
+def _nearly_full(out: TempOutput) -> bool:
     try:
-        path = Path(tempfile.mkdtemp(prefix="pyenroot-import-", dir=base))
-    except OSError as exc:
-        raise StorageError(f"cannot create a temporary directory in {base}: {exc.strerror}",
-                           hint="check ENROOT_TEMP_PATH") from None
+        st = os.fstatvfs(out.fd) if out.fd is not None else os.statvfs(out.path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL
+
+
+@contextlib.contextmanager
+def _squash_failures(out: TempOutput) -> Iterator[None]:
+    """tar2sqfs reports a full disk as `/proc/self/fd/3: finishing data blocks: I/O error.`: when the output's
+    file system is full (checked while the partial image still holds its space), say so and name the output."""
     try:
-        yield path
-    finally:
-        _remove_tree(path)
-
-
-def _remove_tree(path: Path) -> None:
-    def make_writable(func, p, _exc):
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=make_writable)
+        yield
+    except ImageError as exc:
+        if "no space left" not in str(exc) and not _nearly_full(out):
+            raise
+        raise StorageError(f"no space left on device writing {out.final}",
+                           hint="free some space there, or write the image elsewhere with -o") from None
 
 
 def _build_squashfs(image, layers, settings, arch, progress, out: TempOutput, plan: squash.SquashPlan,
@@ -329,19 +381,22 @@ def _build_squashfs(image, layers, settings, arch, progress, out: TempOutput, pl
         rootfs.mkdir()
         result = _merge_to_directory(image, layers, settings, arch, progress, rootfs)
         progress.phase("squash")
-        squash.run_mksquashfs(plan, rootfs, out.path, jobs, pass_fds=out.pass_fds)
+        with _squash_failures(out):
+            squash.run_mksquashfs(plan, rootfs, out.path, jobs, pass_fds=out.pass_fds)
         return result
     builder = squash.Tar2Sqfs(plan, out.path, jobs, pass_fds=out.pass_fds)
     try:
         result = _stream_into(builder.stdin, image, layers, settings, arch, progress)
     except BrokenPipeError:
-        builder.finish()  # raises tar2sqfs's own error
+        with _squash_failures(out):
+            builder.finish()  # raises tar2sqfs's own error
         raise ImageError("building the squashfs image failed") from None
     except BaseException:
         builder.abort()
         raise
     progress.phase("squash")
-    builder.finish()
+    with _squash_failures(out):
+        builder.finish()
     return result
 
 
@@ -355,6 +410,7 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)  # a bad URI or bad options fail before anything is created
+    check_output_name(output)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
     progress = _progress(verbose, stream)
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
@@ -380,15 +436,16 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
 def load_image(uri: str, name: str | None, force: bool, arch: str | None, settings: Settings, verbose: int = 0,
                stream: TextIO | None = None) -> Path:
     """Import URI straight into the container root filesystem ENROOT_DATA_PATH/NAME (no squashfs in between)."""
-    from pyenroot import storage
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)
+    if name is not None:
+        storage.validate_name(name)  # before anything is fetched
     progress = _progress(verbose, stream)
     force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
         default = opened.default_name[:-len(".sqsh")] if opened.default_name.endswith(".sqsh") else opened.default_name
-        name = storage.validate_name(name if name else default)
+        name = storage.validate_name(name if name is not None else default)
         target = storage.container_dir(settings, name)
         if os.path.lexists(target) and not force:
             raise StorageError(f"container already exists: {name}", hint="use -f to replace it")

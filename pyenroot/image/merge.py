@@ -24,6 +24,7 @@ from pyenroot.errors import ImageError
 from pyenroot.image import layers as plan
 from pyenroot.image import tarstream
 from pyenroot.image.model import LocalLayer
+from pyenroot.image.squash import die_with_parent
 
 BLOCK = tarstream.BLOCK
 COPY_CHUNK = tarstream.CHUNK
@@ -175,7 +176,7 @@ class LayerStream:
         with open(layer.path, "rb") as source:
             try:
                 self.process = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                bufsize=0 if read_ahead else COPY_CHUNK)
+                                                bufsize=0 if read_ahead else COPY_CHUNK, preexec_fn=die_with_parent)
             except FileNotFoundError:
                 raise ImageError(f"cannot decompress layer {layer.descriptor.digest}: {argv[0]} is not installed",
                                  hint="install pigz or gzip, and zstd") from None

@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pyenroot.errors import ImageError, UsageError
 from pyenroot.image.cache import BlobCache
@@ -30,22 +32,51 @@ def _member_name(name: str) -> str:
     return "/".join(p for p in name.split("/") if p not in ("", "."))
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file: a device (/dev/zero) or a FIFO would be read forever
+    or block, so they are refused before any byte is read (O_NONBLOCK: opening a FIFO does not wait)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ImageError(f"is a directory: {path}") from None
+    except PermissionError:
+        raise ImageError(f"permission denied: {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot open {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise ImageError(f"is a directory: {path}")
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageError(f"not a regular file: {path}", hint="archives are read from regular files")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 class _Archive:
     """Random access to the members of an (uncompressed or compressed) tar file."""
 
     def __init__(self, path: Path, what: str):
         self.path = path
         self.what = what
+        self.file = _open_regular(path)
         try:
-            self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
+            self.tar = tarfile.open(fileobj=self.file, mode="r:*")  # noqa: SIM115 - closed by close()
             self.members = {_member_name(m.name): m for m in self.tar.getmembers() if m.isfile()}
-        except FileNotFoundError:
-            raise UsageError(f"no such file: {path}") from None
-        except (tarfile.TarError, OSError) as exc:
-            raise ImageError(f"{path} is not a valid {what}: {exc}") from None
+        except tarfile.ReadError:
+            self.file.close()
+            raise ImageError(f"not a tar archive: {path}", hint=f"expected a {what}") from None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            self.file.close()
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ImageError(f"{path} is not a valid {what}: {detail}") from None
 
     def close(self) -> None:
         self.tar.close()
+        self.file.close()
 
     def member(self, name: str) -> tarfile.TarInfo:
         info = self.members.get(_member_name(name))

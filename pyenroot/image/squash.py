@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import ConfigError, ImageError
+from pyenroot.runtime import syscalls  # noqa: F401 - loaded before any fork: die_with_parent imports nothing new
+from pyenroot.storage import _child_setup as die_with_parent  # the tools get PDEATHSIG=SIGKILL: no orphans
 
 COMPRESSORS = ("gzip", "lzma", "lzo", "xz", "lz4", "zstd")
 DEFAULT_OPTIONS = "-comp lz4"
@@ -188,7 +190,7 @@ class Tar2Sqfs:
         try:
             self.process = subprocess.Popen(squash.tar2sqfs_argv(output, jobs), stdin=subprocess.PIPE,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                                            bufsize=1 << 20)
+                                            bufsize=1 << 20, preexec_fn=die_with_parent)
         except FileNotFoundError:
             raise ImageError("tar2sqfs is not installed", hint="install squashfs-tools-ng") from None
         assert self.process.stdin is not None
@@ -224,7 +226,7 @@ def run_mksquashfs(squash: SquashPlan, source: Path, output: Path, jobs: int, *,
     try:
         result = subprocess.run(squash.mksquashfs_argv(source, output, jobs), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                                            bufsize=1 << 20)
+                                preexec_fn=die_with_parent)
     except FileNotFoundError:
         raise ImageError("mksquashfs is not installed", hint="install squashfs-tools") from None
     if result.returncode != 0:

@@ -593,3 +593,74 @@ def test_unusable_cache_path(user, busybox_image, mode):
                       env={**HTTP, "ENROOT_CACHE_PATH": str(cache / "enroot")})
     finally:
         cache.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------------ importer robustness
+
+
+def test_archive_paths_that_are_not_archives(user, bad):
+    fails_cleanly(user, ["import", f"docker-archive://{bad.text}"], 1, f"not a tar archive: {bad.text}")
+    fails_cleanly(user, ["import", f"oci-archive://{bad.directory}"], 1, f"is a directory: {bad.directory}")
+    fails_cleanly(user, ["import", f"docker-archive://{bad.private}"], 1, f"permission denied: {bad.private}")
+    # a device would be read forever: refused before reading
+    fails_cleanly(user, ["load", "-n", "x", "docker-archive:///dev/zero"], 1, "not a regular file: /dev/zero")
+
+
+def test_empty_output_or_name_is_a_usage_error(user):
+    fails_cleanly(user, ["import", "-o", "", CLOSED_PORT_URI], 2, "the name is empty", env=HTTP)
+    fails_cleanly(user, ["load", "-n", "", CLOSED_PORT_URI], 2, "the name is empty", env=HTTP)
+
+
+def test_full_disk_import_names_the_output(user, busybox_image, tiny_fs):
+    out = user.make_dir("full/out") / "busybox.sqsh"
+    result = fails_cleanly(user, ["import", "-o", str(out), busybox_image.uri], 1,
+                           f"no space left on device writing {out}", env=HTTP, ignore=(".cache",))
+    assert result.stderr.splitlines()[-1].startswith("hint: ")
+    assert os.listdir(out.parent) == []
+
+
+def _scratch_dirs(user) -> list[str]:
+    return [name for name in os.listdir(user.home / "tmp") if name.startswith("pyenroot-import-")]
+
+
+def test_kill_during_import_scratch_is_removed_by_the_next(user, busybox_image):
+    with blocked_after(user, "tar2sqfs", ["import", "-o", str(user.home / "a.sqsh"), busybox_image.uri], HTTP) \
+            as process:
+        os.killpg(process.pid, signal.SIGKILL)
+    assert _scratch_dirs(user)  # what a killed import leaves
+    rerun = user.pyenroot("import", "-o", str(user.home / "b.sqsh"), busybox_image.uri, env=HTTP)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _scratch_dirs(user) == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat_line = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_tar2sqfs_dies_with_a_killed_import(user, busybox_image):
+    with blocked_after(user, "tar2sqfs", ["import", "-o", str(user.home / "a.sqsh"), busybox_image.uri], HTTP) \
+            as process:
+        tools = _children(process.pid)
+        assert tools
+        os.kill(process.pid, signal.SIGKILL)  # pyenroot alone, as the OOM killer would
+        process.wait()
+        for _ in range(6000):  # a generous bound, not a timing assertion
+            if not any(map(_alive, tools)):
+                break
+            time.sleep(0.05)
+        assert not any(map(_alive, tools)), "tar2sqfs outlived pyenroot"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from pyenroot.errors import StorageError
+from pyenroot.errors import StorageError, UsageError
 from pyenroot.image import importer
+from pyenroot.image.model import Descriptor, ResolvedImage
+from pyenroot.image.progress import ImportProgress
 
 
 def test_output_path(tmp_path, monkeypatch):
@@ -56,3 +61,46 @@ def test_temp_output_missing_directory(tmp_path):
                                            (64, (4, importer.READ_AHEAD_BUDGET))])
 def test_read_ahead_plan(cpus, expected):
     assert importer.read_ahead_plan(cpus) == expected
+
+
+def test_an_empty_output_name_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="the name is empty"):
+        importer.output_path("", "ubuntu+latest")
+    assert os.listdir(tmp_path) == []
+
+
+class _SlowRegistry:
+    """A registry whose downloads report progress until told to stop (a bound, not a timing: one that never
+    notices runs out its loop and says so)."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.fetched: list[str] = []
+        self.stopped = False
+
+    def fetch_blob(self, descriptor, progress):
+        self.fetched.append(descriptor.digest)
+        self.started.set()
+        try:
+            for done in range(20000):
+                progress.advance(descriptor.digest, done, None)
+                time.sleep(0.001)
+        except importer.DownloadStopped:
+            self.stopped = True
+            raise
+        return "/nonexistent"
+
+
+def test_closing_a_layer_fetch_stops_its_downloads():
+    layers = [Descriptor("t", f"sha256:{c * 64}", 10) for c in "12"]
+    source = _SlowRegistry()
+    fetch = importer.LayerFetch(source, ResolvedImage("x", "sha256:" + "0" * 64, {}, layers),
+                                ImportProgress(io.StringIO()), connections=1)
+    source.started.wait()
+    fetch.close()
+    assert fetch.pool is not None
+    fetch.pool.shutdown(wait=True)
+    assert source.stopped
+    assert source.fetched == [layers[1].digest]  # the top layer first; the other never started
+    assert fetch.layers[0].cancelled()

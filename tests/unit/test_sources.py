@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_oci_archive_errors(tmp_path):
         sources.OciArchiveSource(path, cache).resolve("aarch64")
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"garbage" * 200)
-    with pytest.raises(ImageError, match="not a valid OCI archive"):
+    with pytest.raises(ImageError, match="not a tar archive"):
         sources.OciArchiveSource(bad, cache)
 
 
@@ -117,3 +118,19 @@ def test_oci_archive_platform_and_nested_index(tmp_path):
     cache = BlobCache(tmp_path / "cache")
     assert sources.OciArchiveSource(path, cache).resolve("aarch64").manifest_digest == arm.digest
     assert sources.OciArchiveSource(path, cache).resolve("x86_64").manifest_digest == amd.digest
+
+
+@pytest.mark.parametrize("source", [sources.DockerArchiveSource, sources.OciArchiveSource])
+def test_what_is_not_an_archive_file_is_refused_plainly(tmp_path, source):
+    cache = BlobCache(tmp_path / "cache")
+    text = tmp_path / "text.tar"
+    text.write_text("not an archive\n")
+    with pytest.raises(ImageError, match=f"^not a tar archive: {text}$"):
+        source(text, cache)
+    with pytest.raises(ImageError, match=f"^is a directory: {tmp_path}$"):
+        source(tmp_path, cache)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for special in (Path("/dev/zero"), fifo):  # read forever, or block: refused before reading
+        with pytest.raises(ImageError, match=f"^not a regular file: {special}$"):
+            source(special, cache)
