@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pyenroot.devtools import imagebuilder as ib
+from tests.helpers.processes import blocked_after
 from tests.integration.imagecheck import push, uri
 
 # No retries: a refused connection fails at once (retrying it is tested with the registry client).
@@ -471,49 +472,6 @@ def test_unwritable_data_path_for_load(user, busybox_image):
 
 
 # ------------------------------------------------------------------------------------ kills and SIGTERM
-
-
-FAKE_TOOL_BLOCKS = """#!/bin/sh
-# Runs the real tool, then reports and blocks: the test signals pyenroot at that point.
-case " $* " in *" -s "*) exec /usr/bin/$(basename "$0") "$@";; esac
-/usr/bin/$(basename "$0") "$@" || exit $?
-echo $$ > "$DONE_MARKER.tmp" && mv "$DONE_MARKER.tmp" "$DONE_MARKER"
-exec sleep 3600
-"""
-
-
-def _wait_for(path: Path, process: subprocess.Popen) -> None:
-    for _ in range(6000):  # a generous bound, not a timing assertion
-        if path.exists():
-            return
-        if process.poll() is not None:
-            pytest.fail(f"pyenroot ended early: {process.communicate()}")
-        time.sleep(0.05)
-    pytest.fail("the tool never finished")
-
-
-@contextlib.contextmanager
-def blocked_after(user, tool: str, args: list[str], extra_env: dict[str, str] | None = None
-                  ) -> Iterator[subprocess.Popen]:
-    """`pyenroot ARGS` with `tool` replaced by one that does its work and then blocks; yields at that point.
-    Whatever is still running at the end is killed with its process group."""
-    bindir = user.make_dir("fakebin")
-    fake = bindir / tool
-    fake.write_text(FAKE_TOOL_BLOCKS)
-    fake.chmod(0o755)
-    marker = user.home / "tmp" / "tool-done"
-    env = user.env(PATH=f"{bindir}:{user.env()['PATH']}", DONE_MARKER=str(marker), **(extra_env or {}))
-    process = subprocess.Popen([str(user.wrapper), *args], env=env, user=user.uid, group=user.gid, extra_groups=[],
-                               cwd=str(user.home), start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(marker, process)
-        marker.unlink()
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # the fake tool too, whatever happened to pyenroot
-        process.communicate()
 
 
 def test_kill_during_export_leaves_nothing(user, box):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.processes import blocked_after, wait_gone
 
 
 def data_dir(user) -> Path:
@@ -117,56 +118,14 @@ def test_restrictive_modes_are_fixed(user, session_dir, tmp_path):
     assert not root.exists()
 
 
-FAKE_UNSQUASHFS = """#!/bin/sh
-# Unpacks like the real one, then reports and blocks: the test kills pyenroot at that point.
-case " $* " in *" -s "*) exec /usr/bin/unsquashfs "$@";; esac
-/usr/bin/unsquashfs "$@" || exit $?
-echo $$ > "$UNPACKED_MARKER.tmp" && mv "$UNPACKED_MARKER.tmp" "$UNPACKED_MARKER"
-exec sleep 3600
-"""
-
-
-def _wait_for(path: Path, process: subprocess.Popen) -> None:
-    for _ in range(6000):  # a generous bound, not a timing assertion
-        if path.exists():
-            return
-        if process.poll() is not None:
-            pytest.fail(f"create ended early: {process.communicate()}")
-        time.sleep(0.05)
-    pytest.fail("unsquashfs never finished")
-
-
-def _wait_gone(pid: int) -> None:
-    for _ in range(6000):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.05)
-
-
 def test_kill_during_create_leaves_nothing(user, busybox_sqsh):
-    bindir = user.make_dir("fakebin")
-    fake = bindir / "unsquashfs"
-    fake.write_text(FAKE_UNSQUASHFS)
-    fake.chmod(0o755)
-    marker = user.home / "tmp" / "unpacked"
-    env = user.env(PATH=f"{bindir}:{user.env()['PATH']}", UNPACKED_MARKER=str(marker))
-    process = subprocess.Popen([str(user.wrapper), "create", "-n", "victim", str(busybox_sqsh)], env=env,
-                               user=user.uid, group=user.gid, extra_groups=[], cwd=str(user.home),
-                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _wait_for(marker, process)
+    with blocked_after(user, "unsquashfs", ["create", "-n", "victim", str(busybox_sqsh)]) as process:
         # Unpacked but not yet renamed: invisible to list.
         assert listed(user) == []
         hidden = [p for p in os.listdir(data_dir(user)) if p.startswith(".")]
         assert hidden
-    finally:
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-    _wait_gone(int(marker.read_text()))
+    wait_gone(process.tool_pid)
 
     assert listed(user) == []
     assert not (data_dir(user) / "victim").exists()

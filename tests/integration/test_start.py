@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import stopped_anchor
+
 
 def data_path(user) -> Path:
     return user.home / ".local/share/enroot"
@@ -162,21 +164,9 @@ def test_mounts_inside_never_reach_the_host(user, bb):
 def test_same_process_and_stopped_anchor(user, bb):
     """The Slurm anchor pattern: the started PID is the container's process and can stop itself."""
     proc = popen(user, "start", "bb", "sh", "-c", "kill -STOP $$; exit 0")
-    reaped = False
-    try:
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)
-        assert os.WIFSTOPPED(status)
-        assert os.readlink(f"/proc/{proc.pid}/exe").endswith("busybox")
-        assert Path(f"/proc/{proc.pid}/root/etc/os-release").read_text().count("pyenroot busybox") == 1
-        os.kill(proc.pid, signal.SIGCONT)
-        _, status = os.waitpid(proc.pid, 0)
-        reaped = True
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    finally:
-        if not reaped:
-            os.kill(proc.pid, signal.SIGKILL)
-            os.waitpid(proc.pid, 0)
-        proc.returncode = 0  # reaped above: keep Popen from waiting for it again
+    with stopped_anchor(proc) as pid:
+        assert os.readlink(f"/proc/{pid}/exe").endswith("busybox")
+        assert Path(f"/proc/{pid}/root/etc/os-release").read_text().count("pyenroot busybox") == 1
 
 
 @pytest.mark.parametrize("how", ["option", "setting"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import stopped_anchor
 from tests.integration.test_start import data_path, popen
 
 
@@ -42,20 +43,8 @@ def test_sqsh_files_belong_to_the_user_without_root(user, busybox_sqsh):
 def test_sqsh_anchor_keeps_the_image_mounted(user, busybox_sqsh):
     """A stopped container from an image (the Slurm anchor) still serves its files: FUSE lives with it."""
     proc = popen(user, "start", str(busybox_sqsh), "sh", "-c", "kill -STOP $$; exit 0")
-    reaped = False
-    try:
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)
-        assert os.WIFSTOPPED(status)
-        assert "pyenroot busybox" in Path(f"/proc/{proc.pid}/root/etc/os-release").read_text()
-        os.kill(proc.pid, signal.SIGCONT)
-        _, status = os.waitpid(proc.pid, 0)
-        reaped = True
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    finally:
-        if not reaped:
-            os.kill(proc.pid, signal.SIGKILL)
-            os.waitpid(proc.pid, 0)
-        proc.returncode = 0
+    with stopped_anchor(proc) as pid:
+        assert "pyenroot busybox" in Path(f"/proc/{pid}/root/etc/os-release").read_text()
 
 
 def test_sqsh_with_image_rc(user, busybox_rootfs_dir, session_dir, tmp_path):
