@@ -131,18 +131,46 @@ def _platform_matches(platform: dict | None, arch: str | None) -> bool:
     return platform.get("architecture") == wanted.architecture and platform.get("os", "linux") == wanted.os
 
 
-class OciArchiveSource:
-    """`oci-archive://PATH[:REF]`: a tar of an OCI image layout (index.json, blobs/sha256/...)."""
+class _ArchiveSource:
+    """What both archive formats share: the open archive, and copying layer members into the blob cache."""
+
+    scheme = ""
+    kind = ""
 
     def __init__(self, path: Path, cache: BlobCache, *, ref: str | None = None, uri: str | None = None):
         self.path = path
         self.ref = ref
         self.cache = cache
-        self.uri = uri or f"oci-archive://{path}"
-        self.archive = _Archive(path, "OCI archive")
+        self.uri = uri or f"{self.scheme}://{path}"
+        self.archive = _Archive(path, self.kind)
 
     def close(self) -> None:
         self.archive.close()
+
+    def _layer_member(self, layer: Descriptor) -> str:
+        raise NotImplementedError
+
+    def fetch_layers(self, image: ResolvedImage, progress: ProgressReporter | None = None) -> list[LocalLayer]:
+        result = []
+        for layer in image.layers:
+            if not self.cache.has(layer.digest):
+                with self.cache.locked(layer.digest):
+                    if not self.cache.has(layer.digest):
+                        chunks = self.archive.chunks(self._layer_member(layer))
+                        self.cache.store(layer.digest, chunks, layer.size)
+            result.append(LocalLayer(layer, self.cache.path(layer.digest)))
+            if progress:
+                progress.advance(layer.digest, max(layer.size, 0), max(layer.size, 0))
+        return result
+
+
+class OciArchiveSource(_ArchiveSource):
+    """`oci-archive://PATH[:REF]`: a tar of an OCI image layout (index.json, blobs/sha256/...)."""
+
+    scheme, kind = "oci-archive", "OCI archive"
+
+    def _layer_member(self, layer: Descriptor) -> str:
+        return _blob_name(layer.digest)
 
     def _select(self, manifests: list[dict], arch: str | None) -> dict:
         if self.ref:
@@ -187,32 +215,18 @@ class OciArchiveSource:
             raise ImageError(f"{self.path}: config {config_digest} does not match its digest")
         return ResolvedImage(self.uri, digest, json.loads(config_bytes), layers)
 
-    def fetch_layers(self, image: ResolvedImage, progress: ProgressReporter | None = None) -> list[LocalLayer]:
-        result = []
-        for layer in image.layers:
-            if not self.cache.has(layer.digest):
-                with self.cache.locked(layer.digest):
-                    if not self.cache.has(layer.digest):
-                        self.cache.store(layer.digest, self.archive.chunks(_blob_name(layer.digest)), layer.size)
-            result.append(LocalLayer(layer, self.cache.path(layer.digest)))
-            if progress:
-                progress.advance(layer.digest, max(layer.size, 0), max(layer.size, 0))
-        return result
 
-
-class DockerArchiveSource:
+class DockerArchiveSource(_ArchiveSource):
     """`docker-archive://PATH`: the tar `docker save` writes (manifest.json, config, one tar per layer)."""
 
+    scheme, kind = "docker-archive", "docker archive"
+
     def __init__(self, path: Path, cache: BlobCache, *, ref: str | None = None, uri: str | None = None):
-        self.path = path
-        self.ref = ref
-        self.cache = cache
-        self.uri = uri or f"docker-archive://{path}"
-        self.archive = _Archive(path, "docker archive")
+        super().__init__(path, cache, ref=ref, uri=uri)
         self._layer_members: dict[str, str] = {}
 
-    def close(self) -> None:
-        self.archive.close()
+    def _layer_member(self, layer: Descriptor) -> str:
+        return self._layer_members[layer.digest]
 
     def _entry(self) -> dict:
         entries = self.archive.json("manifest.json")
@@ -252,19 +266,6 @@ class DockerArchiveSource:
         if diff_id and self.cache.has(diff_id):
             return diff_id
         return _sha256_of(self.archive.chunks(name))
-
-    def fetch_layers(self, image: ResolvedImage, progress: ProgressReporter | None = None) -> list[LocalLayer]:
-        result = []
-        for layer in image.layers:
-            if not self.cache.has(layer.digest):
-                with self.cache.locked(layer.digest):
-                    if not self.cache.has(layer.digest):
-                        chunks = self.archive.chunks(self._layer_members[layer.digest])
-                        self.cache.store(layer.digest, chunks, layer.size)
-            result.append(LocalLayer(layer, self.cache.path(layer.digest)))
-            if progress:
-                progress.advance(layer.digest, max(layer.size, 0), max(layer.size, 0))
-        return result
 
 
 # ------------------------------------------------------------------------------------ engines
