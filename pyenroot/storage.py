@@ -148,7 +148,7 @@ def _lock(fd: int, *, wait: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _work_dir(base: Path, kind: WorkKind = DATA_WORK) -> Iterator[_WorkEntry]:
+def work_dir(base: Path, kind: WorkKind = DATA_WORK) -> Iterator[_WorkEntry]:
     """A fresh hidden directory in `base`, removed on any failure unless it was renamed away."""
     # The entry is locked before it gets a name that clean_stale_work() looks at: otherwise a concurrent
     # cleaner could find it unlocked (like a dead creator's) and delete it under our feet.
@@ -215,7 +215,7 @@ def _remove_abandoned_new_entries(base: Path, new_prefix: str = NEW_PREFIX) -> N
 # ------------------------------------------------------------------------------------ squashfs tools
 
 
-def _child_setup() -> None:
+def die_with_parent() -> None:
     """In the tool's process: die with pyenroot (no orphan keeps writing), allow many open files."""
     from pyenroot.runtime import syscalls  # already loaded by _run_tool: nothing is imported after the fork
 
@@ -240,11 +240,11 @@ def _run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (),
               tolerate_device_nodes: bool = False) -> None:
     import subprocess
 
-    from pyenroot.runtime import syscalls  # noqa: F401 (for _child_setup)
+    from pyenroot.runtime import syscalls  # noqa: F401 (for die_with_parent)
 
     try:
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                                preexec_fn=_child_setup, pass_fds=keep_fds)
+                                preexec_fn=die_with_parent, pass_fds=keep_fds)
     except FileNotFoundError:
         raise ImageError(f"{argv[0]} is not installed", hint="install squashfs-tools") from None
     if result.returncode == 0:
@@ -320,11 +320,11 @@ def create_container(settings, image: str | os.PathLike, name: str | None = None
         raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
     base = data_path(settings)
     clean_stale_work(base)
-    with _work_dir(base) as work:
+    with work_dir(base) as work:
         rootfs = work.path / "rootfs"
         _unpack(image_path, rootfs, settings.max_processors(), work.lock_fd, str(image))
         _fix_permissions(rootfs)
-        _install(rootfs, target, force=force)
+        install_rootfs(rootfs, target, force=force)
     return target
 
 
@@ -360,7 +360,7 @@ def _exists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _install(rootfs: Path, target: Path, *, force: bool) -> None:
+def install_rootfs(rootfs: Path, target: Path, *, force: bool) -> None:
     """Rename the finished root filesystem into place; with force, an old container is swapped out first."""
     if _exists(target):
         if not force:

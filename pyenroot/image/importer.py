@@ -339,7 +339,7 @@ SCRATCH = storage.WorkKind(prefix="pyenroot-import-", new_prefix="pyenroot-new-i
 def _scratch(settings: Settings) -> Iterator[Path]:
     base = Path(settings.get("ENROOT_TEMP_PATH") or tempfile.gettempdir())
     storage.clean_stale_work(base, SCRATCH)
-    with storage._work_dir(base, SCRATCH) as work:
+    with storage.work_dir(base, SCRATCH) as work:
         yield work.path
 
 
@@ -453,11 +453,11 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
         base = storage.data_path(settings)
         storage.clean_stale_work(base)
         try:
-            with storage._work_dir(base) as work:
+            with storage.work_dir(base) as work:
                 rootfs = work.path / "rootfs"
                 rootfs.mkdir(mode=0o755)
                 result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
-                storage._install(rootfs, target, force=force)
+                storage.install_rootfs(rootfs, target, force=force)
         finally:
             fetch.close()
     _report(result, progress)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyenroot.errors import ConfigError, ImageError
 from pyenroot.runtime import syscalls  # noqa: F401 - loaded before any fork: die_with_parent imports nothing new
-from pyenroot.storage import _child_setup as die_with_parent  # the tools get PDEATHSIG=SIGKILL: no orphans
+from pyenroot.storage import die_with_parent  # the tools get PDEATHSIG=SIGKILL: no orphans
 
 COMPRESSORS = ("gzip", "lzma", "lzo", "xz", "lz4", "zstd")
 DEFAULT_OPTIONS = "-comp lz4"

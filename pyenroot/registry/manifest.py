@@ -213,6 +213,10 @@ def select_platform(index: Index, wanted: Platform) -> Descriptor:
             ranked.append((rank, position, entry))
     if ranked:
         return min(ranked, key=lambda item: item[:2])[2]
+    # An index may point to further indexes without a platform of their own: look inside the first one.
+    nested = [entry for entry in index.manifests if not _platform_of(entry) and entry.media_type in INDEX_TYPES]
+    if nested:
+        return nested[0]
     available = sorted({str(p) for p in map(_platform_of, index.manifests) if p and p.os != "unknown"})
     raise ImageError(f"no matching platform for {wanted} in the image index",
                      hint=f"available: {', '.join(available) or 'none'}; choose one with --arch")

@@ -93,6 +93,11 @@ def test_select_platform():
     assert select_platform(idx, Platform("linux", "amd64")).digest == D[3]
 
 
+def test_select_platform_follows_a_nested_index_without_platform():
+    idx = parse_manifest(index([entry(D[3], "s390x"), descriptor(D[4], m.OCI_INDEX)]))
+    assert select_platform(idx, Platform("linux", "amd64")).digest == D[4]  # the caller looks inside it
+
+
 def test_select_platform_prefers_the_exact_variant_and_accepts_a_missing_one():
     idx = parse_manifest(index([entry(D[3], "arm64"), entry(D[4], "arm64", variant="v8")]))
     assert select_platform(idx, Platform("linux", "arm64", "v8")).digest == D[4]
