@@ -83,6 +83,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for verb, help_text in VERBS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        # Also after the verb (`pyenroot import -v URI`); SUPPRESS keeps a `pyenroot -v import` count.
+        verb_parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                 help="print what happens and how long it takes")
         if only is None or verb == only:
             _command_module(verb).add_arguments(verb_parser)
     return parser

@@ -44,3 +44,15 @@ def test_no_traceback_without_debug(monkeypatch, capsys):
     monkeypatch.delenv("PYENROOT_DEBUG", raising=False)
     assert main(["create", "/nonexistent/x.sqsh"]) != 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["-v", "import", "docker://x"], 1),
+    (["import", "-v", "docker://x"], 1),
+    (["import", "-vv", "docker://x"], 2),
+    (["import", "docker://x"], 0),
+])
+def test_verbose_before_or_after_the_verb(argv, expected):
+    from pyenroot.cli import build_parser
+
+    assert build_parser(only="import").parse_args(argv).verbose == expected
