@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from pyenroot.atomic import write_atomically
 from pyenroot.gpu import driver as gpu_driver
 from pyenroot.gpu import plan as gpu_plan
 from pyenroot.gpu import request as gpu_request
@@ -42,15 +43,7 @@ def write_files(files: dict[Path, bytes]) -> None:
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temp, 0o644)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data, 0o644)
 
 
 def nvidia_hook(ctx: HookContext) -> None:

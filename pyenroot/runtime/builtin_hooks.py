@@ -14,6 +14,7 @@ import pwd
 import sys
 from pathlib import Path
 
+from pyenroot.atomic import write_atomically
 from pyenroot.config import is_true
 from pyenroot.runtime.fstab import format_line
 from pyenroot.runtime.hookapi import HookContext
@@ -37,20 +38,6 @@ def inside(ctx: HookContext, path: str, *, follow: bool = True) -> Path:
         return Path(root + resolve_inside(path, readlink))
     parent, _, name = path.rstrip("/").rpartition("/")
     return Path(root + resolve_inside(parent or "/", readlink).rstrip("/") + "/" + name)
-
-
-def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    import tempfile  # only when a hook writes: tempfile is slow to import
-
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _read(path: Path) -> str:
@@ -118,7 +105,7 @@ def shadow(ctx: HookContext) -> None:
     for path, old, new in ((passwd_path, passwd, merge_accounts(passwd, users, {"_apt"}, set())),
                            (group_path, groups, merge_accounts(groups, group_lines, set(), set()))):
         if new != old:  # usually only the first start of a container changes anything
-            _write_atomically(path, new)
+            write_atomically(path, new, 0o644)
 
 
 # ---------------------------------------------------------------- home
@@ -170,7 +157,7 @@ def aptfix(ctx: HookContext) -> None:
         return
     confdir = inside(ctx, "/etc/apt/apt.conf.d")
     if confdir.is_dir() and os.access(confdir, os.W_OK):
-        _write_atomically(confdir / "pyenroot-aptfix", 'APT::Sandbox::User "root";\n')
+        write_atomically(confdir / "pyenroot-aptfix", 'APT::Sandbox::User "root";\n', 0o644)
 
 
 # ---------------------------------------------------------------- cgroups

@@ -13,11 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pyenroot.atomic import write_atomically
 from pyenroot.errors import PyenrootError
 
 BATCH_STEP = 0xFFFFFFFB  # SLURM_BATCH_SCRIPT
@@ -262,20 +262,8 @@ def job_list_path(runtime: Path, job: int) -> Path:
     return runtime / f"job-{job}.containers"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_state(request: StepRequest, state: StepState) -> None:
-    write_atomic(state_path(request), json.dumps(asdict(state)))
+    write_atomically(state_path(request), json.dumps(asdict(state)))
 
 
 def load_state(request: StepRequest) -> StepState | None:
@@ -507,7 +495,7 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
 
     target, state, mounts = prepare(request, settings, report)
     conf = user_runtime(request) / f"step-{request.step_label}.conf"
-    write_atomic(conf, config_script([*mounts, *_batch_mount(request)], request.env_names, request.entrypoint))
+    write_atomically(conf, config_script([*mounts, *_batch_mount(request)], request.env_names, request.entrypoint))
     state.config = str(conf)
     save_state(request, state)
     if _unprivileged(settings):
