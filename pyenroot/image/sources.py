@@ -18,6 +18,7 @@ from typing import BinaryIO
 from pyenroot.errors import ImageError, UsageError
 from pyenroot.image.cache import BlobCache
 from pyenroot.image.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
+from pyenroot.registry.manifest import sha256_digest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -195,7 +196,7 @@ class OciArchiveSource(_ArchiveSource):
                 raise ImageError(f"{self.path}: invalid OCI archive: an index lists no manifests")
             chosen = self._select(manifests, arch)
             blob = self.archive.read(_blob_name(chosen["digest"]))
-            if _sha256_of(iter([blob])) != chosen["digest"]:
+            if sha256_digest(blob) != chosen["digest"]:
                 raise ImageError(f"{self.path}: manifest {chosen['digest']} does not match its digest")
             document = json.loads(blob)
             if chosen.get("mediaType") not in (OCI_INDEX, DOCKER_LIST) and "manifests" not in document:
@@ -211,7 +212,7 @@ class OciArchiveSource(_ArchiveSource):
         except (KeyError, TypeError, ValueError):
             raise ImageError(f"{self.path}: invalid OCI archive: malformed manifest {digest}") from None
         config_bytes = self.archive.read(_blob_name(config_digest))
-        if _sha256_of(iter([config_bytes])) != config_digest:
+        if sha256_digest(config_bytes) != config_digest:
             raise ImageError(f"{self.path}: config {config_digest} does not match its digest")
         return ResolvedImage(self.uri, digest, json.loads(config_bytes), layers)
 
@@ -256,7 +257,7 @@ class DockerArchiveSource(_ArchiveSource):
             kind = _compression_of(next(self.archive.chunks(name), b"")[:4])
             layers.append(Descriptor(_LAYER_TYPES[kind], digest, info.size))
             self._layer_members[digest] = name
-        manifest_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        manifest_digest = sha256_digest(config_bytes)
         return ResolvedImage(self.uri, manifest_digest, config, layers)
 
     def _digest_of(self, name: str, diff_id: str | None) -> str:
