@@ -93,8 +93,8 @@ class ImportProgress:
                 order = {"resolve": 0, "download": 1, "merge": 2, "squash": 3}
                 timings = sorted(self.timings, key=lambda item: order.get(item[0], 9))
                 parts = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings)
-                self._write(f"[pyenroot] time: {parts} (total {self._clock() - self._started:.2f}s; "
-                            "downloads overlap the merge)\n")
+                overlap = "; downloads overlap the merge" if any(name == "download" for name, _ in timings) else ""
+                self._write(f"[pyenroot] time: {parts} (total {self._clock() - self._started:.2f}s{overlap})\n")
 
     # ----------------------------------------------------------------------------- drawing
 

@@ -90,6 +90,9 @@ def test_bundle_mounts_and_environment(user, busybox_sqsh):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["from the host", "yes 2"]
 
+    root = run(user, bundle, "--root", "id", "-u")
+    assert (root.returncode, root.stdout) == (0, "0\n"), root.stderr
+
 
 def test_bundle_info_and_verify(user, busybox_sqsh):
     bundle = make(user, busybox_sqsh, "-d", "a described box", "-t", "somewhere")
