@@ -4,7 +4,7 @@
 VENV        ?= /opt/pyenroot/venv
 PYTHON      := $(VENV)/bin/python
 SYSTEM_PY   ?= /usr/bin/python3
-APT_PACKAGES := squashfs-tools squashfs-tools-ng squashfuse fuse3 fuse-overlayfs zstd pigz \
+APT_PACKAGES := squashfs-tools squashfs-tools-ng squashfuse fuse3 fuse-overlayfs zstd pigz makeself \
 	docker-registry busybox-static mmdebstrap debootstrap gcc make libc6-dev \
 	slurm-wlm slurmctld slurmd slurm-client munge libslurm-dev \
 	python3 python3-venv iproute2 bc apache2-utils openssl uidmap util-linux procps ca-certificates podman

@@ -12,7 +12,7 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pyenroot import __version__
 from pyenroot.errors import PyenrootError, UsageError
@@ -39,7 +39,7 @@ VERBS: dict[str, str] = {
 
 # Verbs that write images, containers or cache entries: SIGTERM (kill, timeout, Slurm) unwinds them like an
 # error, so that their clean-up (`finally`, temp files, work directories, tool processes) runs before exiting.
-_UNWIND_ON_SIGTERM = frozenset({"create", "export", "import", "load", "remove"})
+_UNWIND_ON_SIGTERM = frozenset({"bundle", "create", "export", "import", "load", "remove"})
 
 
 class _Terminated(BaseException):
@@ -55,6 +55,13 @@ def _sigterm_unwinds(verb: str) -> Iterator[None]:
     if verb not in _UNWIND_ON_SIGTERM:
         yield
         return
+    with sigterm_unwinds():
+        yield
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises (run_guarded turns it into exit status 143) so that clean-up runs."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
@@ -62,7 +69,7 @@ def _sigterm_unwinds(verb: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -76,11 +83,11 @@ def _command_module(verb: str):
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with `only`, just that verb's arguments are loaded (fast path)."""
-    parser = _Parser(prog="pyenroot", description="Unprivileged containers for HPC, enroot-compatible.")
+    parser = Parser(prog="pyenroot", description="Unprivileged containers for HPC, enroot-compatible.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="print what happens and how long it takes")
     parser.add_argument("--version", action="version", version=f"pyenroot {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=Parser)
     for verb, help_text in VERBS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         # Also after the verb (`pyenroot import -v URI`); SUPPRESS keeps a `pyenroot -v import` count.
@@ -123,12 +130,13 @@ def _unexpected(exc: Exception) -> PyenrootError:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[:1] or os.environ.get("PYENROOT_DEBUG") == "1"
-    try:
+    debug = ["--debug" in argv[:1] or os.environ.get("PYENROOT_DEBUG") == "1"]
+
+    def run() -> int:
         if argv and not argv[0].startswith("-") and argv[0] not in VERBS:
             raise UsageError(f"unknown command: {argv[0]}", hint="see 'pyenroot --help' for the commands")
         args = build_parser(only=_find_verb(argv)).parse_args(argv)
-        debug = debug or args.debug
+        debug[0] = debug[0] or args.debug
         if args.verb is None:
             build_parser(only="").print_help()
             return 0
@@ -136,8 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with _sigterm_unwinds(args.verb):
             return int(_command_module(args.verb).run(args, load_settings()) or 0)
+
+    return run_guarded(run, lambda: debug[0])
+
+
+def run_guarded(action: Callable[[], int], debug: Callable[[], bool]) -> int:
+    """Run `action` and turn what it raises into one error line (and a hint) and an exit code, as every
+    pyenroot entry point does (the CLI, a bundle's runtime); `debug()` true: let the traceback through."""
+    try:
+        return action()
     except PyenrootError as error:
-        if debug:
+        if debug():
             raise
         _render(error)
         return error.exit_code
@@ -148,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 141
     except Exception as exc:  # never a traceback for the user; --debug shows it
-        if debug:
+        if debug():
             raise
         error = _unexpected(exc)
         _render(error)

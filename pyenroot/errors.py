@@ -62,9 +62,3 @@ class RuntimeStartError(PyenrootError):
 
     reference = "start"
 
-
-class NotImplementedYet(PyenrootError):
-    """A verb that exists in the interface but has no implementation yet."""
-
-    exit_code = 2
-    reference = "not-implemented"

@@ -217,7 +217,7 @@ def _remove_abandoned_new_entries(base: Path, new_prefix: str = NEW_PREFIX) -> N
 
 def die_with_parent() -> None:
     """In the tool's process: die with pyenroot (no orphan keeps writing), allow many open files."""
-    from pyenroot.runtime import syscalls  # already loaded by _run_tool: nothing is imported after the fork
+    from pyenroot.runtime import syscalls  # already loaded by run_tool: nothing is imported after the fork
 
     with contextlib.suppress(OSError):
         syscalls.set_parent_death_signal(signal.SIGKILL)
@@ -236,17 +236,18 @@ _DEVICE_NODE_SKIPPED = re.compile(r"(create_inode: )?could not create (character
 _NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as unsquashfs and mksquashfs report it
 
 
-def _run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (),
-              tolerate_device_nodes: bool = False) -> None:
+def run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (), tolerate_device_nodes: bool = False,
+             env: dict[str, str] | None = None, package: str = "squashfs-tools") -> None:
+    """Run a tool that dies with us; its failure becomes one error line (`what`: what we were doing)."""
     import subprocess
 
     from pyenroot.runtime import syscalls  # noqa: F401 (for die_with_parent)
 
     try:
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                                preexec_fn=die_with_parent, pass_fds=keep_fds)
+                                preexec_fn=die_with_parent, pass_fds=keep_fds, env=env)
     except FileNotFoundError:
-        raise ImageError(f"{argv[0]} is not installed", hint="install squashfs-tools") from None
+        raise ImageError(f"{argv[0]} is not installed", hint=f"install {package}") from None
     if result.returncode == 0:
         return
     lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
@@ -280,7 +281,8 @@ def check_squashfs(image: str | os.PathLike) -> Path:
     except FileNotFoundError:
         raise ImageError("unsquashfs is not installed", hint="install squashfs-tools") from None
     if result.returncode != 0:
-        raise ImageError(f"not a squashfs image: {image}", hint="create takes a .sqsh file made by 'pyenroot import'")
+        raise ImageError(f"not a squashfs image: {image}",
+                         hint="the image must be a .sqsh file made by 'pyenroot import' or 'pyenroot export'")
     return path
 
 
@@ -322,10 +324,16 @@ def create_container(settings, image: str | os.PathLike, name: str | None = None
     clean_stale_work(base)
     with work_dir(base) as work:
         rootfs = work.path / "rootfs"
-        _unpack(image_path, rootfs, settings.max_processors(), work.lock_fd, str(image))
-        _fix_permissions(rootfs)
+        unpack_rootfs(image_path, rootfs, settings.max_processors(), work.lock_fd, str(image))
         install_rootfs(rootfs, target, force=force)
     return target
+
+
+def unpack_rootfs(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str) -> None:
+    """Unpack a squashfs image into the new directory `rootfs` (in a locked work entry), readable and removable
+    by its owner afterwards; `label` names the image in errors."""
+    _unpack(image, rootfs, processors, lock_fd, label)
+    _fix_permissions(rootfs)
 
 
 def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str) -> None:
@@ -337,7 +345,7 @@ def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str
     argv = ["unsquashfs", "-no-progress", "-quiet", "-processors", str(processors), "-user-xattrs",
             "-d", str(rootfs), str(image)]
     try:
-        _run_tool(argv, f"unpack {label}", keep_fds=(lock_fd,), tolerate_device_nodes=True)
+        run_tool(argv, f"unpack {label}", keep_fds=(lock_fd,), tolerate_device_nodes=True)
         return
     except ImageError as first:
         import shutil
@@ -351,7 +359,7 @@ def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str
     # -D: no device nodes (see above); -C/-T: modes and times as in the image; ownership stays the user's.
     fallback = ["rdsquashfs", "-q", "-D", "-C", "-T", "-u", "/", "-p", str(rootfs), str(image)]
     try:
-        _run_tool(fallback, f"unpack {label}", keep_fds=(lock_fd,))
+        run_tool(fallback, f"unpack {label}", keep_fds=(lock_fd,))
     except ImageError:
         raise failure from None
 
@@ -518,40 +526,55 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
     """Write the container's root filesystem as a squashfs image; the file appears complete or not at all."""
     root = existing_container(settings, name)
     out = Path(os.path.abspath(output)) if output else default_export_path(name)
-    force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
+    check_output_file(out, force or settings.flag("ENROOT_FORCE_OVERRIDE"))
+    with temp_output(out) as temp:
+        exclude_file = out.parent / f"{temp.name}.excludes"
+        try:
+            try:
+                excludes = export_excludes(root)
+            except OSError as exc:  # not the output's fault: say what could not be read
+                raise StorageError(f"cannot read container {name}: {exc.strerror}: {exc.filename}") from None
+            exclude_file.write_text("".join(f"{e}\n" for e in excludes if "\n" not in e))
+            argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", "-no-progress", "-quiet",
+                    "-processors", str(settings.max_processors()), *squash_options(settings), "-ef", str(exclude_file)]
+            run_tool(argv, f"export {name}")
+        finally:
+            with contextlib.suppress(OSError):
+                exclude_file.unlink()
+    return out
+
+
+def check_output_file(out: Path, force: bool) -> None:
+    """Refuse to replace an existing file without force, a directory ever, or to write where no directory is."""
     if _exists(out) and not force:
-        raise StorageError(f"file already exists: {out}", hint="use -f to overwrite it")
+        raise StorageError(f"file already exists: {out}", hint="use -f (or ENROOT_FORCE_OVERRIDE=y) to overwrite it")
     if _exists(out) and out.is_dir():
         raise StorageError(f"cannot write {out}: it is a directory")
     if not os.path.isdir(out.parent):  # os.path: a name too long or a directory we may not search is "no"
         raise StorageError(f"cannot write {out}: no such directory {out.parent}")
+
+
+@contextlib.contextmanager
+def temp_output(out: Path) -> Iterator[Path]:
+    """A hidden, locked temp file next to `out` for a tool to write; renamed over `out` when the block succeeds,
+    removed when it fails. A later run removes the leftovers of killed ones (clean_stale_exports)."""
     temp = out.parent / f".{out.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
-    exclude_file = out.parent / f"{temp.name}.excludes"
     lock_fd = -1
     try:
         clean_stale_exports(out)
-        # Created and locked before mksquashfs writes into it (it keeps the inode), so that a later export can
-        # tell the leftover of a killed run (lock free) from an export in progress. 0666: the umask decides.
+        # Created and locked before the tool writes into it (it keeps the inode), so that a later run can tell
+        # the leftover of a killed run (lock free) from one in progress. 0666: the umask decides.
         lock_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         _lock(lock_fd, wait=True)
-        try:
-            excludes = export_excludes(root)
-        except OSError as exc:  # not the output's fault: say what could not be read
-            raise StorageError(f"cannot read container {name}: {exc.strerror}: {exc.filename}") from None
-        exclude_file.write_text("".join(f"{e}\n" for e in excludes if "\n" not in e))
-        argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", "-no-progress", "-quiet",
-                "-processors", str(settings.max_processors()), *squash_options(settings), "-ef", str(exclude_file)]
-        _run_tool(argv, f"export {name}")
+        yield temp
         os.rename(temp, out)
     except OSError as exc:
         raise StorageError(f"cannot write {out}: {exc.strerror}") from None
     finally:
-        for leftover in (temp, exclude_file):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        with contextlib.suppress(OSError):
+            temp.unlink()
         if lock_fd >= 0:
             os.close(lock_fd)
-    return out
 
 
 def clean_stale_exports(out: Path) -> list[str]:

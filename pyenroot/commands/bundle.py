@@ -1,17 +1,42 @@
-"""`pyenroot bundle [options] IMAGE`."""
+"""`pyenroot bundle [-o BUNDLE] [-a] [-c] [-d TEXT] [-t DIR] [-f] IMAGE`."""
 
-from pyenroot.errors import NotImplementedYet
+RUN_OPTIONS = """\
+The bundle runs on a machine without pyenroot that has python3 (3.11 or later), tar, unsquashfs (or
+rdsquashfs) and unprivileged user namespaces: ./BUNDLE [OPTIONS] [--] [COMMAND [ARG...]] unpacks the image
+and starts it. Its options: -i/--info, -v/--verify, -k/--keep (unpack into the target directory and keep it),
+-x/--extract (unpack and exit), -q/--quiet, and those of start: -c/--conf, -e/--env, --rc, -r/--root, -w/--rw,
+-m/--mount, --pid, --net, --ipc, --uts. See ./BUNDLE --help."""
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("-a", "--all", action="store_true", help="include user configuration")
-    parser.add_argument("-c", "--checksum", action="store_true", help="verify a checksum at each run")
-    parser.add_argument("-d", "--desc", metavar="TEXT", help="description of the bundle")
-    parser.add_argument("-o", "--output", metavar="BUNDLE", help="bundle file to write")
-    parser.add_argument("-t", "--target", metavar="DIR", help="target directory used by --keep")
+    import argparse
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = RUN_OPTIONS
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="include the user's configuration (hooks.d, mounts.d, environ.d of ENROOT_CONFIG_PATH) "
+                             "and the ENROOT_* settings")
+    parser.add_argument("-c", "--checksum", action="store_true", help="check a SHA-256 of the bundle at each run")
+    parser.add_argument("-d", "--desc", metavar="TEXT", help="description of the bundle (default: none)")
+    parser.add_argument("-o", "--output", metavar="BUNDLE", help="bundle file to write (default: IMAGE without "
+                        ".sqsh, plus .run)")
+    parser.add_argument("-t", "--target", metavar="DIR", help="directory that --keep unpacks into at run time "
+                        "(default: BUNDLE without .run)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("image", metavar="IMAGE", help="squashfs image")
 
 
 def run(args, settings) -> int:
-    raise NotImplementedYet("bundle is not implemented yet")
+    import sys
+
+    from pyenroot.bundle.build import BundleRequest, make_bundle
+    from pyenroot.errors import UsageError
+    from pyenroot.image.progress import ImportProgress
+
+    for option, value in (("output", args.output), ("target", args.target)):
+        if value == "":  # not "the default": an empty value is a mistake (an unset variable, say)
+            raise UsageError(f"the {option} name is empty", hint=f"leave out --{option} for the default")
+    request = BundleRequest(image=args.image, output=args.output, target=args.target, description=args.desc,
+                            all_config=args.all, checksum=args.checksum, force=args.force)
+    make_bundle(settings, request, ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)))
+    return 0

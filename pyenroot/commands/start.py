@@ -4,6 +4,13 @@ import argparse
 
 
 def add_arguments(parser) -> None:
+    add_container_options(parser)
+    parser.add_argument("target", metavar="NAME|IMAGE", help="container name or squashfs image")
+    add_command_argument(parser)
+
+
+def add_container_options(parser) -> None:
+    """The options of a start (also those of a bundle's runtime)."""
     parser.add_argument("-c", "--conf", metavar="CONFIG", help="configuration script")
     parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]",
                         help="environment variable to set in the container (repeatable)")
@@ -16,12 +23,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--net", action="store_true", help="new network namespace")
     parser.add_argument("--ipc", action="store_true", help="new IPC namespace")
     parser.add_argument("--uts", action="store_true", help="new UTS namespace")
-    parser.add_argument("target", metavar="NAME|IMAGE", help="container name or squashfs image")
+
+
+def add_command_argument(parser) -> None:
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
                         help="command to run (default: the image's entrypoint, or a shell)")
 
 
-def run(args, settings) -> int:
+def run(args, settings, target=None) -> int:
+    """`target`: a launcher.Target to start instead of args.target (a bundle's unpacked image)."""
     import sys
     import time
 
@@ -36,4 +46,5 @@ def run(args, settings) -> int:
         print(f"pyenroot: {(time.perf_counter() - started) * 1000:7.1f} ms  {step}", file=sys.stderr, flush=True)
 
     verbose = getattr(args, "verbose", 0) > 0
-    return startup.start(args, settings, warn=warn, trace=trace if verbose else lambda step: None)
+    return startup.start(args, settings, warn=warn, trace=trace if verbose else lambda step: None,
+                         target=target)

@@ -9,7 +9,7 @@ import time
 from typing import TextIO
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -93,8 +93,8 @@ class ImportProgress:
                 order = {"resolve": 0, "download": 1, "merge": 2, "squash": 3}
                 timings = sorted(self.timings, key=lambda item: order.get(item[0], 9))
                 parts = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings)
-                self._write(f"[pyenroot] time: {parts} (total {self._clock() - self._started:.2f}s; "
-                            "downloads overlap the merge)\n")
+                overlap = "; downloads overlap the merge" if any(name == "download" for name, _ in timings) else ""
+                self._write(f"[pyenroot] time: {parts} (total {self._clock() - self._started:.2f}s{overlap})\n")
 
     # ----------------------------------------------------------------------------- drawing
 
@@ -110,9 +110,9 @@ class ImportProgress:
         complete = sum(1 for d, t in self._items.values() if t is not None and d >= t)
         parts = []
         if self._items:
-            part = f"download {complete}/{len(self._items)} {_size(done)}"
+            part = f"download {complete}/{len(self._items)} {human_size(done)}"
             if total:
-                part += f" of {_size(total)} ({100 * done / total:.0f}%)"
+                part += f" of {human_size(total)} ({100 * done / total:.0f}%)"
             parts.append(part)
         if self._converting:
             index, count = self._converting

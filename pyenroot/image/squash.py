@@ -233,6 +233,17 @@ def run_mksquashfs(squash: SquashPlan, source: Path, output: Path, jobs: int, *,
         raise squash_error(result.stderr.decode(errors="replace").strip(), output)
 
 
+# The superblock's compression ids (squashfs_fs.h).
+_COMPRESSION_IDS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+
+
+def compressor_of(path: Path) -> str:
+    """The compressor named in a squashfs image's superblock ("unknown" if the file does not say)."""
+    with open(path, "rb") as f:
+        fields = _SUPERBLOCK.unpack(f.read(_SUPERBLOCK.size))
+    return _COMPRESSION_IDS.get(fields[5], "unknown") if fields[0] == _SQUASHFS_MAGIC else "unknown"
+
+
 def output_is_squashfs(path: Path) -> bool:
     try:
         with open(path, "rb") as f:

@@ -349,8 +349,9 @@ def _exec(start_plan: StartPlan, environ: dict[str, str]) -> None:
 # ------------------------------------------------------------------------------------ pid namespace
 
 
-def _supervise(child: int) -> int:
-    """Stay as the parent of PID 1 of the new namespace: forward signals, mirror stops, return its status."""
+def supervise(child: int) -> int:
+    """Stay as the parent of `child` (PID 1 of a new namespace, a bundle's container): forward signals, mirror
+    stops, return its status."""
     def forward(number: int, _frame) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, number)
@@ -474,7 +475,7 @@ def _launch(spec: Launch) -> int:
     if request.unshare_pid:
         parent_child, enroot_pid = _fork_into_pid_namespace()
         if parent_child is not None:
-            return _supervise(parent_child)
+            return supervise(parent_child)
     _configure_and_exec(spec, root, enroot_pid, workdir)
     raise AssertionError("unreachable")  # _configure_and_exec executes the program or raises
 

@@ -132,7 +132,8 @@ def _check_options(args) -> None:
 
 
 def start(args, settings, *, warn: Callable[[str], None],
-          trace: Callable[[str], None] = lambda step: None) -> int:
+          trace: Callable[[str], None] = lambda step: None, target=None) -> int:
+    """Start `args.target` (or `target`, a launcher.Target: a bundle's unpacked root filesystem)."""
     _check_options(args)
     command = list(args.command or [])
     if command and command[0] == "--":
@@ -149,7 +150,7 @@ def start(args, settings, *, warn: Callable[[str], None],
     host_environ = {**os.environ, **settings.environ()}
     if args.conf:
         script = configscript.evaluate(conf, command, host_environ)
-    target = resolve_target(settings, args.target)
+    target = target or resolve_target(settings, args.target)
     euid = os.geteuid()
     request = StartRequest(
         command=tuple(command),

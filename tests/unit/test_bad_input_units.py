@@ -126,7 +126,7 @@ def test_full_disk_is_named(monkeypatch):
     _tool_output(monkeypatch, 1, "Write on output file failed because No space left on device\n"
                                  "FATAL ERROR: writer: failed to write file /data/x/bin/busybox\n")
     with pytest.raises(StorageError) as info:
-        storage._run_tool(["unsquashfs", "x"], "unpack x.sqsh")
+        storage.run_tool(["unsquashfs", "x"], "unpack x.sqsh")
     assert info.value.message == "unpack x.sqsh: unsquashfs failed: no space left on device"
     assert info.value.hint
 
@@ -134,7 +134,7 @@ def test_full_disk_is_named(monkeypatch):
 def test_other_tool_failures_show_the_last_line(monkeypatch):
     _tool_output(monkeypatch, 1, "some detail\nFATAL ERROR: File system corruption detected\n")
     with pytest.raises(ImageError, match=r"^unpack x: unsquashfs failed: FATAL ERROR: File system corruption"):
-        storage._run_tool(["unsquashfs", "x"], "unpack x")
+        storage.run_tool(["unsquashfs", "x"], "unpack x")
 
 
 def test_direct_start_unpack_error_is_one_line(monkeypatch, tmp_path):
