@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-
-def _bool(value: str) -> bool:
-    return value not in ("0", "n", "no", "false", "")
+from pyenroot.config import is_true
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -27,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--local-tasks", type=int, default=1)
     parser.add_argument("--scope", choices=("job", "global"), default="global")
     parser.add_argument("--runtime-path", default="/run/pyenroot")
-    parser.add_argument("--squashfuse", type=_bool, default=True)
+    parser.add_argument("--squashfuse", type=is_true, default=True)
     parser.add_argument("--importer")
     parser.add_argument("--cwd")
     parser.add_argument("--batch-script")
@@ -38,11 +36,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save")
     parser.add_argument("--env-names", type=_names, default=())
     parser.add_argument("--unshare", type=_names, default=())
-    parser.add_argument("--mount-home", type=_bool)
-    parser.add_argument("--remap-root", type=_bool)
-    parser.add_argument("--entrypoint", type=_bool, default=False)
+    parser.add_argument("--mount-home", type=is_true)
+    parser.add_argument("--remap-root", type=is_true)
+    parser.add_argument("--entrypoint", type=is_true, default=False)
     parser.add_argument("--entrypoint-log", action="store_true")
-    parser.add_argument("--writable", type=_bool)
+    parser.add_argument("--writable", type=is_true)
     parser.add_argument("--incomplete", action="store_true", help=argparse.SUPPRESS)
 
 

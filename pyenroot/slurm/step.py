@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pyenroot.atomic import write_atomically
 from pyenroot.errors import PyenrootError
+from pyenroot.runtime import fstab
 
 BATCH_STEP = 0xFFFFFFFB  # SLURM_BATCH_SCRIPT
 ANCHOR_COMMAND = ("sh", "-c", "kill -STOP $$ ; exit 0")
@@ -122,19 +123,32 @@ def resolve_path(path: str, cwd: str | None, what: str) -> str:
     return os.path.normpath(os.path.join(cwd, path))
 
 
-def _escape(path: str) -> str:
-    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+def _mount_entry(entry: str) -> tuple[str, str, str]:
+    """One `--container-mounts` entry, SRC[:DST[:FLAGS]], checked with pyxis's rules and messages."""
+    src, colon, rest = entry.partition(":")
+    dst, _, flags = rest.partition(":")
+    dst = dst if colon else src
+    if not src or not dst or any(c.isspace() for c in flags):
+        raise StepError(f"--container-mounts: invalid format: {entry}")
+    if not src.startswith((".", "/")) and src not in ("tmpfs", "umount"):
+        raise StepError('--container-mounts: mount source must be a relative path, an absolute path, "tmpfs" '
+                        'or "umount"')
+    if not dst.startswith((".", "/")):
+        raise StepError("--container-mounts: mount target must be a relative path or an absolute path")
+    return src, dst, flags
 
 
 def mount_lines(spec: str | None, cwd: str | None, exists: Callable[[str], bool] = os.path.exists) -> list[str]:
-    """`--container-mounts` entries as fstab lines (pyxis semantics: defaults per source kind, '+' for ',')."""
+    """`--container-mounts` entries as fstab lines (pyxis semantics: defaults per source kind, '+' for ',').
+
+    The plugin passes the value on unchecked: this is the one place that validates it, before any import."""
+    if spec is None:
+        return []
+    if not spec or spec.startswith(",") or spec.endswith(",") or ",," in spec:
+        raise StepError(f"--container-mounts: invalid format: {spec}")
     lines: list[str] = []
-    for entry in (spec or "").split(","):
-        if not entry:
-            continue
-        src, _, rest = entry.partition(":")
-        dst, _, flags = rest.partition(":")
-        dst = dst or src
+    for entry in spec.split(","):
+        src, dst, flags = _mount_entry(entry)
         if src == "tmpfs":
             source, fstype, defaults = "tmpfs", "tmpfs", "x-create=dir"
         elif src == "umount":
@@ -144,7 +158,7 @@ def mount_lines(spec: str | None, cwd: str | None, exists: Callable[[str], bool]
             if not exists(source):
                 raise StepError(f"--container-mounts: source path does not exist: {source}")
         options = defaults + ("," + flags.replace("+", ",") if flags else "")
-        line = f"{_escape(source)} {_escape(dst)} {fstype} {options} 0 0"
+        line = fstab.format_line(source, dst, fstype, options)
         if line not in lines:
             lines.append(line)
     return lines
@@ -481,8 +495,8 @@ def _save_target(request: StepRequest) -> str | None:
 def _batch_mount(request: StepRequest) -> list[str]:
     if request.step != BATCH_STEP or not request.batch_script:
         return []
-    path = _escape(request.batch_script)
-    return [f"{path} {path} none x-create=file,bind,ro,nosuid,nodev,private 0 0"]
+    path = request.batch_script
+    return [fstab.format_line(path, path, "none", "x-create=file,bind,ro,nosuid,nodev,private")]
 
 
 def _unprivileged(settings) -> bool:

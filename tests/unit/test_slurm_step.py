@@ -52,6 +52,25 @@ def test_mount_paths_are_escaped():
     assert got == ["/a\\040b /c\\011d none x-create=auto,rbind 0 0"]
 
 
+@pytest.mark.parametrize(("spec", "message"), [
+    ("", "--container-mounts: invalid format: "),
+    (",/a", "--container-mounts: invalid format: ,/a"),
+    ("/a,", "--container-mounts: invalid format: /a,"),
+    ("/a,,/b", "--container-mounts: invalid format: /a,,/b"),
+    (":", "--container-mounts: invalid format: :"),
+    ("/tmp:", "--container-mounts: invalid format: /tmp:"),
+    (":/x", "--container-mounts: invalid format: :/x"),
+    ("/a:/b:ro x", "--container-mounts: invalid format: /a:/b:ro x"),
+    ("devpts:/dev/pts", 'mount source must be a relative path, an absolute path, "tmpfs" or "umount"'),
+    ("/tmp:mnt", "mount target must be a relative path or an absolute path"),
+])
+def test_bad_mounts_get_pyxis_messages(spec, message):
+    """The plugin passes --container-mounts on unchecked: these are the only checks, with pyxis's words."""
+    with pytest.raises(step.StepError) as caught:
+        step.mount_lines(spec, "/home/u", exists=lambda p: True)
+    assert message in caught.value.message
+
+
 def test_missing_mount_source():
     with pytest.raises(step.StepError, match="source path does not exist: /nope"):
         step.mount_lines("/nope:/x", None, exists=lambda p: False)
