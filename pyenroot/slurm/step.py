@@ -316,6 +316,8 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     """(squashfs, temporary?). A registry image already imported (same manifest digest) is not rebuilt: steps
     of every node use the cached file, written once under its final name by an atomic rename."""
     image = request.image or ""
+    # Both lines every time, also from the cache: scripts count them and read what follows them.
+    report.log(f"importing docker image: {image}")
     if request.importer:
         return _run_importer(request, report, image), False
     uri = docker_uri(image)
@@ -324,11 +326,10 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         if digest is None:
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
-            _announce_import(request, report)
             _run_cli("import", ["-o", str(temp_output), uri], settings)
             output, temporary = temp_output, True
         else:
-            output, temporary = _cached_import(request, settings, report, uri, digest), False
+            output, temporary = _cached_import(settings, uri, digest), False
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
         report.log(f"    {exc.message}")
@@ -337,12 +338,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     return output, temporary
 
 
-def _announce_import(request: StepRequest, report: Reporter) -> None:
-    if request.total_tasks <= 1:  # pyxis: not once per task of a big step
-        report.log(f"importing docker image: {request.image}")
-
-
-def _cached_import(request: StepRequest, settings, report: Reporter, uri: str, digest: str) -> Path:
+def _cached_import(settings, uri: str, digest: str) -> Path:
     """The squashfs of `digest`, built by the first step that needs it; concurrent steps (on any node, the
     cache may be on a shared filesystem) wait for that one under a lock instead of building it again."""
     import fcntl
@@ -354,7 +350,6 @@ def _cached_import(request: StepRequest, settings, report: Reporter, uri: str, d
     with open(output.with_name(output.name + ".lock"), "a") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
         if not output.is_file():
-            _announce_import(request, report)
             _run_cli("import", ["-o", str(output), uri], settings)
     return output
 
