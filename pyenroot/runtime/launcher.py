@@ -483,13 +483,13 @@ def _unshare_hint(flags: int, error: int) -> str | None:
 
 def _launch(spec: Launch) -> int:
     request, target = spec.request, spec.target
-    first, second = plan.namespace_stages(request, direct_image=target.kind == "squashfs")
+    stage = plan.namespace_stage(request)
     _wait_single_threaded()
     try:
-        _unshare(first)
+        _unshare(stage)
     except OSError as exc:
         raise RuntimeStartError(f"cannot create the container's namespaces: {exc.strerror}",
-                                hint=_unshare_hint(first[0], exc.errno or 0)) from None
+                                hint=_unshare_hint(stage[0], exc.errno or 0)) from None
     syscalls.mount(None, "/", None, MS_REC | MS_SLAVE)
     runtime: list[Path] = []
 
@@ -510,7 +510,6 @@ def _launch(spec: Launch) -> int:
         root = mounted.rootfs
     else:
         root = target.path
-    _unshare(second)
     spec.trace("namespaces and root filesystem")
     enroot_pid = os.getpid()
     if request.unshare_pid:

@@ -228,3 +228,13 @@ def test_import_then_start_in_one_process(user, busybox_image):
                       env={"PYTHONPATH": str(src), "ENROOT_ALLOW_HTTP": "y"})
     assert result.returncode == 0, result.stderr
     assert result.stdout == "second layer\n"
+
+
+def test_sqsh_id_maps_as_enroot_shows_them(user, busybox_sqsh):
+    maps = "cat /proc/self/uid_map /proc/self/gid_map; stat -c %u /bin/busybox"
+    result = user.pyenroot("start", str(busybox_sqsh), "sh", "-c", maps)
+    assert result.returncode == 0, result.stderr
+    uid, gid = str(user.uid), str(user.gid)
+    assert [line.split() for line in result.stdout.splitlines()] == [[uid, uid, "1"], [gid, gid, "1"], [uid]]
+    result = user.pyenroot("start", "--root", str(busybox_sqsh), "sh", "-c", maps)
+    assert [line.split() for line in result.stdout.splitlines()] == [["0", uid, "1"], ["0", gid, "1"], ["0"]]
