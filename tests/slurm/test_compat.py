@@ -79,6 +79,9 @@ def test_shadow_entry_for_the_user(slurm, debian_uri):
     script = 'grep -c "^$(id -un):" /etc/shadow'
     done = slurm.srun(f"--container-image={debian_uri}", "sh", "-c", script)
     assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+    done = slurm.user.run(["srun", "-N2", "-n2", f"--container-image={debian_uri}", "sh", "-c", script],
+                          env=slurm.env(), timeout=300)
+    assert (done.returncode, done.stdout) == (0, "1\n1\n"), done.stderr
     escaped = debian_uri.replace("#", "\\#")
     done, log = slurm.sbatch(f"#!/bin/sh\n#SBATCH --container-image={escaped}\n{script}\n")
     assert done.returncode == 0, done.stderr + log
