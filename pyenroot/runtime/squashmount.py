@@ -3,8 +3,8 @@
 Runs inside the container's user and mount namespaces, whose capabilities the caller holds; squashfuse runs
 as root of a nested user namespace, so that image files owned by root belong to the caller. The FUSE
 servers are children that die with the container's process (parent-death signal), so they live exactly as
-long as it. Writes go to the tmpfs and vanish with the
-mount namespace. Without FUSE the image is unpacked into a tmpfs instead (slower, uses memory).
+long as it. Writes go to the tmpfs and vanish with the mount namespace. Without FUSE the image is unpacked
+into a tmpfs instead (slower, uses memory).
 """
 
 from __future__ import annotations

@@ -441,8 +441,12 @@ def running_step(request: StepRequest, cname: ContainerName, settings) -> StepSt
     state = load_state(other)
     if state is None or state.anchor is None or state.target is None or not os.path.isabs(state.target):
         return None
-    running = {p.pid for p in storage.running_containers(settings)}
-    return state if state.anchor in running and on_this_node(state.anchor) else None
+    try:  # the anchor still runs in a container's mount namespace (not a reused PID)
+        anchor_mnt = os.stat(f"/proc/{state.anchor}/ns/mnt").st_ino
+    except OSError:
+        return None
+    containers = {p.mntns for p in storage.running_containers(settings)}
+    return state if anchor_mnt in containers and on_this_node(state.anchor) else None
 
 
 def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[str]]:
