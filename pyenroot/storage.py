@@ -788,3 +788,46 @@ def _container_process(pid: int, own_mnt: int | None, data: MountEntry, ticks: i
 def running_pids(settings, name: str) -> list[int]:
     """PIDs (one per mount namespace) of the running instances of container `name`."""
     return [p.pid for p in running_containers(settings) if p.name == name]
+
+
+STOP_GRACE_S = 5.0  # between SIGTERM and SIGKILL
+STOP_LIMIT_S = 30.0  # after SIGKILL: a process in uninterruptible sleep may take a while
+
+
+def _members(namespaces: set[int]) -> list[int]:
+    """Every process in one of the mount namespaces `namespaces`: a container's own processes and those that
+    joined it (Slurm tasks, `exec`)."""
+    pids = (int(p) for p in os.listdir("/proc") if p.isdigit())
+    return [pid for pid in pids if _ns_inode(pid, "mnt") in namespaces]
+
+
+def _signal_all(pids: list[int], number: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, number)
+            os.kill(pid, signal.SIGCONT)  # a stopped process (a Slurm step's anchor) acts on SIGTERM only then
+
+
+def _wait_gone(namespaces: set[int], limit: float) -> list[int]:
+    deadline = time.monotonic() + limit
+    while (left := _members(namespaces)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def stop_container(settings, name: str) -> int:
+    """Stop every process of running container `name` (SIGTERM, then SIGKILL after STOP_GRACE_S), so that a
+    removed container cannot live on in namespaces nobody can name. Returns how many processes it had."""
+    namespaces = {p.mntns for p in running_containers(settings) if p.name == name}
+    if not namespaces:
+        return 0
+    members = _members(namespaces)
+    _signal_all(members, signal.SIGTERM)
+    left = _wait_gone(namespaces, STOP_GRACE_S)
+    if left:
+        _signal_all(left, signal.SIGKILL)
+        left = _wait_gone(namespaces, STOP_LIMIT_S)
+    if left:
+        raise StorageError(f"cannot stop container {name}: PID {left[0]} is still running",
+                           hint=f"stop it (kill -KILL {left[0]}) and try again")
+    return len(members)

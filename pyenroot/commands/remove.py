@@ -4,7 +4,8 @@ import sys
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("-f", "--force", action="store_true", help="do not ask; also remove running containers")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="do not ask; stop running containers (SIGTERM, SIGKILL after 5 s) and remove them")
     parser.add_argument("names", nargs="+", metavar="NAME", help="container names")
 
 
@@ -34,5 +35,9 @@ def run(args, settings) -> int:
     for name, path in zip(names, paths, strict=True):
         if interactive and not _confirm(path):
             continue
+        stopped = storage.stop_container(settings, name)
+        if stopped:
+            print(f"pyenroot: stopped {stopped} process{'es' if stopped > 1 else ''} of container {name}",
+                  file=sys.stderr)
         storage.remove_container(settings, name)
     return 0

@@ -288,10 +288,12 @@ class LayerFetch:
 
     def close(self) -> None:
         """Stop at once: downloads not started are dropped, running ones end at their next progress report
-        (Python waits for the pool's threads before it exits, so a SIGTERM would otherwise wait for them)."""
+        (Python waits for the pool's threads before it exits, so a SIGTERM would otherwise wait for them).
+        When every download is over, the pool's threads are joined: a start in this process (a Slurm step's)
+        can only enter new namespaces without them."""
         self._stop.set()
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=all(task.done() for task in self._tasks), cancel_futures=True)
 
 
 class DownloadStopped(BaseException):

@@ -11,6 +11,7 @@ import contextlib
 import grp
 import os
 import pwd
+import stat
 import sys
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def merge_accounts(existing: str, first: list[str], drop_names: set[str], drop_i
 
 
 def shadow(ctx: HookContext) -> None:
-    """Put root, nobody and the caller (with the caller's outer ids) into the image's passwd and group."""
+    """Put root, nobody and the caller (with the caller's outer ids) into the image's passwd and group, and the
+    caller into its shadow file (PAM's account check, e.g. sshd's, refuses a user that file lacks)."""
     etc = inside(ctx, "/etc")
     if not etc.is_dir() or not os.access(etc, os.W_OK):
         return
@@ -106,6 +108,20 @@ def shadow(ctx: HookContext) -> None:
                            (group_path, groups, merge_accounts(groups, group_lines, set(), set()))):
         if new != old:  # usually only the first start of a container changes anything
             write_atomically(path, new, 0o644)
+    if ctx.outer_uid != 0:
+        _add_shadow_entry(inside(ctx, "/etc/shadow"), name)
+
+
+def _add_shadow_entry(path: Path, name: str) -> None:
+    """The caller in an existing /etc/shadow: no password ('*', so not a locked account), no ageing."""
+    if not path.is_file():
+        return  # an image without a shadow file keeps its accounts in passwd only
+    entries = _read(path)
+    if any(line.split(":", 1)[0] == name for line in entries.splitlines()):
+        return
+    if entries and not entries.endswith("\n"):
+        entries += "\n"
+    write_atomically(path, entries + f"{name}:*::0:99999:7:::\n", stat.S_IMODE(path.stat().st_mode))
 
 
 # ---------------------------------------------------------------- home

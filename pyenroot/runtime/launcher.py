@@ -26,6 +26,7 @@ from pyenroot.runtime.flags import (
     CLONE_NEWCGROUP,
     CLONE_NEWNET,
     CLONE_NEWPID,
+    CLONE_NEWUSER,
     MNT_DETACH,
     MS_BIND,
     MS_MOVE,
@@ -441,14 +442,55 @@ def launch(spec: Launch) -> int:
                                 + (f" ({exc.filename})" if exc.filename else "")) from None
 
 
+THREAD_EXIT_LIMIT_S = 30.0
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _wait_single_threaded() -> None:
+    """unshare(CLONE_NEWUSER) fails with EINVAL while the process has a second thread: join the helpers an
+    import in this process left (their work is done: download pool, read-ahead), and wait until the kernel
+    has let them go too (a joined thread is still counted for a moment)."""
+    import threading
+
+    deadline = time.monotonic() + THREAD_EXIT_LIMIT_S
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    while _thread_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if _thread_count() > 1:
+        names = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        raise RuntimeStartError("cannot create the container's namespaces: this process still runs "
+                                f"{_thread_count() - 1} other thread(s) ({names or 'not started by Python'})")
+
+
+def _unshare_hint(flags: int, error: int) -> str | None:
+    """What to change when a new user namespace is refused, for the errors that mean the system forbids it."""
+    if not flags & CLONE_NEWUSER:
+        return None
+    if error == errno.ENOSPC:
+        return "user namespaces must be enabled: sysctl user.max_user_namespaces (0 or all in use)"
+    if error == errno.EPERM:
+        return ("unprivileged user namespaces must be allowed: sysctl kernel.unprivileged_userns_clone=1, "
+                "kernel.apparmor_restrict_unprivileged_userns=0")
+    return None
+
+
 def _launch(spec: Launch) -> int:
     request, target = spec.request, spec.target
-    first, second = plan.namespace_stages(request, direct_image=target.kind == "squashfs")
+    stage = plan.namespace_stage(request)
+    _wait_single_threaded()
     try:
-        _unshare(first)
+        _unshare(stage)
     except OSError as exc:
         raise RuntimeStartError(f"cannot create the container's namespaces: {exc.strerror}",
-                                hint="user namespaces must be enabled: sysctl user.max_user_namespaces") from None
+                                hint=_unshare_hint(stage[0], exc.errno or 0)) from None
     syscalls.mount(None, "/", None, MS_REC | MS_SLAVE)
     runtime: list[Path] = []
 
@@ -469,7 +511,6 @@ def _launch(spec: Launch) -> int:
         root = mounted.rootfs
     else:
         root = target.path
-    _unshare(second)
     spec.trace("namespaces and root filesystem")
     enroot_pid = os.getpid()
     if request.unshare_pid:

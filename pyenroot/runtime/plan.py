@@ -245,26 +245,20 @@ def namespace_flags(request: StartRequest) -> int:
 
 
 NamespaceStage = tuple[int, str, str]  # (CLONE_* flags, uid_map, gid_map); empty maps: no new user namespace
-NO_STAGE: NamespaceStage = (0, "", "")
 
 
-def namespace_stages(request: StartRequest, *, direct_image: bool) -> tuple[NamespaceStage, NamespaceStage]:
-    """The namespaces to unshare before (first) and after (second) the root filesystem is mounted.
-
-    A directly started image is mounted where the caller is root, so that the image's root-owned files become
-    the caller's; when the caller must not be root inside, a nested user namespace then maps the caller's
-    uid onto that root (and owns the other new namespaces).
-    """
+def namespace_stage(request: StartRequest) -> NamespaceStage:
+    """The namespaces to unshare, with the id maps enroot writes: the caller's own ids (`UID UID 1`), or root
+    with remap-root (`0 UID 1`). One user namespace for every start, also straight from a squashfs: its
+    creator holds every capability in it whatever the map, until it executes the program; the image's
+    FUSE server runs as root of a namespace of its own (squashmount.py), so root-owned files become the
+    caller's."""
     flags = namespace_flags(request)
     if not request.userns:
-        return (flags, "", ""), NO_STAGE
+        return flags, "", ""
     inner_uid = 0 if request.remap_root else request.outer_uid
     inner_gid = 0 if request.remap_root else request.outer_gid
-    if direct_image and not request.remap_root:
-        others = flags & ~(CLONE_NEWUSER | CLONE_NEWNS)
-        first = (CLONE_NEWUSER | CLONE_NEWNS, f"0 {request.outer_uid} 1", f"0 {request.outer_gid} 1")
-        return first, (CLONE_NEWUSER | CLONE_NEWNS | others, f"{inner_uid} 0 1", f"{inner_gid} 0 1")
-    return (flags, f"{inner_uid} {request.outer_uid} 1", f"{inner_gid} {request.outer_gid} 1"), NO_STAGE
+    return flags, f"{inner_uid} {request.outer_uid} 1", f"{inner_gid} {request.outer_gid} 1"
 
 
 def build_plan(request: StartRequest, image: ImageFacts) -> StartPlan:

@@ -1,9 +1,10 @@
 """Direct start of a squashfs image: squashfuse below, an overlay with a tmpfs upper layer above.
 
-Runs inside the container's user and mount namespaces, where the caller is root (image files owned by root
-then belong to the caller). The FUSE servers are children that die with the container's process
-(parent-death signal), so they live exactly as long as it. Writes go to the tmpfs and vanish with the
-mount namespace. Without FUSE the image is unpacked into a tmpfs instead (slower, uses memory).
+Runs inside the container's user and mount namespaces, whose capabilities the caller holds; squashfuse runs
+as root of a nested user namespace, so that image files owned by root belong to the caller. The FUSE
+servers are children that die with the container's process (parent-death signal), so they live exactly as
+long as it. Writes go to the tmpfs and vanish with the mount namespace. Without FUSE the image is unpacked
+into a tmpfs instead (slower, uses memory).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import RuntimeStartError
-from pyenroot.runtime import syscalls
+from pyenroot.runtime import seccomp, syscalls
+from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
 
 _READY_POLL_S = 0.002
 _READY_LIMIT_S = 30.0
@@ -30,41 +32,83 @@ class SquashMount:
     notes: list[str] = field(default_factory=list)
 
 
-def _spawn_fuse(argv: list[str], mountpoint: Path) -> None:
-    """Start a FUSE server in the foreground as a child and wait until its mount is in place."""
+def _spawn_fuse(argv: list[str], mountpoint: Path, *, as_root: bool) -> None:
+    """Start a FUSE server in the foreground as a child and wait until its mount is in place.
+
+    The container's process holds every capability of its user namespace, but a program it executes as a
+    uid other than 0 would lose them. With `as_root`, the server runs as root of a user namespace of its own
+    (nested in the container's, mapped onto the caller), so that what it serves as root's is the caller's,
+    and its mount is cloned into the container's mount namespace. Otherwise it keeps the capabilities.
+    """
     before = os.stat(mountpoint).st_dev
     read_end, write_end = os.pipe()
+    uid, gid = os.getuid(), os.getgid()
     pid = os.fork()
-    if pid == 0:  # child: die with the container's process, report exec failures through the pipe
+    if pid == 0:  # child: die with the container's process, report failures through the pipe
         try:
             os.close(read_end)
-            # SIGKILL: a caller (slurmstepd) may hand down blocked or ignored signals, and a server that
-            # outlives its container would keep the mount namespace and the image alive for nothing.
-            syscalls.set_parent_death_signal(signal.SIGKILL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             os.setsid()
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(write_end, 2)
+            if as_root:
+                syscalls.unshare(CLONE_NEWUSER | CLONE_NEWNS)
+                for name, text in (("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+                    with open(f"/proc/self/{name}", "w") as handle:
+                        handle.write(text)
+            else:
+                seccomp.keep_capabilities_across_exec()
+            # SIGKILL: a caller (slurmstepd) may hand down blocked or ignored signals, and a server that
+            # outlives its container would keep the mount namespace and the image alive for nothing.
+            syscalls.set_parent_death_signal(signal.SIGKILL)
             os.execvp(argv[0], argv)
         except OSError as exc:
-            os.write(write_end, f"{argv[0]}: {exc.strerror}\n".encode())
+            os.write(write_end, f"{argv[0]}: {exc.strerror or exc}\n".encode())
         finally:
             os._exit(127)
     os.close(write_end)
     os.set_blocking(read_end, False)
-    deadline = time.monotonic() + _READY_LIMIT_S
+    seen = Path(f"/proc/{pid}/root{mountpoint}") if as_root else mountpoint
     try:
-        while os.stat(mountpoint).st_dev == before:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done or time.monotonic() > deadline:
-                if not done:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                raise OSError(f"{_drain(read_end) or 'no output'}")
-            time.sleep(_READY_POLL_S)
+        _wait_mounted(pid, seen, before, read_end)
+        if as_root:
+            _take_mount(pid, mountpoint)
     finally:
         os.close(read_end)
+
+
+def _wait_mounted(pid: int, seen: Path, before: int, read_end: int) -> None:
+    deadline = time.monotonic() + _READY_LIMIT_S
+    while os.stat(seen).st_dev == before:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            if not done:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            raise OSError(f"{_drain(read_end) or 'no output'}")
+        time.sleep(_READY_POLL_S)
+
+
+def _take_mount(pid: int, mountpoint: Path) -> None:
+    """Clone the mount the server `pid` made in its own mount namespace onto the same path in ours (we hold
+    every capability over its namespaces: they are nested in ours)."""
+    fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in ("/proc/self/ns/mnt", ".", f"/proc/{pid}/ns/mnt")]
+    own, cwd, theirs = fds
+    try:
+        syscalls.setns(theirs, CLONE_NEWNS)
+        try:
+            tree = syscalls.clone_mount(mountpoint)
+        finally:
+            syscalls.setns(own, CLONE_NEWNS)  # also moves root and working directory to that namespace's
+            os.fchdir(cwd)
+        try:
+            syscalls.attach_mount(tree, mountpoint)
+        finally:
+            os.close(tree)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _drain(fd: int) -> str:
@@ -87,7 +131,7 @@ def fuse_problem() -> str | None:
 
 def _mount_lower(image: Path, lower: Path) -> None:
     program = shutil.which("squashfuse_ll") or "squashfuse"
-    _spawn_fuse([program, "-f", str(image), str(lower)], lower)
+    _spawn_fuse([program, "-f", str(image), str(lower)], lower, as_root=True)
 
 
 def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, notes: list[str]) -> str:
@@ -104,7 +148,7 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, n
                                 hint="install fuse-overlayfs, or create a container first: pyenroot create IMAGE")
     os.environ["FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT"] = "y"
     _spawn_fuse(["fuse-overlayfs", "-f", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)],
-                merged)
+                merged, as_root=False)
     return "fuse-overlayfs"
 
 

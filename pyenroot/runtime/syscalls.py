@@ -9,7 +9,14 @@ from __future__ import annotations
 import ctypes
 import os
 
-from pyenroot.runtime.flags import PR_SET_NAME, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG
+from pyenroot.runtime.flags import (
+    MOVE_MOUNT_F_EMPTY_PATH,
+    OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE,
+    PR_SET_NAME,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+)
 
 # The C library this interpreter already runs with: find_library() would spawn ldconfig on every start.
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -21,6 +28,9 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.syscall.restype = ctypes.c_long
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203}.get(os.uname().machine, 155)
+# The mount API calls have the same numbers on every architecture.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT = 428, 429
+_AT_FDCWD = -100
 
 
 def _check(result: int, what: str) -> None:
@@ -68,3 +78,19 @@ def set_process_name(name: str) -> None:
     """The name /proc/PID/comm shows (at most 15 bytes)."""
     buffer = ctypes.create_string_buffer(name.encode()[:15])
     _check(_libc.prctl(PR_SET_NAME, ctypes.cast(buffer, ctypes.c_void_p).value or 0, 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+def clone_mount(path: str | os.PathLike) -> int:
+    """A detached copy of the mount at `path` (open_tree with OPEN_TREE_CLONE): a descriptor to attach elsewhere."""
+    fd = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, _bytes(path), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    return int(fd)
+
+
+def attach_mount(fd: int, target: str | os.PathLike) -> None:
+    """Attach the detached mount `fd` at `target` (move_mount)."""
+    result = _libc.syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, _bytes(target), MOVE_MOUNT_F_EMPTY_PATH)
+    _check(int(result), f"move_mount {target}")
+

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pyenroot.atomic import write_atomically
@@ -88,6 +88,8 @@ class StepState:
     save: str | None = None
     config: str | None = None
     importer: str | None = None
+    target: str | None = None  # what the anchor started: a container name, or a squashfs started directly
+    anchor: int | None = None  # its PID (this node)
 
 
 # ------------------------------------------------------------------------------------------------ pure
@@ -330,6 +332,8 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     """(squashfs, temporary?). A registry image already imported (same manifest digest) is not rebuilt: steps
     of every node use the cached file, written once under its final name by an atomic rename."""
     image = request.image or ""
+    # Both lines every time, also from the cache: scripts count them and read what follows them.
+    report.log(f"importing docker image: {image}")
     if request.importer:
         return _run_importer(request, report, image), False
     uri = docker_uri(image)
@@ -338,11 +342,10 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         if digest is None:
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
-            _announce_import(request, report)
             _run_cli("import", ["-o", str(temp_output), uri], settings)
             output, temporary = temp_output, True
         else:
-            output, temporary = _cached_import(request, settings, report, uri, digest), False
+            output, temporary = _cached_import(settings, uri, digest), False
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
         report.log(f"    {exc.message}")
@@ -351,12 +354,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     return output, temporary
 
 
-def _announce_import(request: StepRequest, report: Reporter) -> None:
-    if request.total_tasks <= 1:  # pyxis: not once per task of a big step
-        report.log(f"importing docker image: {request.image}")
-
-
-def _cached_import(request: StepRequest, settings, report: Reporter, uri: str, digest: str) -> Path:
+def _cached_import(settings, uri: str, digest: str) -> Path:
     """The squashfs of `digest`, built by the first step that needs it; concurrent steps (on any node, the
     cache may be on a shared filesystem) wait for that one under a lock instead of building it again."""
     import fcntl
@@ -368,7 +366,6 @@ def _cached_import(request: StepRequest, settings, report: Reporter, uri: str, d
     with open(output.with_name(output.name + ".lock"), "a") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
         if not output.is_file():
-            _announce_import(request, report)
             _run_cli("import", ["-o", str(output), uri], settings)
     return output
 
@@ -434,11 +431,36 @@ def on_this_node(pid: int) -> bool:
 def _check_flags(cname: ContainerName, exists: bool, running: list[int], request: StepRequest) -> None:
     if cname.flag == "create" and exists:
         raise StepError('error: "create" flag was passed to --container-name but the container already exists')
+    if cname.flag == "exec" and not exists:
+        raise StepError(f'error: "exec" flag was passed to --container-name but the container "{cname.name}" '
+                        "does not exist")
     if cname.flag == "exec" and not running:
         raise StepError('error: "exec" flag was passed to --container-name but the container is not running')
     if cname.named and not exists and not request.image:
         raise StepError(f'error: a container with name "{cname.name}" does not exist, and --container-image is '
                         "not set")
+
+
+def running_step(request: StepRequest, cname: ContainerName, settings) -> StepState | None:
+    """The state of the running step whose unnamed container `cname` names (`--container-name=JOB.STEP`) on
+    this node, if that container runs without a directory of its own (started straight from a squashfs)."""
+    from pyenroot import storage
+
+    job, dot, step_id = cname.name.rpartition("_")[2].partition(".")
+    if not (dot and job.isdigit() and step_id.isdigit()):
+        return None
+    other = replace(request, job=int(job), step=int(step_id), name=None)
+    if container_name(other).name != cname.name:
+        return None
+    state = load_state(other)
+    if state is None or state.anchor is None or state.target is None or not os.path.isabs(state.target):
+        return None
+    try:  # the anchor still runs in a container's mount namespace (not a reused PID)
+        anchor_mnt = os.stat(f"/proc/{state.anchor}/ns/mnt").st_ino
+    except OSError:
+        return None
+    containers = {p.mntns for p in storage.running_containers(settings)}
+    return state if anchor_mnt in containers and on_this_node(state.anchor) else None
 
 
 def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[str]]:
@@ -450,6 +472,11 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
     exists = cname.name in storage.container_names(settings)
     running = [pid for pid in storage.running_pids(settings, cname.name) if on_this_node(pid)] if (
         exists and cname.flag in ("auto", "exec")) else []
+    target = cname.name
+    other_step = running_step(request, cname, settings) if (
+        cname.named and not exists and cname.flag in ("auto", "exec")) else None
+    if other_step is not None:  # this step's anchor starts the same image; the tasks join the running one
+        exists, running, target = True, [other_step.anchor or 0], other_step.target or ""
     _check_flags(cname, exists, running, request)
     mounts = mount_lines(request.mounts, request.cwd)
     if running:
@@ -461,7 +488,7 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
     elif exists:
         report.log("reusing existing container filesystem")
     if exists:
-        return cname.name, state, mounts
+        return target, state, mounts
     direct = request.squashfuse and not cname.named and not state.save
     if is_path_image(request.image or ""):
         image = Path(resolve_path(request.image or "", request.cwd, "--container-image"))
@@ -511,6 +538,7 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
     conf = user_runtime(request) / f"step-{request.step_label}.conf"
     write_atomically(conf, config_script([*mounts, *_batch_mount(request)], request.env_names, request.entrypoint))
     state.config = str(conf)
+    state.target, state.anchor = target, os.getpid()  # this process becomes the anchor (start execs)
     save_state(request, state)
     if _unprivileged(settings):
         with contextlib.suppress(ValueError):

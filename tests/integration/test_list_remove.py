@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 from tests.integration.test_exec import running_container
 
@@ -67,8 +68,18 @@ def test_remove_refuses_running_container_unless_forced(user, busybox_sqsh):
         assert (data_dir(user) / "busy/bin/busybox").exists()
         forced = user.pyenroot("remove", "-f", "busy")
         assert forced.returncode == 0, forced.stderr
+        assert "pyenroot: stopped 1 process of container busy" in forced.stderr
+        assert not alive(pid)  # removed means gone: nothing keeps running in the deleted root
         assert user.pyenroot("list").stdout == ""
     assert os.listdir(data_dir(user)) == []
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie that its parent has not reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_remove_several_and_errors(user, busybox_sqsh):

@@ -257,6 +257,17 @@ def test_shadow_puts_the_caller_in_passwd(user, bb):
     assert result.stdout.split() == [user.name, "1"]
 
 
+def test_shadow_puts_the_caller_in_an_existing_shadow_file(user, bb):
+    put_file(user, bb / "etc/shadow", "root:*:19000:0:99999:7:::\n", 0o640)
+    script = 'grep -c "^$(id -un):" /etc/shadow; grep -c "^root:" /etc/shadow'
+    for _ in range(2):  # a second start adds nothing
+        result = user.pyenroot("start", "bb", "sh", "-c", script)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["1", "1"]
+    assert user.pyenroot("start", "bb", "test", "-e", "/etc/shadow").returncode == 0
+    assert stat.S_IMODE((bb / "etc/shadow").stat().st_mode) == 0o640
+
+
 def test_system_mounts(user, bb):
     result = user.pyenroot("start", "bb", "sh", "-c",
                            "test -d /proc/self && test -d /sys/class && test -c /dev/null && "

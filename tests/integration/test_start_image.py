@@ -193,3 +193,48 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+IMPORT_THEN_START = """
+import os, sys, threading
+from pyenroot.config import load_settings
+from pyenroot.runtime import syscalls
+from pyenroot.slurm.step import _run_cli
+
+real_unshare = syscalls.unshare
+
+def checked_unshare(flags):
+    # what unshare(CLONE_NEWUSER) needs: no second thread, neither Python's nor the kernel's view
+    assert threading.active_count() == 1, threading.enumerate()
+    assert len(os.listdir("/proc/self/task")) == 1
+    return real_unshare(flags)
+
+syscalls.unshare = checked_unshare
+settings = load_settings(dict(os.environ))
+_run_cli("import", ["-o", sys.argv[2], sys.argv[1]], settings)
+_run_cli("start", [sys.argv[2], "cat", "/etc/pyenroot-test"], settings)
+"""
+
+
+def test_import_then_start_in_one_process(user, busybox_image):
+    """What `pyenroot spank start` does with an image that is not cached yet: the import's download pool and
+    read-ahead threads must be gone before the namespaces are entered."""
+    script = user.home / "import_then_start.py"
+    script.write_text(IMPORT_THEN_START)
+    src = user.wrapper.parent.parent / "src"
+    from tests.helpers.users import user_python
+
+    result = user.run([user_python(), str(script), busybox_image.uri, str(user.home / "out.sqsh")],
+                      env={"PYTHONPATH": str(src), "ENROOT_ALLOW_HTTP": "y"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "second layer\n"
+
+
+def test_sqsh_id_maps_as_enroot_shows_them(user, busybox_sqsh):
+    maps = "cat /proc/self/uid_map /proc/self/gid_map; stat -c %u /bin/busybox"
+    result = user.pyenroot("start", str(busybox_sqsh), "sh", "-c", maps)
+    assert result.returncode == 0, result.stderr
+    uid, gid = str(user.uid), str(user.gid)
+    assert [line.split() for line in result.stdout.splitlines()] == [[uid, uid, "1"], [gid, gid, "1"], [uid]]
+    result = user.pyenroot("start", "--root", str(busybox_sqsh), "sh", "-c", maps)
+    assert [line.split() for line in result.stdout.splitlines()] == [["0", uid, "1"], ["0", gid, "1"], ["0"]]

@@ -170,21 +170,12 @@ def test_account_merge():
     assert merged == ["root:x:0:0:root:/root:/bin/bash", "me:x:1001:1001::/home/me:/bin/sh", "keep:x:7:7::/:/bin/sh"]
 
 
-def test_namespace_stages_for_a_created_container():
-    first, second = plan.namespace_stages(request(unshare_net=True), direct_image=False)
-    assert first == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS | flags.CLONE_NEWNET, "1001 1001 1", "1002 1002 1")
-    assert second == plan.NO_STAGE
+def test_namespace_stage_maps_the_callers_ids():
+    """As enroot: `UID UID 1` (scripts compare the second field with `id -u`), `0 UID 1` with remap-root."""
+    stage = plan.namespace_stage(request(unshare_net=True))
+    assert stage == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS | flags.CLONE_NEWNET, "1001 1001 1", "1002 1002 1")
+    assert plan.namespace_stage(request(remap_root=True))[1:] == ("0 1001 1", "0 1002 1")
 
 
-def test_namespace_stages_for_a_direct_image():
-    """The image is mounted as root of an outer namespace; a nested one gives the caller back its own uid."""
-    first, second = plan.namespace_stages(request(unshare_uts=True), direct_image=True)
-    assert first == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS, "0 1001 1", "0 1002 1")
-    assert second == (flags.CLONE_NEWUSER | flags.CLONE_NEWNS | flags.CLONE_NEWUTS, "1001 0 1", "1002 0 1")
-    first, second = plan.namespace_stages(request(remap_root=True), direct_image=True)
-    assert first[1:] == ("0 1001 1", "0 1002 1") and second == plan.NO_STAGE
-
-
-def test_namespace_stages_for_the_superuser():
-    first, second = plan.namespace_stages(request(outer_uid=0, outer_gid=0, userns=False), direct_image=True)
-    assert first == (flags.CLONE_NEWNS, "", "") and second == plan.NO_STAGE
+def test_namespace_stage_for_the_superuser():
+    assert plan.namespace_stage(request(outer_uid=0, outer_gid=0, userns=False)) == (flags.CLONE_NEWNS, "", "")

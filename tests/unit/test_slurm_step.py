@@ -202,13 +202,20 @@ def test_imports_are_cached_by_digest(tmp_path, monkeypatch):
         return 0
 
     monkeypatch.setattr(step, "_run_cli", fake_cli)
-    read_end, write_end = os.pipe()
-    report = step.Reporter(write_end)
-    req = request(image="reg:5000#x/y:1", total_tasks=1)
     settings = FakeSettings(tmp_path / "cache")
-    first = step._cached_import(req, settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
-    second = step._cached_import(req, settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
+    first = step._cached_import(settings, "docker://reg:5000#x/y:1", "sha256:abc")
+    second = step._cached_import(settings, "docker://reg:5000#x/y:1", "sha256:abc")
     assert first == second == tmp_path / "cache" / "squashfs" / "sha256-abc.sqsh"
     assert calls == [("import", ["-o", str(first), "docker://reg:5000#x/y:1"])]
+
+
+def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(step, "_manifest_digest", lambda uri, settings: "sha256:abc")
+    monkeypatch.setattr(step, "_cached_import", lambda settings, uri, digest: tmp_path / "x.sqsh")
+    read_end, write_end = os.pipe()
+    report = step.Reporter(write_end)
+    for tasks in (1, 8):
+        step._import_image(request(image="reg:5000#x/y:1", total_tasks=tasks), None, report, tmp_path / "t")
     report.close()
-    assert os.read(read_end, 1000) == b"log importing docker image: reg:5000#x/y:1\n"
+    lines = os.read(read_end, 1000).decode().splitlines()
+    assert lines == ["log importing docker image: reg:5000#x/y:1", "log imported docker image: reg:5000#x/y:1"] * 2
