@@ -171,6 +171,12 @@ class FakeSettings:
         assert name == "ENROOT_CACHE_PATH"
         return self.cache
 
+    def get(self, name):
+        assert name == "PYENROOT_CACHE_OWNERS"
+        return self.owners
+
+    owners = None
+
 
 def test_imports_are_cached_by_digest(tmp_path, monkeypatch):
     calls = []
@@ -193,3 +199,26 @@ def test_imports_are_cached_by_digest(tmp_path, monkeypatch):
     assert calls == [("import", ["-o", str(first), "docker://reg:5000#x/y:1"])]
     report.close()
     assert os.read(read_end, 1000) == b"log importing docker image: reg:5000#x/y:1\n"
+
+
+@pytest.mark.parametrize(("uid", "mode", "owners"), [(54321, 0o644, None), (os.getuid(), 0o666, None),
+                                                     (54321, 0o644, "54321")])
+def test_cache_files_are_trusted_by_owner_and_mode(tmp_path, monkeypatch, uid, mode, owners):
+    """A cache entry someone else could have written is not used (the step imports its own, elsewhere);
+    one of a configured owner (PYENROOT_CACHE_OWNERS) is."""
+    monkeypatch.setattr(step, "_run_cli", lambda verb, argv, settings: pytest.fail("imported into the cache"))
+    settings = FakeSettings(tmp_path / "cache")
+    settings.owners = owners
+    planted = tmp_path / "cache" / "squashfs" / "sha256-abc.sqsh"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("sqsh")
+    planted.chmod(mode)
+    os.chown(planted, uid, uid)
+    lines = []
+    report = step.Reporter(None)
+    report.log = lines.append
+    found = step._cached_import(request(image="reg#x/y:1"), settings, report, "docker://reg#x/y:1", "sha256:abc")
+    if owners:
+        assert found == planted and lines == []
+    else:
+        assert found is None and lines[0].startswith(f"not using the squashfs cache: {planted}")
