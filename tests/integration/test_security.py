@@ -145,3 +145,18 @@ def test_runtime_dir_writable_by_others_is_refused(user, busybox_sqsh):
     runtime.chmod(0o777)
     result = user.pyenroot("start", str(busybox_sqsh), "true")
     assert "writable by group or others" in _one_error(result)
+
+
+def test_blob_planted_in_a_shared_cache_is_refused(user, other_user, shared_tmp, busybox_image):
+    """A site's shared ENROOT_CACHE_PATH: another user put a layer under the digest's name. Import refuses it."""
+    blobs = shared_tmp / "blobs" / "sha256"
+    other_user.run(["mkdir", "-p", "-m", "0777", str(blobs)], check=True)
+    layer = busybox_image.image.layers[1]
+    entries = [E("etc", "dir"), E("etc/pyenroot-test", data=b"planted\n")]
+    planted = imagebuilder.compress(imagebuilder.tar_bytes(entries), "gzip")
+    other_user.run(["sh", "-c", f"cat > {blobs / layer.digest.split(':')[1]}"], input=planted, text=False, check=True)
+    result = user.pyenroot("import", "-o", "out.sqsh", busybox_image.uri,
+                           env={**ENV, "ENROOT_CACHE_PATH": str(shared_tmp)})
+    error = _one_error(result)
+    assert other_user.name in error and "refusing to use it" in error
+    assert not (user.home / "out.sqsh").exists()
