@@ -213,8 +213,8 @@ class Mounter:
                 raise RuntimeStartError(message, hint=hint if missing else None) from None
             if not mount.silent:
                 self.warn(message)
-        except PyenrootError as error:
-            raise error.with_context(mount.origin) from None
+        except PyenrootError as error:  # the target or source leads out of the root
+            raise error.with_context(f"mount {mount.source} on {mount.target} ({mount.origin})") from None
 
     def perform_line(self, line: str) -> None:
         entry = fstab.parse_line(line, "hook")

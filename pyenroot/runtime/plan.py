@@ -325,7 +325,7 @@ def resolve_inside(path: str, readlink: Callable[[str], str | None], *, refuse_e
             if resolved:
                 resolved.pop()
             elif refuse_escape:
-                raise PathEscapeError(f"{path}: {ESCAPE} (it leads outside the container's root)")
+                raise PathEscapeError(f"{path} leads outside the container's root: {ESCAPE}")
             continue
         target = readlink("/" + "/".join([*resolved, part]))
         if target is None:

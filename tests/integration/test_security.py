@@ -99,13 +99,6 @@ def test_targets_that_leave_the_root_are_refused(user, registry, pusher, busybox
     assert not any(p.name == "escaped" for p in (user.home.parent, user.home, rootfs.parent))
 
 
-@pytest.mark.parametrize("spec", [":::", "SRC:/d:none:bind:extra:more"])
-def test_malformed_mount_is_a_usage_error(user, spec):
-    result = user.pyenroot("start", "-m", spec, "nosuchcontainer", "true")
-    assert result.returncode == 2, result.stderr
-    assert "(usage)" in _one_error(result)
-
-
 # ------------------------------------------------------------------------------------------------ other users
 
 
