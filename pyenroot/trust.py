@@ -68,16 +68,20 @@ def _owners(uid: int | None, extra: Collection[int]) -> frozenset[int]:
     return frozenset({os.getuid() if uid is None else uid, ROOT_UID, *extra})
 
 
-def _check_ancestors(path: Path, owners: Collection[int], what: str) -> None:
+DEFAULT_HINT = "use a directory that only you (or root) can write"
+
+
+def _check_ancestors(path: Path, owners: Collection[int], what: str, hint: str = DEFAULT_HINT) -> None:
     directory = Path(os.path.realpath(path.parent))
     for ancestor in (directory, *directory.parents):
         problem = ancestor_problem(os.lstat(ancestor), owners)
         if problem:
             raise UntrustedPathError(f"{what} {path} is not safe: the directory {ancestor} above it {problem}",
-                                     hint="use a directory that only you (or root) can write")
+                                     hint=hint)
 
 
-def check_private_dir(path: Path, what: str, *, uid: int | None = None, ancestors: bool = True) -> Path:
+def check_private_dir(path: Path, what: str, *, uid: int | None = None, ancestors: bool = True,
+                      hint: str = DEFAULT_HINT) -> Path:
     """`path` must be a directory (not a link) of the user's own, writable by nobody else; with `ancestors`,
     no directory above it may let others replace it. Inside a user namespace, where root's files show as
     the overflow id, pass `ancestors=False` (they were checked before the namespace was entered)."""
@@ -88,21 +92,21 @@ def check_private_dir(path: Path, what: str, *, uid: int | None = None, ancestor
         raise UntrustedPathError(f"cannot use {what} {path}: {exc.strerror}") from None
     problem = private_problem(st, "dir", {owner})
     if problem:
-        raise UntrustedPathError(f"{what} {path} {problem}: refusing to use it",
-                                 hint="remove it, or point the setting at a directory of your own")
+        raise UntrustedPathError(f"{what} {path} {problem}: refusing to use it", hint=hint)
     if ancestors:
-        _check_ancestors(path, {owner, ROOT_UID}, what)
+        _check_ancestors(path, {owner, ROOT_UID}, what, hint)
     return path
 
 
-def private_dir(path: Path | str, what: str, *, uid: int | None = None, ancestors: bool = True) -> Path:
+def private_dir(path: Path | str, what: str, *, uid: int | None = None, ancestors: bool = True,
+                hint: str = DEFAULT_HINT) -> Path:
     """Create `path` and any missing parents with mode 0700 (never inside a directory others could have
     made or may write, and never taking over what exists), then check it with `check_private_dir`."""
     path = Path(os.path.abspath(path))
     owner = os.getuid() if uid is None else uid
     missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
     if missing and ancestors:
-        _check_ancestors(missing[-1], {owner, ROOT_UID}, what)
+        _check_ancestors(missing[-1], {owner, ROOT_UID}, what, hint)
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o700)
@@ -110,7 +114,7 @@ def private_dir(path: Path | str, what: str, *, uid: int | None = None, ancestor
             pass  # made by someone else meanwhile: the check below decides
         except OSError as exc:
             raise StorageError(f"cannot create {what} {directory}: {exc.strerror}") from None
-    return check_private_dir(path, what, uid=uid, ancestors=ancestors)
+    return check_private_dir(path, what, uid=uid, ancestors=ancestors, hint=hint)
 
 
 def untrusted(path: Path, wanted: str, *, uid: int | None = None, owners: Collection[int] = ()) -> str | None:

@@ -182,7 +182,8 @@ def start(args, settings, *, warn: Callable[[str], None],
         request=request,
         # Made (0700) and checked here, outside the user namespace, where owners read truly: without
         # XDG_RUNTIME_DIR it is below /tmp, where another user may have made it first.
-        runtime_path=trust.private_dir(settings.path("ENROOT_RUNTIME_PATH"), "the runtime directory"),
+        runtime_path=trust.private_dir(settings.path("ENROOT_RUNTIME_PATH"), "the runtime directory",
+                                       hint="set XDG_RUNTIME_DIR or ENROOT_RUNTIME_PATH to a directory of your own"),
         host_environ=host_environ,
         hook_steps=hooks.hook_steps(sysconf / "hooks.d" if sysconf else None, config / "hooks.d" if config else None),
         script_hooks=configscript.hooks_argv(conf, command) if script and script.has_hooks else None,
