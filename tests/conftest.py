@@ -55,19 +55,34 @@ def account(host_setup):
 
 
 @pytest.fixture(scope="session")
+def other_account(host_setup):
+    return users.ensure_user(users.OTHER_USER_NAME)
+
+
+@pytest.fixture
+def other_user(other_account, pyenroot_wrapper, session_dir, request) -> users.TestUser:
+    """A second unprivileged local user (another person on the node), for cross-user tests."""
+    yield from _test_home(other_account, pyenroot_wrapper, session_dir, request, "other-")
+
+
+@pytest.fixture(scope="session")
 def pyenroot_wrapper(session_dir):
     """An executable `pyenroot` that runs the source under test, usable by any user (and by slurmstepd)."""
     return users.install_wrapper(session_dir / "install")
 
 
+def _test_home(account, wrapper, session_dir, request, prefix: str = ""):
+    label = f"homes/{prefix}" + request.node.name.replace("/", "_").replace("[", "_").replace("]", "")[:80]
+    (session_dir / "homes").mkdir(exist_ok=True, mode=0o755)
+    test_user = users.make_private_home(session_dir, account, wrapper, label)
+    yield test_user
+    shutil.rmtree(test_user.home, ignore_errors=True)
+
+
 @pytest.fixture
 def user(account, pyenroot_wrapper, session_dir, request) -> users.TestUser:
     """The unprivileged user with a fresh private HOME and XDG directories for this test."""
-    label = "homes/" + request.node.name.replace("/", "_").replace("[", "_").replace("]", "")[:80]
-    (session_dir / "homes").mkdir(exist_ok=True, mode=0o755)
-    test_user = users.make_private_home(session_dir, account, pyenroot_wrapper, label)
-    yield test_user
-    shutil.rmtree(test_user.home, ignore_errors=True)
+    yield from _test_home(account, pyenroot_wrapper, session_dir, request)
 
 
 @pytest.fixture(scope="session")

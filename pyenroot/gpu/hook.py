@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from pyenroot import trust
 from pyenroot.atomic import write_atomically
 from pyenroot.gpu import driver as gpu_driver
 from pyenroot.gpu import plan as gpu_plan
@@ -25,9 +26,11 @@ def driver_root(host_environ: dict[str, str]) -> Path:
 
 
 def cache_dir(host_environ: dict[str, str], uid: int) -> Path:
-    """Where the private ld.so.cache files live: the per-user runtime directory."""
+    """Where the private ld.so.cache files live: the per-user runtime directory, made and checked, since its
+    files are reused by name and nobody else may write there. The hook runs in the user namespace, where the
+    user's files show as the current uid; the directories above were checked before it was entered."""
     runtime = host_environ.get("ENROOT_RUNTIME_PATH") or os.path.join(tempfile.gettempdir(), f"pyenroot-run-{uid}")
-    return Path(runtime) / "nvidia"
+    return trust.private_dir(Path(runtime) / "nvidia", "the GPU cache directory", ancestors=False)
 
 
 def _read_container_cache(rootfs: Path) -> bytes | None:

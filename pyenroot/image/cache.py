@@ -13,10 +13,11 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pyenroot import trust
 from pyenroot.errors import ImageError, StorageError
 
 _DIGEST = re.compile(r"^sha256:([a-f0-9]{64})$")
@@ -49,12 +50,20 @@ def _hash_file(path: Path, hasher: hashlib._Hash) -> int:
 
 
 class BlobCache:
-    """Blobs by digest under `root`; files private to the user (0600 in 0700 directories)."""
+    """Blobs by digest under `root`; files private to the user (0600 in 0700 directories). An entry is reused
+    by its name only when nobody but the user, root or one of `owners` can have written it (a site may point
+    ENROOT_CACHE_PATH at a shared directory)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, owners: Collection[int] = ()):
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.locks = self.root / "locks"
+        self.owners = frozenset(owners)
+
+    @classmethod
+    def of(cls, settings) -> BlobCache:
+        """The cache the settings name (ENROOT_CACHE_PATH, PYENROOT_CACHE_OWNERS)."""
+        return cls(settings.path("ENROOT_CACHE_PATH"), trust.uids_of(settings.get("PYENROOT_CACHE_OWNERS") or ""))
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest_hex(digest)
@@ -62,10 +71,17 @@ class BlobCache:
     def has(self, digest: str) -> bool:
         path = self.path(digest)
         try:
-            return path.is_file()
+            os.lstat(path)
+        except FileNotFoundError:
+            return False
         except PermissionError:
             raise StorageError(f"cannot read the cache directory {path.parent}: permission denied",
                                hint="ENROOT_CACHE_PATH must be a directory you can read and write") from None
+        problem = trust.untrusted(path, "file", owners=self.owners)
+        if problem:
+            raise trust.UntrustedPathError(f"cache entry {problem}: refusing to use it",
+                                           hint="remove it, or point ENROOT_CACHE_PATH at a directory of your own")
+        return True
 
     def _ensure_dirs(self) -> None:
         for directory in (self.root, self.root / "blobs", self.blobs, self.locks):

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import posixpath
+
 RC_LOCAL = (
     "# Sourced by /etc/rc before the entrypoint runs (if not empty).\n"
     "# Change the command here, e.g. `set -- /bin/bash -l \"$@\"`, or export variables.\n"
@@ -74,14 +76,19 @@ def render_environment(config: dict) -> tuple[str, list[str]]:
     return "".join(f"{e}\n" for e in kept), skipped
 
 
+def volume_path(volume: object) -> str:
+    """A Volume as the path inside the image it names: `..` stops at the image's root, as it would there."""
+    return posixpath.normpath("/" + str(volume).strip("/"))
+
+
 def render_fstab(config: dict) -> str:
-    """/etc/fstab: each declared volume bind-mounted onto itself, so it stays writable in the container."""
+    """/etc/fstab: each declared volume bind-mounted onto itself, so it stays writable in the container.
+    The start resolves `${ENROOT_ROOTFS}/...` within the root too, so an image's symlinks cannot lead out."""
     volumes = sorted((config.get("config") or {}).get("Volumes") or {})
     lines = []
-    for volume in volumes:
-        path = "/" + str(volume).strip("/")
-        if any(c.isspace() for c in path):
-            continue  # fstab fields cannot hold blanks; such a volume is left out
+    for path in dict.fromkeys(volume_path(v) for v in volumes):
+        if path == "/" or any(c.isspace() for c in path):
+            continue  # the root is no volume; fstab fields cannot hold blanks: such a volume is left out
         lines.append(f"${{ENROOT_ROOTFS}}{path} {path} none x-create=dir,bind,rw,nosuid,nodev")
     return "".join(f"{line}\n" for line in lines)
 

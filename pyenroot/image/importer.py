@@ -49,7 +49,7 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
 
     ref = parse_uri(uri)
     name = ref.default_image_name()
-    cache = BlobCache(settings.path("ENROOT_CACHE_PATH"))
+    cache = BlobCache.of(settings)
     if ref.scheme == "docker":
         from pyenroot.registry.source import RegistrySource
 

@@ -62,7 +62,7 @@ class RegistrySource:
         self.settings = settings
         self.options = TransferOptions.from_settings(settings)
         self.session = session if session is not None else make_session(self.options)
-        self.cache = BlobCache(settings.path("ENROOT_CACHE_PATH"))
+        self.cache = BlobCache.of(settings)
         self._environ = dict(os.environ if environ is None else environ)
         self._sleep = sleep
         config = settings.get("ENROOT_CONFIG_PATH")

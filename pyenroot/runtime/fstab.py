@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyenroot.errors import ConfigError
+from pyenroot.errors import ConfigError, UsageError
 
 MAX_LINE = 4096
 _BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -22,7 +22,7 @@ DEFAULT_BIND_OPTIONS = ("rbind", "x-create=auto")
 @dataclass(frozen=True)
 class FstabEntry:
     source: str
-    target: str  # a path inside the container
+    target: str  # a path inside the container; a relative one is taken from the container's root
     fstype: str
     options: tuple[str, ...]
     passno: int
@@ -58,6 +58,12 @@ def _passno(fields: list[str], origin: str) -> int:
     return passno if passno != 0 else dump
 
 
+def is_options(field: str) -> bool:
+    """Whether the second of two fields is options rather than a target: targets may be relative
+    (`tmp/.X11-unix`), so a field is a path when a `/` comes before any `=` (options never hold one there)."""
+    return "/" not in field.split("=", 1)[0]
+
+
 def _infer(fields: list[str]) -> tuple[str, str, str, str]:
     """Fill omitted fields: SRC | SRC DST | SRC OPTS | SRC DST OPTS | SRC DST TYPE OPTS."""
     source = fields[0]
@@ -65,7 +71,7 @@ def _infer(fields: list[str]) -> tuple[str, str, str, str]:
         return source, source, "none", ",".join(DEFAULT_BIND_OPTIONS)
     if len(fields) == 2:
         second = fields[1]
-        if not second.startswith("/"):
+        if is_options(second):
             return source, source, "none", second
         if source == "tmpfs":
             return source, second, "tmpfs", "defaults"
@@ -88,9 +94,6 @@ def parse_line(line: str, origin: str) -> FstabEntry | None:
     source, target, fstype, options = _infer(fields)
     if target == "none":
         target = source
-    if not target.startswith("/"):
-        raise ConfigError(f"invalid fstab entry at {origin}: the target must be an absolute path: {target!r}",
-                          hint="targets are paths inside the container, e.g. /mnt/data")
     return FstabEntry(source, target, fstype, tuple(o for o in options.split(",") if o), _passno(fields, origin),
                       origin)
 
@@ -105,10 +108,15 @@ def parse(text: str, origin: str = "fstab") -> list[FstabEntry]:
 
 
 def from_cli(spec: str) -> FstabEntry:
-    """`--mount SRC:DST:TYPE:OPTS` (any prefix of the fields); every ':' separates fields, like enroot."""
+    """`--mount SRC:DST:TYPE:OPTS` (any prefix of the fields); every ':' separates fields, like enroot.
+    A malformed value is a usage error."""
+    hint = "use --mount SRC[:DST[:TYPE[:OPTIONS]]]"
     if not re.fullmatch(r"\S+(:\S+)*", spec):
-        raise ConfigError(f"invalid mount: {spec!r}", hint="use --mount SRC[:DST[:TYPE[:OPTIONS]]]")
-    entry = parse_line(spec.replace(":", " "), "--mount")
+        raise UsageError(f"invalid mount: {spec!r}", hint=hint)
+    try:
+        entry = parse_line(spec.replace(":", " "), "--mount")
+    except ConfigError as error:
+        raise UsageError(f"invalid mount {spec!r}: {error.message}", hint=hint) from None
     if entry is None:
-        raise ConfigError(f"invalid mount: {spec!r}", hint="use --mount SRC[:DST[:TYPE[:OPTIONS]]]")
+        raise UsageError(f"invalid mount: {spec!r}", hint=hint)
     return entry

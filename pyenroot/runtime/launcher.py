@@ -93,9 +93,10 @@ def _readlink_in(root: str) -> Callable[[str], str | None]:
     return readlink
 
 
-def host_path(root: Path, path: str) -> Path:
-    """The host path of container path `path`, resolved so that it cannot leave `root`."""
-    return Path(str(root) + plan.resolve_inside(path, _readlink_in(str(root))))
+def host_path(root: Path, path: str, *, refuse_escape: bool = False) -> Path:
+    """The host path of container path `path`, resolved so that it cannot leave `root` (with `refuse_escape`,
+    a `..` above the root is an error instead of staying at the root)."""
+    return Path(str(root) + plan.resolve_inside(path, _readlink_in(str(root)), refuse_escape=refuse_escape))
 
 
 def _read_inside(root: Path, path: str) -> str:
@@ -161,12 +162,21 @@ class Mounter:
         self.root = root
         self.warn = warn
 
-    def _create(self, mount: Mount, target: Path) -> None:
+    def source(self, mount: Mount) -> str:
+        """The source to mount: one declared inside the root filesystem (`${ENROOT_ROOTFS}/...`, as the image
+        binds its Volumes) is resolved within the root like a target, so that the image's symlinks and `..`
+        cannot turn it into a host path; any other source is a host path, as in enroot."""
+        root = str(self.root)
+        if mount.source != root and not mount.source.startswith(root + "/"):
+            return mount.source
+        return str(host_path(self.root, mount.source[len(root):] or "/", refuse_escape=True))
+
+    def _create(self, mount: Mount, source: str, target: Path) -> None:
         if os.path.lexists(target):
             return
         kind = mount.create
         if kind == "auto":
-            kind = "file" if mount.is_bind and not os.path.isdir(mount.source) else "dir"
+            kind = "file" if mount.is_bind and not os.path.isdir(source) else "dir"
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if kind == "dir":
             target.mkdir(mode=0)
@@ -177,12 +187,13 @@ class Mounter:
         if mount.detach:
             syscalls.umount2(target, MNT_DETACH)
             return
+        source = self.source(mount)
         if mount.create:
-            self._create(mount, target)
+            self._create(mount, source, target)
         if mount.move:
-            syscalls.mount(mount.source, target, None, MS_MOVE)
+            syscalls.mount(source, target, None, MS_MOVE)
             return
-        syscalls.mount(mount.source, target, mount.fstype, mount.flags, mount.data)
+        syscalls.mount(source, target, mount.fstype, mount.flags, mount.data)
         if mount.remount_flags:
             # Keep what the kernel locked (or the remount fails with EPERM) and add what was asked for.
             flags = MS_REMOUNT | MS_BIND | mount.remount_flags | _locked_flags(target)
@@ -193,7 +204,7 @@ class Mounter:
     def perform(self, mount: Mount) -> None:
         target = None
         try:
-            target = host_path(self.root, mount.target)
+            target = host_path(self.root, mount.target, refuse_escape=True)
             self._mount(mount, target)
         except OSError as exc:
             message = f"mount {mount.source} on {mount.target} ({mount.origin}): {_reason(exc)}"
@@ -203,8 +214,8 @@ class Mounter:
                 raise RuntimeStartError(message, hint=hint if missing else None) from None
             if not mount.silent:
                 self.warn(message)
-        except PyenrootError as error:
-            raise error.with_context(mount.origin) from None
+        except PyenrootError as error:  # the target or source leads out of the root
+            raise error.with_context(f"mount {mount.source} on {mount.target} ({mount.origin})") from None
 
     def perform_line(self, line: str) -> None:
         entry = fstab.parse_line(line, "hook")

@@ -293,12 +293,21 @@ def build_plan(request: StartRequest, image: ImageFacts) -> StartPlan:
 
 
 MAX_SYMLINKS = 40
+ESCAPE = "Invalid cross-device link"  # enroot's words (EXDEV) for a path that leads outside the root
 
 
-def resolve_inside(path: str, readlink: Callable[[str], str | None]) -> str:
-    """Resolve `path` as if the container's root were `/`: symlinks are followed relative to that root and
-    `..` stops at it, so no link or `..` in the image can lead outside. `readlink(p)` returns the target of
-    the container path `p` if it is a symlink, else None. Components that do not exist are kept as named.
+class PathEscapeError(ConfigError):
+    """A mount target or in-root source whose `..` or symlinks lead outside the container's root."""
+
+    reference = "path-escape"
+
+
+def resolve_inside(path: str, readlink: Callable[[str], str | None], *, refuse_escape: bool = False) -> str:
+    """Resolve `path` as if the container's root were `/`: symlinks are followed relative to that root, so
+    no link or `..` in the image can lead outside. A relative `path` is taken from the root. A `..` above the
+    root stays at the root (like the kernel's), or with `refuse_escape` is an error (mounts, like enroot's).
+    `readlink(p)` returns the target of the container path `p` if it is a symlink, else None. Components that
+    do not exist are kept as named.
     """
     pending = [p for p in path.split("/") if p not in ("", ".")]
     pending.reverse()  # a stack: the next component is at the end
@@ -309,6 +318,8 @@ def resolve_inside(path: str, readlink: Callable[[str], str | None]) -> str:
         if part == "..":
             if resolved:
                 resolved.pop()
+            elif refuse_escape:
+                raise PathEscapeError(f"{path} leads outside the container's root: {ESCAPE}")
             continue
         target = readlink("/" + "/".join([*resolved, part]))
         if target is None:

@@ -12,7 +12,9 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from pyenroot import trust
 from pyenroot.errors import ConfigError, ImageError, UsageError
+from pyenroot.runtime import fstab
 from pyenroot.runtime.plan import StartRequest, config_files
 
 SQUASHFS_MAGIC = b"hsqs"
@@ -124,8 +126,7 @@ def _read_rc(path: str) -> str:
 
 def _check_options(args) -> None:
     for spec in args.mount:
-        if not re.fullmatch(r"\S+(:\S+)*", spec):
-            raise UsageError(f"invalid mount: {spec!r}", hint="use --mount SRC[:DST[:TYPE[:OPTIONS]]]")
+        fstab.from_cli(spec)  # a malformed value is a usage error before anything starts
     for entry in args.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(=|$)", entry):
             raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
@@ -180,7 +181,10 @@ def start(args, settings, *, warn: Callable[[str], None],
     spec = launcher.Launch(
         target=target,
         request=request,
-        runtime_path=settings.path("ENROOT_RUNTIME_PATH"),
+        # Made (0700) and checked here, outside the user namespace, where owners read truly: without
+        # XDG_RUNTIME_DIR it is below /tmp, where another user may have made it first.
+        runtime_path=trust.private_dir(settings.path("ENROOT_RUNTIME_PATH"), "the runtime directory",
+                                       hint="set XDG_RUNTIME_DIR or ENROOT_RUNTIME_PATH to a directory of your own"),
         host_environ=host_environ,
         hook_steps=hooks.hook_steps(sysconf / "hooks.d" if sysconf else None, config / "hooks.d" if config else None),
         script_hooks=configscript.hooks_argv(conf, command) if script and script.has_hooks else None,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pyenroot import trust
 from pyenroot.atomic import write_atomically
 from pyenroot.errors import PyenrootError
 from pyenroot.runtime import fstab
@@ -267,7 +268,16 @@ def result_reporter(environ: dict[str, str] | None = None) -> Reporter:
 
 def user_runtime(request: StepRequest) -> Path:
     """Node-local per-user directory (the plugin creates it 0700): per-step files never collide across nodes."""
-    return Path(request.runtime_path) / str(os.getuid())
+    return private_runtime(request.runtime_path)
+
+
+def private_runtime(runtime_path: str) -> Path:
+    """The user's directory below the plugin's runtime path, checked to be the user's own: step state and
+    the epilog's list of containers to remove are trusted by their names there."""
+    path = Path(runtime_path) / str(os.getuid())
+    if os.path.lexists(path):
+        trust.check_private_dir(path, "the step's runtime directory")
+    return path
 
 
 def state_path(request: StepRequest) -> Path:
@@ -339,13 +349,13 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     uri = docker_uri(image)
     try:
         digest = _manifest_digest(uri, settings)
-        if digest is None:
+        output = None if digest is None else _cached_import(settings, report, uri, digest)
+        temporary = output is None
+        if output is None:
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
             _run_cli("import", ["-o", str(temp_output), uri], settings)
-            output, temporary = temp_output, True
-        else:
-            output, temporary = _cached_import(settings, uri, digest), False
+            output = temp_output
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
         report.log(f"    {exc.message}")
@@ -354,20 +364,33 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     return output, temporary
 
 
-def _cached_import(settings, uri: str, digest: str) -> Path:
+def _cached_import(settings, report: Reporter, uri: str, digest: str) -> Path | None:
     """The squashfs of `digest`, built by the first step that needs it; concurrent steps (on any node, the
-    cache may be on a shared filesystem) wait for that one under a lock instead of building it again."""
+    cache may be on a shared filesystem) wait for that one under a lock instead of building it again.
+    None when the cache could hold what someone else wrote: then the step imports into a file of its own."""
     import fcntl
 
     output = squashfs_cache_dir(settings) / f"{digest.replace(':', '-')}.sqsh"
-    if output.is_file():
-        return output
+    owners = trust.uids_of(settings.get("PYENROOT_CACHE_OWNERS") or "")
     output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(output.with_name(output.name + ".lock"), "a") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
-        if not output.is_file():
-            _run_cli("import", ["-o", str(output), uri], settings)
-    return output
+    if not _trusted_cache_entry(output, owners, report):
+        return None
+    if not output.is_file():
+        with open(output.with_name(output.name + ".lock"), "a") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
+            if not output.is_file():
+                _run_cli("import", ["-o", str(output), uri], settings)
+    return output if _trusted_cache_entry(output, owners, report) else None
+
+
+def _trusted_cache_entry(output: Path, owners: frozenset[int], report: Reporter) -> bool:
+    """Whether only the user, root or a configured owner can have written `output` (or could add it)."""
+    problem = trust.untrusted(output.parent, "dir", owners=owners)
+    if not problem and os.path.lexists(output):
+        problem = trust.untrusted(output, "file", owners=owners)
+    if problem:
+        report.log(f"not using the squashfs cache: {problem}")
+    return not problem
 
 
 def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
@@ -595,7 +618,7 @@ def epilog(job: int, runtime_path: str, environ: Mapping[str, str], report: Repo
     from pyenroot import storage
     from pyenroot.config import load_settings
 
-    listing = job_list_path(Path(runtime_path) / str(os.getuid()), job)
+    listing = job_list_path(private_runtime(runtime_path), job)
     try:
         entries = [line.split("\t", 1) for line in listing.read_text().splitlines() if "\t" in line]
     except OSError:

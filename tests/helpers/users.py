@@ -17,6 +17,7 @@ from pathlib import Path
 from pyenroot.devtools import account
 
 USER_NAME = "pyenroot-tester"
+OTHER_USER_NAME = "pyenroot-other"  # a second local account: plants files the test user must refuse
 VENV_PYTHON = Path("/opt/pyenroot/venv/bin/python")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,8 @@ class TestUser:
     wrapper: Path
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def env(self, **overrides: str) -> dict[str, str]:
+    def env(self, **overrides: str | None) -> dict[str, str]:
+        """The user's environment; an override of None removes the variable."""
         env = {
             "HOME": str(self.home),
             "USER": self.name,
@@ -82,9 +84,9 @@ class TestUser:
         }
         env.update(self.extra_env)
         env.update(overrides)
-        return env
+        return {name: value for name, value in env.items() if value is not None}
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None, input: str | bytes | None = None,
+    def run(self, argv: list[str], *, env: dict[str, str | None] | None = None, input: str | bytes | None = None,
             cwd: Path | str | None = None, timeout: float = 300, check: bool = False,
             text: bool = True) -> subprocess.CompletedProcess:
         """Run any command as the user, with the user's environment (plus `env`)."""

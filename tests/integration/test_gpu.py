@@ -6,6 +6,7 @@ container's /dev is the minimal one (ENROOT_RESTRICT_DEV): the host's /dev has n
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -212,3 +213,25 @@ def test_named_container_is_not_changed_by_the_driver(user, fake, busybox_sqsh):
     # Only empty mount points can remain: the tmpfs directory, the cache file, the firmware files.
     assert not any("libcuda" in path or "nvidia-smi" in path for path in added), added
     assert all((root / path).is_dir() or (root / path).stat().st_size == 0 for path in added), added
+
+
+def test_library_cache_planted_by_another_user_is_refused(user, other_user, fake, busybox_sqsh):
+    """The hook reuses its ld.so.cache-HASH files by name: in a directory another user owns, it must refuse
+    them (and name the directory) instead of binding them over the container's /etc/ld.so.cache."""
+    assert user.pyenroot("create", "-n", "gpucache", str(busybox_sqsh)).returncode == 0
+    env = gpu_env(user, fake, NVIDIA_VISIBLE_DEVICES="0")
+    first = user.pyenroot("start", "gpucache", "true", env=env)
+    assert first.returncode == 0, first.stderr
+    cache = user.home / ".run/enroot/nvidia"
+    names = [p.name for p in cache.glob("ld.so.cache-*")]
+    assert names
+    shutil.rmtree(cache)
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    for name in names:
+        (cache / name).write_bytes(b"planted")
+    other_user.give(cache)
+    result = user.pyenroot("start", "gpucache", "cat", "/etc/ld.so.cache", env=env)
+    assert "planted" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pyenroot: error:")]
+    assert result.returncode != 0 and len(errors) == 1 and str(cache) in errors[0], result.stderr

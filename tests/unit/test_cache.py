@@ -29,6 +29,22 @@ def test_store_and_lookup(tmp_path):
     assert cache.digests() == [digest]
 
 
+def test_entries_are_trusted_by_owner_and_mode(tmp_path):
+    """A blob under its digest's name that someone else could have written is refused, not reused."""
+    from pyenroot.trust import UntrustedPathError
+
+    data = b"planted"
+    planted = BlobCache(tmp_path).store(digest_of(data), [data])
+    os.chown(planted, 54321, 54321)
+    with pytest.raises(UntrustedPathError, match="belongs to uid 54321"):
+        BlobCache(tmp_path).has(digest_of(data))
+    assert BlobCache(tmp_path, owners={54321}).has(digest_of(data))
+    os.chown(planted, os.getuid(), os.getgid())
+    planted.chmod(0o666)
+    with pytest.raises(UntrustedPathError, match="writable by group or others"):
+        BlobCache(tmp_path).has(digest_of(data))
+
+
 def test_mismatch_keeps_nothing(tmp_path):
     cache = BlobCache(tmp_path)
     digest = digest_of(b"good")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyenroot.errors import ConfigError
+from pyenroot.errors import ConfigError, UsageError
 from pyenroot.runtime import flags, fstab, plan
 
 
@@ -56,8 +56,6 @@ def test_pass_numbers(fields, passno):
 
 def test_bad_lines():
     with pytest.raises(ConfigError):
-        one("/a relative none bind")
-    with pytest.raises(ConfigError):
         one("/a /b none bind 0 x")
     with pytest.raises(ConfigError):
         one("/a /b none bind 0 0 extra")
@@ -69,10 +67,28 @@ def test_cli_form():
     entry = fstab.from_cli("/host/dir:/ctr/dir:none:bind,ro")
     assert (entry.source, entry.target, entry.options) == ("/host/dir", "/ctr/dir", ("bind", "ro"))
     assert fstab.from_cli("/host").target == "/host"
-    with pytest.raises(ConfigError):
-        fstab.from_cli("/a b")
-    with pytest.raises(ConfigError):
-        fstab.from_cli("")
+    for malformed in ("/a b", "", ":::", "SRC:/d:none:bind:extra:more"):
+        with pytest.raises(UsageError):
+            fstab.from_cli(malformed)
+
+
+@pytest.mark.parametrize(("text", "target", "options"), [
+    ("/tmp/.X11-unix tmp/.X11-unix none bind,create=dir 0 0", "tmp/.X11-unix", ("bind", "create=dir")),
+    ("/data mnt/data", "mnt/data", ("rbind", "x-create=auto")),
+    ("/data ./data", "./data", ("rbind", "x-create=auto")),
+    ("/data ro,x-create=dir", "/data", ("ro", "x-create=dir")),
+    ("/data lowerdir=/a", "/data", ("lowerdir=/a",)),
+])
+def test_relative_targets(text, target, options):
+    """The seed's dialect: a target may be relative (taken from the container's root); the second of two
+    fields is a target once a `/` comes before any `=`."""
+    entry = one(text)
+    assert (entry.target, entry.options) == (target, options)
+
+
+def test_cli_relative_target_is_a_target():
+    entry = fstab.from_cli("/home/u/data:relative/path")
+    assert (entry.source, entry.target, entry.options) == ("/home/u/data", "relative/path", ("rbind", "x-create=auto"))
 
 
 def test_options_to_mount():

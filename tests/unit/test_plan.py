@@ -129,6 +129,23 @@ def test_resolve_inside_never_leaves_root(path, links, expected):
     assert plan.resolve_inside(path, FakeTree(links)) == expected
 
 
+@pytest.mark.parametrize(("path", "links"), [
+    ("/../etc", {}), ("a/../../x", {}), ("/evil/etc", {"/evil": "../../.."}), ("/up/x", {"/up": "/.."}),
+])
+def test_mount_paths_that_climb_out_are_refused(path, links):
+    """For mounts (refuse_escape), a `..` above the root is enroot's EXDEV instead of staying at the root."""
+    with pytest.raises(plan.PathEscapeError, match="Invalid cross-device link"):
+        plan.resolve_inside(path, FakeTree(links), refuse_escape=True)
+
+
+@pytest.mark.parametrize(("path", "links", "expected"), [
+    ("tmp/.X11-unix", {}, "/tmp/.X11-unix"), ("/evil/etc", {"/evil": "/"}, "/etc"),
+    ("/a/../b", {}, "/b"), ("/lib/x", {"/lib": "usr/lib"}, "/usr/lib/x"),
+])
+def test_mount_paths_inside_resolve(path, links, expected):
+    assert plan.resolve_inside(path, FakeTree(links), refuse_escape=True) == expected
+
+
 def test_resolve_inside_loops():
     with pytest.raises(ConfigError):
         plan.resolve_inside("/a", FakeTree({"/a": "/b", "/b": "/a"}))
