@@ -143,7 +143,7 @@ def test_direct_start_unpack_error_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(squashmount.shutil, "which", lambda name: f"/usr/bin/{name}")
     _tool_output(monkeypatch, 1, "Read on filesystem failed because EOF\nread_id_table: failed\n"
                                  "FATAL ERROR: File system corruption detected\n")
-    with pytest.raises(RuntimeStartError) as info:
+    with pytest.raises(ImageError) as info:
         squashmount._unpack(tmp_path / "broken.sqsh", target, 1)
     assert "\n" not in info.value.message
     assert info.value.message.endswith(": FATAL ERROR: File system corruption detected")
