@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyenroot.errors import RuntimeStartError
+from pyenroot.errors import RuntimeStartError, StorageError
 from pyenroot.runtime import syscalls
 
 _READY_POLL_S = 0.002
@@ -129,7 +129,12 @@ def _unpack(image: Path, target: Path, processors: int) -> None:
         raise RuntimeStartError(f"cannot start {image}: FUSE is unusable and unsquashfs is not installed",
                                 hint="install squashfs-tools, or make /dev/fuse usable")
     target.rmdir()
-    storage.unpack_image(image, target, processors, str(image))
+    try:
+        storage.unpack_image(image, target, processors, str(image))
+    except StorageError as exc:  # the private tmpfs is full (it may take half the memory)
+        raise RuntimeStartError(f"{exc.message} (the image is unpacked into memory)",
+                                hint="start it without --rw, set PYENROOT_SQSH_WRITABLE=overlay, or make a "
+                                     "container of it: pyenroot create IMAGE") from None
 
 
 def mount_image(image: Path, workdir: Path, *, writable: bool = False, writable_method: str = WRITABLE_UNPACK,
