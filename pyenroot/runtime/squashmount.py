@@ -14,6 +14,7 @@ rename directories (dpkg) and do not fall back to copying, so `--rw` gets a real
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -101,14 +102,24 @@ def _mount_lower(image: Path, lower: Path) -> None:
     _spawn_fuse([program, "-f", str(image), str(lower)], lower)
 
 
+def _kernel_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
+    options = f"lowerdir={lower},upperdir={upper},workdir={work},xino=off"
+    try:
+        # userxattr: overlayfs keeps opaque markers of directories in user.overlay.* xattrs, which a user
+        # namespace may set; without it removing a directory of the image, or making one where a removed one
+        # was, fails with EIO.
+        syscalls.mount("overlay", merged, "overlay", 0, options + ",userxattr")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # Kernels before 5.11 know no userxattr; some (Ubuntu's) allow overlayfs in a user namespace all the same.
+        syscalls.mount("overlay", merged, "overlay", 0, options)
+
+
 def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, notes: list[str]) -> str:
     if native:
         try:
-            # userxattr: overlayfs keeps whiteouts of directories and opaque markers in user.overlay.* xattrs,
-            # which a user namespace may set; without it removing a directory of the image, or making one
-            # where a removed one was, fails with EIO.
-            syscalls.mount("overlay", merged, "overlay", 0,
-                           f"lowerdir={lower},upperdir={upper},workdir={work},xino=off,userxattr")
+            _kernel_overlay(lower, upper, work, merged)
             return "overlayfs"
         except OSError as exc:
             notes.append(f"kernel overlayfs in a user namespace failed ({exc.strerror}); using fuse-overlayfs")

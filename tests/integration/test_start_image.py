@@ -201,6 +201,11 @@ def test_sqsh_writable_overlay_on_request_cannot_rename_image_directories(user, 
     result = user.pyenroot("start", "--rw", str(debian_sqsh), "sh", "-c", RENAME_IMAGE_DIRECTORY,
                            env={"PYENROOT_SQSH_WRITABLE": "overlay"})
     assert result.returncode != 0 and "rename: Invalid cross-device link" in result.stderr
+    # Removing a directory of the image and making it again works there (userxattr; EIO without it).
+    again = user.pyenroot("start", "--rw", str(debian_sqsh), "sh", "-c",
+                          "rm -r /usr/share/doc/dpkg && mkdir /usr/share/doc/dpkg && echo recreated",
+                          env={"PYENROOT_SQSH_WRITABLE": "overlay"})
+    assert (again.returncode, again.stdout) == (0, "recreated\n"), again.stderr
 
 
 def _fuse_servers_of(image: Path) -> list[int]:
