@@ -8,12 +8,16 @@ In one run (as root; steps run as the unprivileged test account), interleaved, -
 - `srun --container-image=<cached image> true` (unnamed container; the image is imported once beforehand)
 - `srun --container-name=<existing> true` (a named container that exists)
 - and `srun -n8` of each
+- `srun --container-image=<cached image> --container-writable true`, for the busybox image and for Debian
+  minbase (180 MB), each as it starts now (the image unpacked into memory) and as it started before
+  (squashfuse + overlay, PYENROOT_SQSH_WRITABLE=overlay, which cannot rename the image's directories)
 
 and the container's overhead over bare srun. Targets: cached image under 0.3 s, existing named container
 under 0.1 s per step.
 
     python bench/slurm.py              # 20 runs each
-    python bench/slurm.py --repeat 5   # a quick check
+    python bench/slurm.py --repeat 5   # fewer runs
+    python bench/slurm.py --quick      # 5 runs, only bare srun and the writable unnamed cases
 """
 
 from __future__ import annotations
@@ -51,6 +55,26 @@ def push_busybox(workdir: Path, registry: LocalRegistry) -> str:
     return f"{registry.host}#bench/busybox:latest"
 
 
+def push_debian(registry: LocalRegistry) -> str:
+    image = imagebuilder.build_image([rootfs.debian_rootfs_tar().read_bytes()], cmd=["/bin/bash"])
+    imagebuilder.Pusher(registry.url).image("bench/debian", "bookworm", image)
+    return f"{registry.host}#bench/debian:bookworm"
+
+
+# (argv, extra environment) of one case
+Case = tuple[list[str], dict[str, str]]
+OLD_WRITABLE = {"PYENROOT_SQSH_WRITABLE": "overlay"}  # the overlay that writable starts used before
+
+
+def writable_cases(images: dict[str, str]) -> dict[str, Case]:
+    cases: dict[str, Case] = {}
+    for label, image in images.items():
+        argv = ["srun", f"--container-image={image}", "--container-writable", "true"]
+        cases[f"srun --container-image ({label}) --container-writable true: unpack"] = (argv, {})
+        cases[f"srun --container-image ({label}) --container-writable true: overlay (before)"] = (argv, OLD_WRITABLE)
+    return cases
+
+
 def timed(user: users.TestUser, argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = user.run(argv, env=env, timeout=600)
@@ -62,8 +86,10 @@ def timed(user: users.TestUser, argv: list[str], env: dict[str, str]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=None, help="runs of each case (20; 5 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="only bare srun and the writable unnamed cases")
     args = parser.parse_args()
+    repeat = args.repeat or (5 if args.quick else 20)
     workdir = Path(tempfile.mkdtemp(prefix="pyenroot-bench-slurm-", dir="/tmp"))
     workdir.chmod(0o755)
     registry = LocalRegistry(workdir / "registry").start()
@@ -77,20 +103,25 @@ def main() -> int:
                                       first_node_port=26818)
         devcluster.up(spec)
         image = push_busybox(workdir, registry)
+        debian = push_debian(registry)
         env = {"SLURM_CONF": str(spec.slurm_conf), "ENROOT_ALLOW_HTTP": "y"}
-        # Warm up: the image imported (cached) and the named container created.
+        # Warm up: the images imported (cached) and the named container created.
         timed(user, ["srun", f"--container-image={image}", "true"], env)
+        timed(user, ["srun", f"--container-image={debian}", "true"], env)
         timed(user, ["srun", f"--container-image={image}", "--container-name=bench", "true"], env)
-        cases = {
-            "srun true": ["srun", "true"],
-            "srun --container-image (cached) true": ["srun", f"--container-image={image}", "true"],
-            "srun --container-name (existing) true": ["srun", "--container-name=bench", "true"],
-        }
-        cases |= {name.replace("srun", "srun -n8", 1): [argv[0], "-n8", *argv[1:]] for name, argv in cases.items()}
+        cases: dict[str, Case] = {"srun true": (["srun", "true"], {})}
+        if not args.quick:
+            cases |= {
+                "srun --container-image (cached) true": (["srun", f"--container-image={image}", "true"], {}),
+                "srun --container-name (existing) true": (["srun", "--container-name=bench", "true"], {}),
+            }
+            cases |= {name.replace("srun", "srun -n8", 1): ([argv[0], "-n8", *argv[1:]], extra)
+                      for name, (argv, extra) in cases.items()}
+        cases |= writable_cases({"busybox": image, "debian 180 MB": debian})
         times: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(args.repeat):
-            for name, argv in cases.items():
-                times[name].append(timed(user, argv, env))
+        for _ in range(repeat):
+            for name, (argv, extra) in cases.items():
+                times[name].append(timed(user, argv, env | extra))
         report(times)
     finally:
         if spec is not None:
@@ -102,11 +133,11 @@ def main() -> int:
 
 def report(times: dict[str, list[float]]) -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{'case':45} {'median':>8} {'min':>8} {'max':>8} {'overhead':>9}")
+    print(f"{'case':75} {'median':>8} {'min':>8} {'max':>8} {'overhead':>9}")
     for name, values in times.items():
         floor = medians["srun -n8 true" if "-n8" in name else "srun true"]
         overhead = medians[name] - floor
-        print(f"{name:45} {medians[name]:8.3f} {min(values):8.3f} {max(values):8.3f} {overhead:+9.3f}")
+        print(f"{name:75} {medians[name]:8.3f} {min(values):8.3f} {max(values):8.3f} {overhead:+9.3f}")
 
 
 if __name__ == "__main__":

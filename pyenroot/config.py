@@ -90,6 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENROOT_LOGIN_SHELL", "true", "run the container's shell as a login shell"),
     Setting("ENROOT_INIT_SHELL", "/bin/sh", "shell that runs the init script /etc/rc"),
     Setting("ENROOT_NATIVE_OVERLAYFS", "true", "use kernel overlayfs where the kernel allows it"),
+    Setting("PYENROOT_SQSH_WRITABLE", "unpack", "how --rw starts of a .sqsh image get their root: unpack (every "
+            "rename works; costs time and memory as the image grows) or overlay (fast; renaming a directory of "
+            "the image fails)"),
     Setting("ENROOT_ALLOW_SUPERUSER", "false", "let real root keep its privileges in containers"),
     Setting("ENROOT_ALLOW_HTTP", "false", "allow plain HTTP registries"),
     Setting("ENROOT_ROOTFS_WRITABLE", "false", "container root filesystem writable"),

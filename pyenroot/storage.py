@@ -228,9 +228,13 @@ def die_with_parent() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-# What unsquashfs says (exit code 2, not fatal) for each device node an unprivileged user cannot create. A
-# container directory never holds working device nodes anyway: start mounts /dev.
-_DEVICE_NODE_SKIPPED = re.compile(r"(create_inode: )?could not create (character|block) device .*not superuser!?")
+# What unsquashfs says (exit code 2, not fatal) for each device node an unprivileged user cannot create: as
+# the user ("not superuser") and as root of a user namespace (EPERM). A root filesystem never holds working
+# device nodes anyway: start mounts /dev. In a user namespace (a direct `.sqsh` start unpacks there) an owner
+# the namespace does not map cannot be set either (EINVAL): the file stays the caller's.
+_DEVICE_NODE_SKIPPED = re.compile(r"(create_inode: )?could not create (character|block) device .*not superuser!?"
+                                  r"|create_inode: failed to create (character|block) device .*Operation not permitted"
+                                  r"|set_attributes: failed to change uid and gids on .*Invalid argument")
 
 
 _NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as unsquashfs and mksquashfs report it
@@ -332,12 +336,13 @@ def create_container(settings, image: str | os.PathLike, name: str | None = None
 def unpack_rootfs(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str) -> None:
     """Unpack a squashfs image into the new directory `rootfs` (in a locked work entry), readable and removable
     by its owner afterwards; `label` names the image in errors."""
-    _unpack(image, rootfs, processors, lock_fd, label)
+    unpack_image(image, rootfs, processors, label, keep_fds=(lock_fd,))
     _fix_permissions(rootfs)
 
 
-def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str) -> None:
-    """unsquashfs (parallel); if it cannot read the image, rdsquashfs (squashfs-tools-ng) as a second try.
+def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep_fds: tuple[int, ...] = ()) -> None:
+    """Unpack `image` into the new directory `rootfs` with unsquashfs (parallel); if it cannot read the image,
+    rdsquashfs (squashfs-tools-ng) as a second try. Device nodes are skipped.
 
     unsquashfs 4.5 rejects lz4 images written by tar2sqfs ("failed to read id table block") although they
     are valid; rdsquashfs reads them.
@@ -345,7 +350,7 @@ def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str
     argv = ["unsquashfs", "-no-progress", "-quiet", "-processors", str(processors), "-user-xattrs",
             "-d", str(rootfs), str(image)]
     try:
-        run_tool(argv, f"unpack {label}", keep_fds=(lock_fd,), tolerate_device_nodes=True)
+        run_tool(argv, f"unpack {label}", keep_fds=keep_fds, tolerate_device_nodes=True)
         return
     except ImageError as first:
         import shutil
@@ -359,7 +364,7 @@ def _unpack(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str
     # -D: no device nodes (see above); -C/-T: modes and times as in the image; ownership stays the user's.
     fallback = ["rdsquashfs", "-q", "-D", "-C", "-T", "-u", "/", "-p", str(rootfs), str(image)]
     try:
-        run_tool(fallback, f"unpack {label}", keep_fds=(lock_fd,))
+        run_tool(fallback, f"unpack {label}", keep_fds=keep_fds)
     except ImageError:
         raise failure from None
 

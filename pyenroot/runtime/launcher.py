@@ -76,6 +76,7 @@ class Launch:
     hook_steps: list = field(default_factory=list)  # hooks.HookStep
     script_hooks: tuple[list[str], dict[str, str]] | None = None  # the config script's hooks()
     native_overlay: bool = True
+    writable_sqsh: str = "unpack"  # PYENROOT_SQSH_WRITABLE (squashmount.WRITABLE_METHODS)
     processors: int = 1
     warn: Callable[[str], None] = lambda message: None
     trace: Callable[[str], None] = lambda step: None  # called after each step (`start -v` prints timings)
@@ -515,7 +516,8 @@ def _launch(spec: Launch) -> int:
 
         sub = workdir() / "image"
         sub.mkdir(mode=0o755)
-        mounted = squashmount.mount_image(target.path, sub, native_overlay=spec.native_overlay,
+        mounted = squashmount.mount_image(target.path, sub, writable=request.writable,
+                                          writable_method=spec.writable_sqsh, native_overlay=spec.native_overlay,
                                           processors=spec.processors)
         for note in mounted.notes:
             spec.warn(note)

@@ -1,28 +1,40 @@
-"""Direct start of a squashfs image: squashfuse below, an overlay with a tmpfs upper layer above.
+"""Direct start of a squashfs image: squashfuse below, an overlay with a tmpfs upper layer above; or, for a
+writable start, the image unpacked into the tmpfs.
 
 Runs inside the container's user and mount namespaces, whose capabilities the caller holds; squashfuse runs
 as root of a nested user namespace, so that image files owned by root belong to the caller. The FUSE
 servers are children that die with the container's process (parent-death signal), so they live exactly as
 long as it. Writes go to the tmpfs and vanish with the mount namespace. Without FUSE the image is unpacked
 into a tmpfs instead (slower, uses memory).
+
+Why a writable start unpacks: no overlay an unprivileged user can mount renames a directory that comes from
+the image. The kernel's overlayfs needs redirect_dir for that, which it refuses in a user namespace (it keeps
+redirects in trusted.* xattrs), and fuse-overlayfs answers such a rename with EXDEV too. Package managers
+rename directories (dpkg) and do not fall back to copying, so `--rw` gets a real directory tree.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyenroot.errors import RuntimeStartError
+from pyenroot.errors import RuntimeStartError, StorageError
 from pyenroot.runtime import seccomp, syscalls
 from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
 
 _READY_POLL_S = 0.002
 _READY_LIMIT_S = 30.0
+
+
+# How a writable start gets its root filesystem (PYENROOT_SQSH_WRITABLE).
+WRITABLE_UNPACK = "unpack"  # a real tree in the tmpfs: every rename works; time and memory grow with the image
+WRITABLE_OVERLAY = "overlay"  # as a read-only start: fast, but renaming a directory of the image fails (EXDEV)
+WRITABLE_METHODS = (WRITABLE_UNPACK, WRITABLE_OVERLAY)
 
 
 @dataclass
@@ -134,11 +146,24 @@ def _mount_lower(image: Path, lower: Path) -> None:
     _spawn_fuse([program, "-f", str(image), str(lower)], lower, as_root=True)
 
 
+def _kernel_overlay(lower: Path, upper: Path, work: Path, merged: Path) -> None:
+    options = f"lowerdir={lower},upperdir={upper},workdir={work},xino=off"
+    try:
+        # userxattr: overlayfs keeps opaque markers of directories in user.overlay.* xattrs, which a user
+        # namespace may set; without it removing a directory of the image, or making one where a removed one
+        # was, fails with EIO.
+        syscalls.mount("overlay", merged, "overlay", 0, options + ",userxattr")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # Kernels before 5.11 know no userxattr; some (Ubuntu's) allow overlayfs in a user namespace all the same.
+        syscalls.mount("overlay", merged, "overlay", 0, options)
+
+
 def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, notes: list[str]) -> str:
     if native:
         try:
-            syscalls.mount("overlay", merged, "overlay", 0,
-                           f"lowerdir={lower},upperdir={upper},workdir={work},xino=off")
+            _kernel_overlay(lower, upper, work, merged)
             return "overlayfs"
         except OSError as exc:
             notes.append(f"kernel overlayfs in a user namespace failed ({exc.strerror}); using fuse-overlayfs")
@@ -153,23 +178,38 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, n
 
 
 def _unpack(image: Path, target: Path, processors: int) -> None:
+    from pyenroot import storage  # only here: slow to import, and most starts mount instead
+
     if not shutil.which("unsquashfs"):
         raise RuntimeStartError(f"cannot start {image}: FUSE is unusable and unsquashfs is not installed",
                                 hint="install squashfs-tools, or make /dev/fuse usable")
     target.rmdir()
-    result = subprocess.run(["unsquashfs", "-no-progress", "-processors", str(processors), "-d", str(target),
-                             str(image)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
-        raise RuntimeStartError(f"cannot unpack {image}: {lines[-1].strip()[-300:]}")
+    try:
+        storage.unpack_image(image, target, processors, str(image))
+    except StorageError as exc:  # the private tmpfs is full (it may take half the memory)
+        raise RuntimeStartError(f"{exc.message} (the image is unpacked into memory)",
+                                hint="start it without --rw, set PYENROOT_SQSH_WRITABLE=overlay, or make a "
+                                     "container of it: pyenroot create IMAGE") from None
 
 
-def mount_image(image: Path, workdir: Path, *, native_overlay: bool = True, processors: int = 1) -> SquashMount:
-    """Make `image` a writable root filesystem under `workdir` (a tmpfs private to this mount namespace)."""
+def mount_image(image: Path, workdir: Path, *, writable: bool = False, writable_method: str = WRITABLE_UNPACK,
+                native_overlay: bool = True, processors: int = 1) -> SquashMount:
+    """Make `image` a writable root filesystem under `workdir` (a tmpfs private to this mount namespace).
+
+    A read-only start still needs a writable root for its hooks (/etc/passwd and the like) until the root is
+    remounted read-only, which an overlay gives at once. A `writable` start unpacks (see the module's
+    docstring) unless `writable_method` asks for the overlay.
+    """
     lower, upper, work, merged = (workdir / n for n in ("lower", "upper", "work", "rootfs"))
     for path in (lower, upper, work, merged):
         path.mkdir(mode=0o755)
     notes: list[str] = []
+    if writable and writable_method == WRITABLE_UNPACK:
+        if shutil.which("unsquashfs"):
+            _unpack(image, merged, processors)
+            return SquashMount(merged, "unpacked", notes)
+        notes.append("unsquashfs is not installed, so the writable root is an overlay: renaming a directory "
+                     "of the image will fail (install squashfs-tools)")
     problem = fuse_problem()
     if problem is None:
         try:

@@ -132,6 +132,17 @@ def _check_options(args) -> None:
             raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
 
 
+def _writable_sqsh(settings) -> str:
+    """PYENROOT_SQSH_WRITABLE, checked: how a writable start of a .sqsh image gets its root filesystem."""
+    from pyenroot.runtime import squashmount
+
+    value = (settings.get("PYENROOT_SQSH_WRITABLE") or squashmount.WRITABLE_UNPACK).strip().lower()
+    if value not in squashmount.WRITABLE_METHODS:
+        raise ConfigError(f"invalid PYENROOT_SQSH_WRITABLE: {value!r}",
+                          hint=f"use one of: {', '.join(squashmount.WRITABLE_METHODS)}")
+    return value
+
+
 def start(args, settings, *, warn: Callable[[str], None],
           trace: Callable[[str], None] = lambda step: None, target=None) -> int:
     """Start `args.target` (or `target`, a launcher.Target: a bundle's unpacked root filesystem)."""
@@ -189,6 +200,7 @@ def start(args, settings, *, warn: Callable[[str], None],
         hook_steps=hooks.hook_steps(sysconf / "hooks.d" if sysconf else None, config / "hooks.d" if config else None),
         script_hooks=configscript.hooks_argv(conf, command) if script and script.has_hooks else None,
         native_overlay=settings.flag("ENROOT_NATIVE_OVERLAYFS"),
+        writable_sqsh=_writable_sqsh(settings),
         processors=settings.max_processors(),
         warn=warn,
         trace=trace,

@@ -1,14 +1,18 @@
-"""Direct start of squashfs images (FUSE + overlay), the fallback without FUSE, and a real Debian image."""
+"""Direct start of squashfs images (FUSE + overlay, unpacked for --rw), the fallback without FUSE, and a real
+Debian image."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import debpkg, users
 from tests.helpers.processes import stopped_anchor
+from tests.integration.imagecheck import HTTP, import_as
 from tests.integration.test_start import data_path, popen
 
 
@@ -75,8 +79,7 @@ def _path_with(user, tools: list[str]) -> str:
 
 def test_sqsh_without_fuse_unpacks(user, busybox_sqsh):
     path = _path_with(user, ["unsquashfs"])
-    result = user.pyenroot("start", "--rw", str(busybox_sqsh), "sh", "-c", "touch /x && cat /etc/os-release",
-                           env={"PATH": path})
+    result = user.pyenroot("start", str(busybox_sqsh), "cat", "/etc/os-release", env={"PATH": path})
     assert result.returncode == 0, result.stderr
     assert "pyenroot busybox" in result.stdout
     assert "squashfuse is not installed" in result.stderr and "unpacking" in result.stderr
@@ -133,8 +136,76 @@ def test_debian_login_environment(user, debian):
 def test_sqsh_with_fuse_overlayfs(user, busybox_sqsh):
     result = user.pyenroot("start", "--rw", str(busybox_sqsh), "sh", "-c",
                            "grep ' / / ' /proc/self/mountinfo | grep -c fuse-overlayfs; touch /x && echo wrote",
-                           env={"ENROOT_NATIVE_OVERLAYFS": "n"})
+                           env={"ENROOT_NATIVE_OVERLAYFS": "n", "PYENROOT_SQSH_WRITABLE": "overlay"})
     assert result.stdout.split() == ["1", "wrote"], result.stderr
+
+
+def _root_fstype(result) -> str:
+    """The file system type of / from its line of /proc/self/mountinfo."""
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split(" - ", 1)[1].split()[0]
+
+
+def test_sqsh_read_only_start_mounts_writable_start_unpacks(user, busybox_sqsh):
+    """Read-only starts keep the overlay (fast, nothing copied); --rw gets the image unpacked into a tmpfs."""
+    show_root = ["sh", "-c", "grep -E '^([^ ]+ ){4}/ ' /proc/self/mountinfo"]  # mount point (5th field) /
+    assert _root_fstype(user.pyenroot("start", str(busybox_sqsh), *show_root)) == "overlay"
+    assert _root_fstype(user.pyenroot("start", "--rw", str(busybox_sqsh), *show_root)) == "tmpfs"
+    overlay = user.pyenroot("start", "--rw", str(busybox_sqsh), *show_root, env={"PYENROOT_SQSH_WRITABLE": "overlay"})
+    assert _root_fstype(overlay) == "overlay"
+
+
+def test_sqsh_writable_method_is_checked(user, busybox_sqsh):
+    result = user.pyenroot("start", "--rw", str(busybox_sqsh), "true", env={"PYENROOT_SQSH_WRITABLE": "copy"})
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0] == "pyenroot: error: invalid PYENROOT_SQSH_WRITABLE: 'copy' (config)"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def debian_sqsh(account, pyenroot_wrapper, session_dir, debian_image) -> Path:
+    """The Debian test image as `pyenroot import` writes it, readable by everyone."""
+    importer = users.make_private_home(session_dir, account, pyenroot_wrapper, "homes/debian-sqsh-import")
+    result, output = import_as(importer, debian_image.uri, "debian.sqsh", HTTP)
+    assert result.returncode == 0, result.stderr
+    yield output
+    shutil.rmtree(importer.home, ignore_errors=True)
+
+
+# rename(2) itself, as dpkg calls it: mv would fall back to copying and hide an EXDEV.
+RENAME_IMAGE_DIRECTORY = (
+    """perl -e 'rename("/usr/share/doc", "/usr/share/doc.moved") or die "rename: $!\\n"' && """
+    "test -d /usr/share/doc.moved/dpkg && test ! -e /usr/share/doc && echo renamed && "
+    "rm -r /usr/share/doc.moved/dpkg && mkdir /usr/share/doc.moved/dpkg && echo recreated"
+)
+
+
+def test_sqsh_writable_renames_a_directory_of_the_image(user, debian_sqsh):
+    result = user.pyenroot("start", "--rw", str(debian_sqsh), "sh", "-c", RENAME_IMAGE_DIRECTORY)
+    assert (result.returncode, result.stdout) == (0, "renamed\nrecreated\n"), result.stderr
+    again = user.pyenroot("start", str(debian_sqsh), "test", "-d", "/usr/share/doc/dpkg")
+    assert again.returncode == 0, again.stderr  # nothing persists
+
+
+def test_sqsh_writable_dpkg_replaces_a_directory_of_the_image(user, debian_sqsh):
+    deb = debpkg.directory_swap_deb(user.make_dir("debs"))
+    result = user.pyenroot("start", "--root", "--rw", "-m", f"{deb}:/pkg.deb", str(debian_sqsh), "sh", "-c",
+                           f"dpkg -i /pkg.deb >/dev/null && cat {debpkg.REPLACED_DIRECTORY} "
+                           f"&& test -f {debpkg.NEW_DIRECTORY_FILE} && echo installed")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout == debpkg.REPLACEMENT_TEXT + "installed\n"
+
+
+def test_sqsh_writable_overlay_on_request_cannot_rename_image_directories(user, debian_sqsh):
+    """The trade PYENROOT_SQSH_WRITABLE=overlay makes: a fast start, but the kernel refuses the rename."""
+    result = user.pyenroot("start", "--rw", str(debian_sqsh), "sh", "-c", RENAME_IMAGE_DIRECTORY,
+                           env={"PYENROOT_SQSH_WRITABLE": "overlay"})
+    assert result.returncode != 0 and "rename: Invalid cross-device link" in result.stderr
+    # Removing a directory of the image and making it again works there (userxattr; EIO without it).
+    again = user.pyenroot("start", "--rw", str(debian_sqsh), "sh", "-c",
+                          "rm -r /usr/share/doc/dpkg && mkdir /usr/share/doc/dpkg && echo recreated",
+                          env={"PYENROOT_SQSH_WRITABLE": "overlay"})
+    assert (again.returncode, again.stdout) == (0, "recreated\n"), again.stderr
 
 
 def _fuse_servers_of(image: Path) -> list[int]:

@@ -4,6 +4,8 @@ unshare*.bats)."""
 import concurrent.futures
 from collections import Counter
 
+from tests.helpers import debpkg
+
 
 def test_tasks_share_one_container(slurm, busybox_uri):
     done = slurm.srun("-n4", f"--container-image={busybox_uri}", "readlink", "/proc/self/ns/mnt")
@@ -89,3 +91,14 @@ def test_debian_image_as_root_with_package_tools(slurm, debian_uri):
                       "-c", script)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "debian\nchown-ok\nsetuid-ok\n"
+
+
+def test_dpkg_replaces_a_directory_of_the_image_in_a_writable_unnamed_container(slurm, debian_uri):
+    """A package install renames directories of the image (pyxis+enroot unpack, so it works there): no EXDEV."""
+    deb = debpkg.directory_swap_deb(slurm.user.make_dir("debs"))
+    script = (f"dpkg -i /pkg.deb >/dev/null && cat {debpkg.REPLACED_DIRECTORY} && "
+              f"test -f {debpkg.NEW_DIRECTORY_FILE} && echo installed")
+    done = slurm.srun(f"--container-image={debian_uri}", "--container-remap-root", "--container-writable",
+                      f"--container-mounts={deb}:/pkg.deb", "bash", "-c", script)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout == debpkg.REPLACEMENT_TEXT + "installed\n"

@@ -137,13 +137,36 @@ def test_other_tool_failures_show_the_last_line(monkeypatch):
         storage.run_tool(["unsquashfs", "x"], "unpack x")
 
 
+def test_unpack_in_a_user_namespace_skips_device_nodes_and_unmapped_owners(monkeypatch):
+    """What unsquashfs says as root of a user namespace (a writable .sqsh start) for what it may not make."""
+    _tool_output(monkeypatch, 2, "create_inode: failed to create character device root/dev/null, because "
+                                 "Operation not permitted\nset_attributes: failed to change uid and gids on "
+                                 "root/etc/gshadow, because Invalid argument\n")
+    storage.run_tool(["unsquashfs", "x"], "unpack x", tolerate_device_nodes=True)
+    _tool_output(monkeypatch, 2, "write_file: failed to create file root/etc/x, because Permission denied\n")
+    with pytest.raises(ImageError, match="Permission denied"):
+        storage.run_tool(["unsquashfs", "x"], "unpack x", tolerate_device_nodes=True)
+
+
+def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    monkeypatch.setattr(squashmount.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "unsquashfs" else None)
+    _tool_output(monkeypatch, 1, "Write on output file failed because No space left on device\n"
+                                 "FATAL ERROR: writer: failed to write file root/usr/lib/big\n")
+    with pytest.raises(RuntimeStartError) as info:
+        squashmount._unpack(tmp_path / "big.sqsh", target, 1)
+    assert info.value.message.endswith("no space left on device (the image is unpacked into memory)")
+    assert "PYENROOT_SQSH_WRITABLE=overlay" in info.value.hint
+
+
 def test_direct_start_unpack_error_is_one_line(monkeypatch, tmp_path):
     target = tmp_path / "rootfs"
     target.mkdir()
     monkeypatch.setattr(squashmount.shutil, "which", lambda name: f"/usr/bin/{name}")
     _tool_output(monkeypatch, 1, "Read on filesystem failed because EOF\nread_id_table: failed\n"
                                  "FATAL ERROR: File system corruption detected\n")
-    with pytest.raises(RuntimeStartError) as info:
+    with pytest.raises(ImageError) as info:
         squashmount._unpack(tmp_path / "broken.sqsh", target, 1)
     assert "\n" not in info.value.message
     assert info.value.message.endswith(": FATAL ERROR: File system corruption detected")
