@@ -16,7 +16,6 @@ from pyenroot.config import Settings
 from pyenroot.errors import (
     ConfigError,
     ImageError,
-    PyenrootError,
     RegistryError,
     RuntimeStartError,
     StorageError,
@@ -308,7 +307,14 @@ def test_stale_export_cleaning_tolerates_a_missing_directory(tmp_path):
     assert storage.clean_stale_exports(tmp_path / "missing" / "box.sqsh") == []
 
 
-def test_errors_are_pyenroot_errors():
-    # What the CLI renders as one line: every class used above derives from PyenrootError.
-    for cls in (ConfigError, ImageError, RegistryError, RuntimeStartError, StorageError, UsageError):
-        assert issubclass(cls, PyenrootError)
+@pytest.mark.parametrize(("cls", "reference", "code"), [
+    (ConfigError, "config", 1), (ImageError, "image", 1), (RegistryError, "registry", 1),
+    (RuntimeStartError, "start", 1), (StorageError, "storage", 1), (UsageError, "usage", 2)])
+def test_every_error_class_renders_as_one_line_with_its_exit_code(cls, reference, code, capsys):
+    # What the CLI does with each class used above: a multi-line message still becomes one line, the hint another.
+    def fail() -> int:
+        raise cls("first part\nsecond part", hint="try\nthis")
+
+    assert cli.run_guarded(fail, lambda: False) == code
+    assert capsys.readouterr().err.splitlines() == [
+        f"pyenroot: error: first part; second part ({reference})", "hint: try; this"]

@@ -286,8 +286,14 @@ def test_basic_auth(fake, settings):
     with pytest.raises(RegistryError, match="access denied"):
         src.resolve(None)
     write_credentials(settings)
-    src, _, _ = source_for(fake, settings)
+    src, transport, _ = source_for(fake, settings)
     assert src.resolve(None).layers
+    # Anonymous until the registry's Basic challenge; from then on every request carries alice's password.
+    expected = "Basic " + base64.b64encode(b"alice:pw").decode()
+    headers = [(r.path_url, r.headers.get("Authorization")) for r in transport.sent]
+    assert headers[:2] == [("/v2/", None), ("/v2/team/app/manifests/1", None)]
+    assert headers[2:] and all(header == expected for _, header in headers[2:])
+    assert headers[2][0] == "/v2/team/app/manifests/1"
 
 
 def test_user_in_uri_without_password(fake, settings):
