@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyenroot import octal
 from pyenroot.errors import ImageError, StorageError, UsageError
 
 NAME_MAX_LENGTH = 128
@@ -652,17 +653,12 @@ class ContainerProcess:
     command: str
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def parse_mountinfo(text: str) -> list[MountEntry]:
     entries = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 5:
-            entries.append(MountEntry(fields[2], _unescape(fields[3]), _unescape(fields[4])))
+            entries.append(MountEntry(fields[2], octal.unescape(fields[3]), octal.unescape(fields[4])))
     return entries
 
 

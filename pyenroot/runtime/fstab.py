@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pyenroot.errors import ConfigError, UsageError
+from pyenroot.octal import escape, unescape
 
 MAX_LINE = 4096
 _BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_OCTAL = re.compile(r"\\([0-7]{3})")
 DEFAULT_BIND_OPTIONS = ("rbind", "x-create=auto")
 
 
@@ -32,16 +32,6 @@ class FstabEntry:
 def substitute(text: str, environ: Mapping[str, str]) -> str:
     """Replace `${NAME}` (the braced form only, like enroot) by its value; unset names become ''."""
     return _BRACED.sub(lambda m: environ.get(m.group(1), ""), text)
-
-
-def unescape(field: str) -> str:
-    """Decode fstab octal escapes such as `\\040` (space)."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def escape(field: str) -> str:
-    """Encode a path for an fstab field (the inverse of `unescape` for whitespace and backslashes)."""
-    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in field)
 
 
 def format_line(source: str, target: str, fstype: str = "none", options: str = "defaults", passno: int = 0) -> str:
