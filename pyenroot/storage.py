@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyenroot import octal
+from pyenroot import octal, squashfs
 from pyenroot.errors import ImageError, StorageError, UsageError
 
 NAME_MAX_LENGTH = 128
@@ -266,31 +266,6 @@ def run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (), tole
     raise ImageError(f"{what}: {argv[0]} failed: {detail}")
 
 
-def check_squashfs(image: str | os.PathLike) -> Path:
-    """The image's real path, if it is a regular file that unsquashfs accepts; else ImageError."""
-    try:
-        path = Path(os.path.realpath(image))
-        path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        raise ImageError(f"no such image file: {image}") from None
-    except OSError as exc:  # e.g. a link or directory on the way that we may not follow or search
-        raise ImageError(f"cannot read image {image}: {exc.strerror}") from None
-    if not path.is_file():
-        raise ImageError(f"not a squashfs image: {image} is not a regular file")
-    if not os.access(path, os.R_OK):
-        raise ImageError(f"cannot read image {image}: permission denied")
-    import subprocess
-
-    try:
-        result = subprocess.run(["unsquashfs", "-s", str(path)], stdin=subprocess.DEVNULL, capture_output=True)
-    except FileNotFoundError:
-        raise ImageError("unsquashfs is not installed", hint="install squashfs-tools") from None
-    if result.returncode != 0:
-        raise ImageError(f"not a squashfs image: {image}",
-                         hint="the image must be a .sqsh file made by 'pyenroot import' or 'pyenroot export'")
-    return path
-
-
 # ------------------------------------------------------------------------------------------ create
 
 
@@ -321,7 +296,7 @@ def create_container(settings, image: str | os.PathLike, name: str | None = None
     """Unpack a squashfs image into ENROOT_DATA_PATH/NAME; the container appears complete or not at all."""
     name = validate_name(name if name is not None else default_name(Path(image)))
     target = container_dir(settings, name)
-    image_path = check_squashfs(image)
+    image_path = squashfs.check_image(image)
     force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
     if _exists(target) and not force:
         raise StorageError(f"container already exists: {name}", hint="use -f to replace it")

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyenroot
-from pyenroot import storage
+from pyenroot import squashfs, storage
 from pyenroot.bundle import model
 from pyenroot.errors import ConfigError, ImageError
-from pyenroot.image import squash
 from pyenroot.image.progress import ImportProgress
 
 HEADER = Path(__file__).with_name("header.sh")
@@ -41,7 +40,7 @@ class BundleRequest:
 
 def make_bundle(settings, request: BundleRequest, progress: ImportProgress) -> Path:
     """Write the bundle of a squashfs image; the file appears complete or not at all."""
-    image = storage.check_squashfs(request.image)
+    image = squashfs.check_image(request.image)
     out = model.output_path(request.output, image)
     storage.check_output_file(out, request.force or settings.flag("ENROOT_FORCE_OVERRIDE"))
     makeself = shutil.which("makeself")
@@ -53,7 +52,7 @@ def make_bundle(settings, request: BundleRequest, progress: ImportProgress) -> P
         target=request.target or model.default_target(out),
         image_name=Path(request.image).name,
         image_size=image.stat().st_size,
-        compression=squash.compressor_of(image),
+        compression=squashfs.compressor_of(image),
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         version=pyenroot.__version__,
         checksum=request.checksum or settings.flag("ENROOT_BUNDLE_CHECKSUM"),

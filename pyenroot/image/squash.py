@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyenroot import squashfs
 from pyenroot.errors import ConfigError, ImageError
 from pyenroot.runtime import syscalls  # noqa: F401 - loaded before any fork: die_with_parent imports nothing new
 from pyenroot.storage import die_with_parent  # the tools get PDEATHSIG=SIGKILL: no orphans
@@ -149,8 +150,6 @@ def translate_options(text: str | None) -> SquashPlan:
 
 # ------------------------------------------------------------------------------------- id table fix
 
-_SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
-_SQUASHFS_MAGIC = 0x73717368
 _UNCOMPRESSED_BIT = 0x8000
 
 
@@ -164,11 +163,10 @@ def fix_single_id_table(path: Path) -> bool:
     one was, and its content is known: the one ID is 0, because the merged stream makes every file root's.
     """
     with open(path, "r+b") as f:
-        fields = _SUPERBLOCK.unpack(f.read(_SUPERBLOCK.size))
-        magic, id_count, id_table_start = fields[0], fields[8], fields[13]
-        if magic != _SQUASHFS_MAGIC or id_count != 1:
+        superblock = squashfs.parse_superblock(f.read(squashfs.SUPERBLOCK.size))
+        if superblock is None or superblock.id_count != 1:
             return False
-        f.seek(id_table_start)
+        f.seek(superblock.id_table_start)
         (block_start,) = struct.unpack("<Q", f.read(8))
         f.seek(block_start)
         (header,) = struct.unpack("<H", f.read(2))
@@ -231,25 +229,6 @@ def run_mksquashfs(squash: SquashPlan, source: Path, output: Path, jobs: int, *,
         raise ImageError("mksquashfs is not installed", hint="install squashfs-tools") from None
     if result.returncode != 0:
         raise squash_error(result.stderr.decode(errors="replace").strip(), output)
-
-
-# The superblock's compression ids (squashfs_fs.h).
-_COMPRESSION_IDS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
-
-
-def compressor_of(path: Path) -> str:
-    """The compressor named in a squashfs image's superblock ("unknown" if the file does not say)."""
-    with open(path, "rb") as f:
-        fields = _SUPERBLOCK.unpack(f.read(_SUPERBLOCK.size))
-    return _COMPRESSION_IDS.get(fields[5], "unknown") if fields[0] == _SQUASHFS_MAGIC else "unknown"
-
-
-def output_is_squashfs(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == struct.pack("<I", _SQUASHFS_MAGIC)
-    except OSError:
-        return False
 
 
 def remove_quietly(path: Path) -> None:

@@ -13,40 +13,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyenroot import trust
-from pyenroot.errors import ConfigError, ImageError, UsageError
+from pyenroot.errors import ConfigError, UsageError
 from pyenroot.runtime import fstab
 from pyenroot.runtime.plan import StartRequest, config_files
-
-SQUASHFS_MAGIC = b"hsqs"
-
-
-def _is_squashfs(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(4) == SQUASHFS_MAGIC
-    except OSError:
-        return False
 
 
 def resolve_target(settings, target: str):
     """A squashfs image file (started directly) or the name of a created container."""
     from pyenroot.runtime.launcher import Target
 
-    if os.path.isfile(target):
-        if _is_squashfs(target):
+    path_like = "/" in target or target.endswith(".sqsh")
+    if path_like or os.path.isfile(target):
+        from pyenroot import squashfs
+
+        if path_like:
+            return Target("squashfs", squashfs.check_image(target))
+        if squashfs.is_squashfs(target):
             return Target("squashfs", Path(os.path.realpath(target)))
-        if "/" in target or target.endswith(".sqsh"):
-            if not os.access(target, os.R_OK):  # _is_squashfs could not even look
-                raise ImageError(f"cannot read image {target}: permission denied")
-            raise ImageError(f"not a squashfs image: {target}")
-    elif "/" in target or target.endswith(".sqsh"):
-        try:
-            os.stat(target)
-        except PermissionError:  # a directory on the way that we may not search
-            raise ImageError(f"cannot read image {target}: permission denied") from None
-        except OSError:
-            raise ImageError(f"no such image file: {target}") from None
-        raise ImageError(f"not a squashfs image: {target} is not a regular file")
     fast = _plain_container(settings, target)
     if fast is not None:
         return Target("dir", fast)
