@@ -311,11 +311,27 @@ def test_unreadable_config_directory_holds_nothing(user, box):
     ("docker://a#b#c", 2, "invalid image reference"),
     ("docker://127.0.0.1:99999#a/b", 2, "is not a registry host"),
     ("docker://127.0.0.1:1#../../etc/passwd", 2, "starts and ends with a letter or digit"),
+    ("docker://127.0.0.1:1#acc/busybox:bad!tag", 2, "invalid tag 'bad!tag'"),
+    ("docker://127.0.0.1:1#acc/busybox:1 ", 2, "trailing whitespace"),
     (CLOSED_PORT_URI, 1, "unreachable"),
-], ids=["no-scheme", "ftp", "empty", "upper-case", "two-hashes", "port-too-big", "dot-dot", "closed-port"])
+], ids=["no-scheme", "ftp", "empty", "upper-case", "two-hashes", "port-too-big", "dot-dot", "bad-tag",
+        "trailing-space", "closed-port"])
 def test_bad_uris(user, uri, code, says):
     for verb in ("import", "load", "digest"):
         fails_cleanly(user, [verb, uri], code, says, env=HTTP)
+
+
+@pytest.mark.parametrize("url, meant", [
+    ("http://127.0.0.1:1/acc/busybox:1", "docker://127.0.0.1:1#acc/busybox:1"),
+    ("https://127.0.0.1:1/acc/busybox:1", "docker://127.0.0.1:1#acc/busybox:1"),
+    ("127.0.0.1:1/acc/busybox:1", "docker://127.0.0.1:1#acc/busybox:1"),
+], ids=["http", "https", "no-scheme"])
+def test_urls_suggest_the_docker_uri(user, url, meant):
+    for verb in ("import", "load", "digest"):
+        result = fails_cleanly(user, [verb, url], 2, "scheme", env=HTTP)
+        hint = result.stderr.splitlines()[-1]
+        assert hint.startswith(f"hint: did you mean {meant}?"), hint
+        assert ("ENROOT_ALLOW_HTTP=yes" in hint) == (not url.startswith("https")), hint
 
 
 def test_missing_images_in_a_live_registry(user, busybox_image):
