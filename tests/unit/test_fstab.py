@@ -86,9 +86,30 @@ def test_relative_targets(text, target, options):
     assert (entry.target, entry.options) == (target, options)
 
 
-def test_cli_relative_target_is_a_target():
-    entry = fstab.from_cli("/home/u/data:relative/path")
-    assert (entry.source, entry.target, entry.options) == ("/home/u/data", "relative/path", ("rbind", "x-create=auto"))
+@pytest.mark.parametrize(("spec", "target", "options"), [
+    ("/home/u/data:relative/path", "relative/path", ("rbind", "x-create=auto")),
+    ("/home/u/data:data", "data", ("rbind", "x-create=auto")),  # one relative component: still a target
+    ("/home/u/data:my-data.d", "my-data.d", ("rbind", "x-create=auto")),
+    ("/home/u/data:ro,data", "ro,data", ("rbind", "x-create=auto")),  # `data` is no option word
+    ("/home/u/data:ro", "/home/u/data", ("ro",)),
+    ("/home/u/data:ro,rbind,rslave,nofail", "/home/u/data", ("ro", "rbind", "rslave", "nofail")),
+    ("/home/u/data:x-create=dir,bind", "/home/u/data", ("x-create=dir", "bind")),
+    ("tmpfs:size=1g", "tmpfs", ("size=1g",)),
+    ("tmpfs:scratch", "scratch", ("defaults",)),
+    ("/home/u/data:relative/path:none:bind,ro", "relative/path", ("bind", "ro")),
+])
+def test_cli_relative_targets(spec, target, options):
+    """The colon form goes through the one fstab parser: the second of two fields is options only when every
+    word of it is an option."""
+    entry = fstab.from_cli(spec)
+    assert (entry.target, entry.options) == (target, options)
+
+
+def test_every_option_word_reads_as_options():
+    for word in [*fstab.FLAG_OPTIONS, *fstab.PROPAGATION_OPTIONS, *fstab.NOOP_OPTIONS, "x-create=file", "mode=700"]:
+        assert fstab.is_options(word), word
+    for target in ("data", "mnt/data", "./data", "tmp/.X11-unix", "lowerdir"):
+        assert not fstab.is_options(target), target
 
 
 def test_options_to_mount():
