@@ -39,6 +39,8 @@ MAX_LINE = 4096
 _BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OCTAL = re.compile(r"\\([0-7]{3})")
 DEFAULT_BIND_OPTIONS = ("rbind", "x-create=auto")
+CREATE_KEYS = ("x-create", "create")  # `create=` is the first releases' spelling
+CREATE_KINDS = ("dir", "file", "auto")
 
 # The option words of the dialect (plan.mount_from_entry turns them into mount(2) arguments); any other
 # option is file-system data.
@@ -153,8 +155,16 @@ def parse_line(line: str, origin: str) -> FstabEntry | None:
     source, target, fstype, options = _infer(fields)
     if target == "none":
         target = source
-    return FstabEntry(source, target, fstype, tuple(o for o in options.split(",") if o), _passno(fields, origin),
-                      origin)
+    words = tuple(o for o in options.split(",") if o)
+    _check_create(words, origin)
+    return FstabEntry(source, target, fstype, words, _passno(fields, origin), origin)
+
+
+def _check_create(options: tuple[str, ...], origin: str) -> None:
+    for option in options:
+        key, _, value = option.partition("=")
+        if key in CREATE_KEYS and value not in CREATE_KINDS:
+            raise ConfigError(f"invalid fstab entry at {origin}: {key} must be dir, file or auto")
 
 
 def parse(text: str, origin: str = "fstab") -> list[FstabEntry]:
@@ -166,16 +176,28 @@ def parse(text: str, origin: str = "fstab") -> list[FstabEntry]:
     return entries
 
 
+CLI_FIELDS = ("SRC", "DST", "TYPE", "OPTIONS", "DUMP", "PASS")
+
+
 def from_cli(spec: str) -> FstabEntry:
     """`--mount SRC:DST:TYPE:OPTS` (any prefix of the fields); every ':' separates fields, like enroot.
-    A malformed value is a usage error."""
+    A malformed value is a usage error: an empty field would shift the others (`:/d` is not a source)."""
     hint = "use --mount SRC[:DST[:TYPE[:OPTIONS]]]"
-    if not re.fullmatch(r"\S+(:\S+)*", spec):
-        raise UsageError(f"invalid mount: {spec!r}", hint=hint)
+    if not spec or any(c.isspace() for c in spec):
+        raise UsageError(f"invalid mount: {spec!r}" + (" (blanks need the \\040 escape)" if spec else ""),
+                         hint=hint)
+    fields = spec.split(":")
+    if len(fields) > len(CLI_FIELDS):
+        raise UsageError(f"invalid mount {spec!r}: more than {len(CLI_FIELDS)} fields", hint=hint)
+    empty = [CLI_FIELDS[i] for i, value in enumerate(fields) if not value]
+    if empty:
+        raise UsageError(f"invalid mount {spec!r}: empty {', '.join(empty)} field{'s' if len(empty) > 1 else ''}",
+                         hint=hint)
     try:
         entry = parse_line(spec.replace(":", " "), "--mount")
     except ConfigError as error:
-        raise UsageError(f"invalid mount {spec!r}: {error.message}", hint=hint) from None
+        detail = error.message.removeprefix("invalid fstab entry at --mount: ")
+        raise UsageError(f"invalid mount {spec!r}: {detail}", hint=hint) from None
     if entry is None:
         raise UsageError(f"invalid mount: {spec!r}", hint=hint)
     return entry

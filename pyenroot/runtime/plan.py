@@ -25,8 +25,6 @@ from pyenroot.runtime.flags import (
     MS_SILENT,
 )
 
-CREATE_KINDS = ("dir", "file", "auto")
-
 
 @dataclass(frozen=True)
 class Mount:
@@ -70,9 +68,7 @@ def mount_from_entry(entry: fstab.FstabEntry) -> Mount:
             flags = (flags | on) & ~off
         elif option in fstab.PROPAGATION_OPTIONS:
             propagation = fstab.PROPAGATION_OPTIONS[option]
-        elif key in ("x-create", "create"):  # `create=` is the first releases' spelling
-            if value not in CREATE_KINDS:
-                raise ConfigError(f"invalid fstab entry at {entry.origin}: {key} must be dir, file or auto")
+        elif key in fstab.CREATE_KEYS:  # the value was checked when the entry was parsed
             create = value
         elif option in fstab.NOOP_OPTIONS:
             continue

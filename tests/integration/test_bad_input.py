@@ -366,8 +366,11 @@ def test_bad_start_options(user, box, bad):
     cases = [
         (["-m", "relative-target"], 1, "No such file"),  # a relative target is fine, the source must exist
         (["-m", ":"], 2, "invalid mount"),
-        (["-m", ":::"], 2, "invalid mount"),
-        (["-m", "SRC:/d:none:bind:extra:more"], 2, "invalid mount"),
+        (["-m", ":::"], 2, "empty SRC, DST, TYPE, OPTIONS fields"),
+        (["-m", "SRC:/d:none:bind:extra:more"], 2, "dump and pass must be numbers"),
+        (["-m", ""], 2, "invalid mount"),
+        (["-m", ":/d"], 2, "empty SRC field"),
+        (["-m", "/tmp:/d:none:x-create=bogus"], 2, "x-create must be dir, file or auto"),
         (["-m", "/tmp:../escape"], 1, "Invalid cross-device link"),
         (["-m", f"{bad.base}/missing:/mnt"], 1, "No such file"),
         (["-e", "=value"], 2, "invalid environment variable"),

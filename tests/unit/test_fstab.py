@@ -67,9 +67,32 @@ def test_cli_form():
     entry = fstab.from_cli("/host/dir:/ctr/dir:none:bind,ro")
     assert (entry.source, entry.target, entry.options) == ("/host/dir", "/ctr/dir", ("bind", "ro"))
     assert fstab.from_cli("/host").target == "/host"
-    for malformed in ("/a b", "", ":::", "SRC:/d:none:bind:extra:more"):
-        with pytest.raises(UsageError):
-            fstab.from_cli(malformed)
+    assert fstab.from_cli("/a\\040b:/c").source == "/a b"
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("", "invalid mount: ''"),
+    ("/a b", "blanks need the \\040 escape"),
+    (":::", "empty SRC, DST, TYPE, OPTIONS fields"),
+    (":/d", "empty SRC field"),
+    ("/a::/d", "empty DST field"),
+    ("/a:", "empty DST field"),
+    ("SRC:/d:none:bind:extra:more", "dump and pass must be numbers"),
+    ("a:b:c:d:0:0:g", "more than 6 fields"),
+    ("/a:/b:none:x-create=bogus", "x-create must be dir, file or auto"),
+    ("/a:/b:none:bind,create=", "create must be dir, file or auto"),
+])
+def test_cli_form_errors_are_usage_errors(spec, says):
+    """Every malformed --mount is a usage error (exit 2) found before anything starts, naming what is wrong."""
+    with pytest.raises(UsageError) as info:
+        fstab.from_cli(spec)
+    assert says in info.value.message
+    assert "fstab entry at" not in info.value.message
+
+
+def test_bad_x_create_in_a_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="x-create must be dir, file or auto"):
+        one("/a /b none x-create=bogus")
 
 
 @pytest.mark.parametrize(("text", "target", "options"), [
