@@ -3,7 +3,9 @@
 
 def add_arguments(parser) -> None:
     parser.add_argument("-a", "--arch", help="architecture of the image (uname -m or Go form, default: this host)")
-    parser.add_argument("-o", "--output", metavar="IMAGE", help="squashfs file to write (default from the URI)")
+    parser.add_argument("-o", "--output", metavar="IMAGE",
+                        help="squashfs file to write, or a directory to write the default name into "
+                             "(default: a name made from the URI, in the current directory)")
     parser.add_argument("uri", metavar="URI",
                         help="docker://[USER@][REGISTRY#]IMAGE[:TAG][@DIGEST], podman://, dockerd://, "
                              "oci-archive://PATH or docker-archive://PATH")

@@ -151,9 +151,15 @@ def check_output_name(output: str | None) -> None:
 
 
 def output_path(output: str | None, default_name: str) -> Path:
+    """Where the image goes: `-o FILE`, or the default name (made from the URI) in the current directory or in
+    `-o DIR` (an existing directory, or any path written with a trailing `/`)."""
     check_output_name(output)
-    name = output or (default_name if default_name.endswith(".sqsh") else f"{default_name}.sqsh")
-    return Path(os.path.abspath(name))
+    name = default_name if default_name.endswith(".sqsh") else f"{default_name}.sqsh"
+    if output is None:
+        return Path(os.path.abspath(name))
+    if output.endswith("/") or os.path.isdir(output):
+        return Path(os.path.abspath(os.path.join(output, name)))
+    return Path(os.path.abspath(output))
 
 
 # ----------------------------------------------------------------------------------------- pipeline

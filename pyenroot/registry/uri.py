@@ -20,17 +20,11 @@ GRAMMAR = (
 )
 
 # Character classes after enroot's, narrowed where enroot's were accidental: a user name may not hold
-# `/`, `#` or `@` (they would make the URI ambiguous), a tag follows Docker's tag rule.
-_USER = r"(?:(?P<user>[A-Za-z0-9_.!~*'()%;:&=+$,<>?-]+)@)?"
-_IMAGE = r"(?P<image>[a-z0-9._-]+(?:/[a-z0-9._-]+)*)"
-_TAG = r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-
-# enroot style: REGISTRY#IMAGE (the registry needs no dot).
-_HASH_FORM = re.compile(rf"^{_USER}(?P<registry>[^#/@]+)#{_IMAGE}{_TAG}$")
-# Docker style: FIRST/IMAGE where FIRST is a registry only if it has a `.` or `:` (else a Hub namespace).
-_SLASH_FORM = re.compile(rf"^{_USER}(?P<first>[^/#@]+)/{_IMAGE}{_TAG}$")
-# A single name: a Docker Hub official image.
-_NAME_FORM = re.compile(rf"^{_USER}(?P<image>[a-z0-9._-]+){_TAG}$")
+# `/`, `#` or `@` (they would make the URI ambiguous), a tag follows Docker's tag rule. A docker:// URI is read
+# field by field (digest, user, registry, image, tag) so that an error names the field that is wrong.
+_USER = re.compile(r"[A-Za-z0-9_.!~*'()%;:&=+$,<>?-]+")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+TAG_MAX_LENGTH = 128
 # Local engines: IMAGE[:TAG] where IMAGE may carry a registry host (with a port) and a path.
 _ENGINE_FORM = re.compile(r"^(?P<image>[A-Za-z0-9._-]+(?::[0-9]+)?(?:/[A-Za-z0-9._-]+)*)(?::(?P<tag>[A-Za-z0-9_.-]+))?"
                           r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
@@ -109,13 +103,6 @@ def is_registry_host(text: str) -> bool:
     return bool(match) and (match["port"] is None or 0 < int(match["port"]) < 65536)
 
 
-def _check_docker_names(uri: str, registry: str, image: str) -> None:
-    if not is_registry_host(registry):
-        raise _invalid(uri, f"{registry!r} is not a registry host[:port]")
-    if not all(_COMPONENT.fullmatch(part) for part in image.split("/")):
-        raise _invalid(uri, "each part of an image name starts and ends with a letter or digit")
-
-
 def _docker_ref(registry: str, image: str, tag: str | None, digest: str | None, user: str | None) -> ImageRef:
     registry = canonical_registry(registry)
     if registry == DOCKER_HUB and "/" not in image:
@@ -125,44 +112,97 @@ def _docker_ref(registry: str, image: str, tag: str | None, digest: str | None, 
     return ImageRef("docker", repository=image, registry=registry, tag=tag, digest=digest, user=user)
 
 
+def _check_characters(uri: str, rest: str) -> None:
+    """Blanks and control characters first: a pasted URI often carries a trailing space or newline."""
+    if rest != rest.rstrip():
+        raise _invalid(uri, "trailing whitespace")
+    if rest != rest.lstrip():
+        raise _invalid(uri, "leading whitespace")
+    if any(c.isspace() for c in rest):
+        raise _invalid(uri, "it contains whitespace")
+    if not rest.isprintable():
+        raise _invalid(uri, "it contains a control character")
+    if not rest:
+        raise _invalid(uri, "nothing after docker://")
+
+
 def _split_digest(uri: str, rest: str) -> tuple[str, str | None]:
     """Take a trailing `@sha256:HEX` off first, so that it is never mistaken for `USER@`."""
     head, sep, tail = rest.rpartition("@")
     if not sep or not tail.startswith("sha256:"):
         return rest, None
     if not re.fullmatch(r"sha256:[a-f0-9]{64}", tail):
-        raise _invalid(uri, "a digest is sha256: and 64 lower-case hex digits")
+        raise _invalid(uri, f"invalid digest {tail!r}: a digest is sha256: and 64 lower-case hex digits")
     return head, tail
 
 
-def _parse_docker(uri: str, rest: str) -> ImageRef:
-    ref = _parse_docker_forms(uri, rest)
-    _check_docker_names(uri, ref.registry or "", ref.repository)
-    return ref
+def _split_user(uri: str, rest: str) -> tuple[str | None, str]:
+    user, sep, tail = rest.partition("@")
+    if not sep:
+        return None, rest
+    if "@" in tail:
+        raise _invalid(uri, "more than one '@' (USER@ comes first, @sha256:DIGEST last)")
+    if not user:
+        raise _invalid(uri, "empty user name before '@'")
+    if not _USER.fullmatch(user):
+        raise _invalid(uri, f"invalid user name {user!r}")
+    return user, tail
 
 
-def _parse_docker_forms(uri: str, rest: str) -> ImageRef:
-    rest, digest = _split_digest(uri, rest)
+def _split_registry(uri: str, rest: str) -> tuple[str, str]:
+    """REGISTRY#PATH (enroot's form, the registry needs no dot), FIRST/PATH where FIRST is a registry only if
+    it holds a `.` or `:` (else a Docker Hub namespace), or a Docker Hub PATH."""
     if "#" in rest:
-        match = _HASH_FORM.match(rest)
-        if not match:
-            raise _invalid(uri, "REGISTRY#IMAGE with a lower-case image name expected")
-        g = match.groupdict()
-        return _docker_ref(g["registry"], g["image"], g["tag"], digest, g["user"])
-    match = _SLASH_FORM.match(rest)
-    if match:
-        g = match.groupdict()
-        first = g["first"]
-        if "." in first or ":" in first:
-            return _docker_ref(first, g["image"], g["tag"], digest, g["user"])
-        if first != first.lower():
-            raise _invalid(uri, "image names are lower case")
-        return _docker_ref(DOCKER_HUB, f"{first}/{g['image']}", g["tag"], digest, g["user"])
-    match = _NAME_FORM.match(rest)
-    if match:
-        g = match.groupdict()
-        return _docker_ref(DOCKER_HUB, g["image"], g["tag"], digest, g["user"])
-    raise _invalid(uri)
+        registry, _, path = rest.partition("#")
+        if "#" in path:
+            raise _invalid(uri, "more than one '#' (REGISTRY#IMAGE)")
+        if not registry:
+            raise _invalid(uri, "empty registry before '#'")
+    else:
+        first, sep, path = rest.partition("/")
+        if not sep or ("." not in first and ":" not in first):
+            return DOCKER_HUB, rest
+        registry = first
+    if not is_registry_host(registry):
+        raise _invalid(uri, f"{registry!r} is not a registry host[:port]")
+    return registry, path
+
+
+def _split_tag(uri: str, path: str) -> tuple[str, str | None]:
+    image, sep, tag = path.partition(":")
+    if not sep:
+        return image, None
+    if not tag:
+        raise _invalid(uri, "empty tag after ':'")
+    if len(tag) > TAG_MAX_LENGTH:
+        raise _invalid(uri, f"invalid tag {tag[:20]!r}...: longer than {TAG_MAX_LENGTH} characters")
+    if not _TAG.fullmatch(tag):
+        raise _invalid(uri, f"invalid tag {tag!r}: a tag holds letters, digits, '_', '.' and '-' "
+                            "and does not start with '.' or '-'")
+    return image, tag
+
+
+def _check_image(uri: str, image: str) -> None:
+    if not image:
+        raise _invalid(uri, "no image name")
+    for part in image.split("/"):
+        if not part:
+            raise _invalid(uri, f"empty part in image name {image!r}")
+        if not _COMPONENT.fullmatch(part.lower()):
+            raise _invalid(uri, f"invalid image name part {part!r}: each part of an image name starts and ends "
+                                "with a letter or digit and holds only letters, digits, '.', '_' and '-'")
+        if part != part.lower():
+            raise _invalid(uri, f"image names are lower case: {image!r}")
+
+
+def _parse_docker(uri: str, rest: str) -> ImageRef:
+    _check_characters(uri, rest)
+    rest, digest = _split_digest(uri, rest)
+    user, rest = _split_user(uri, rest)
+    registry, path = _split_registry(uri, rest)
+    image, tag = _split_tag(uri, path)
+    _check_image(uri, image)
+    return _docker_ref(registry, image, tag, digest, user)
 
 
 def _parse_engine(uri: str, scheme: str, rest: str) -> ImageRef:
@@ -184,11 +224,42 @@ def _parse_archive(uri: str, scheme: str, rest: str) -> ImageRef:
     return ImageRef(scheme, path=path, tag=ref)
 
 
+def _docker_guess(text: str) -> str | None:
+    """The docker:// URI that an http(s):// URL or a scheme-less name most likely meant, if it parses."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        return None
+    rest = rest if sep else text
+    first, slash, path = rest.strip().partition("/")
+    registry_given = sep or "." in first or ":" in first
+    if sep and not path.strip("/"):
+        return None  # a URL of a bare host names no image
+    guess = f"docker://{first}#{path.strip('/')}" if slash and registry_given else f"docker://{rest.strip()}"
+    try:
+        _parse_docker(guess, guess[len("docker://"):])
+    except UsageError:
+        return None
+    return guess
+
+
+def _scheme_error(text: str, scheme: str | None) -> UsageError:
+    """No scheme or one we do not know: suggest the docker:// URI meant, and plain HTTP where it may be one."""
+    why = f"unknown scheme {scheme + '://'!r}" if scheme is not None else "no scheme"
+    guess = _docker_guess(text)
+    if guess is None:
+        return _invalid(text, why)
+    hint = f"did you mean {guess}?"
+    if scheme is None or scheme.lower() == "http":
+        hint += " (docker:// speaks HTTPS; a plain-HTTP registry also needs ENROOT_ALLOW_HTTP=yes)"
+    return UsageError(f"invalid image reference {text!r} ({why})", hint=hint)
+
+
 def parse_uri(text: str) -> ImageRef:
-    """Parse an image URI; raise UsageError showing the accepted grammar when it is not one."""
+    """Parse an image URI; raise UsageError saying which part is wrong, with the accepted grammar or the
+    docker:// URI that was most likely meant as the hint."""
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in SCHEMES:
-        raise _invalid(text, "unknown scheme" if sep else "no scheme")
+        raise _scheme_error(text, scheme if sep else None)
     if scheme == "docker":
         return _parse_docker(text, rest)
     if scheme in ("podman", "dockerd"):

@@ -20,55 +20,10 @@ from pyenroot.runtime.flags import (
     CLONE_NEWUSER,
     CLONE_NEWUTS,
     MS_BIND,
-    MS_DIRSYNC,
-    MS_LAZYTIME,
-    MS_MANDLOCK,
-    MS_NOATIME,
-    MS_NODEV,
-    MS_NODIRATIME,
-    MS_NOEXEC,
-    MS_NOSUID,
-    MS_NOSYMFOLLOW,
-    MS_PRIVATE,
-    MS_RDONLY,
     MS_REC,
-    MS_RELATIME,
     MS_REMOUNT,
-    MS_SHARED,
     MS_SILENT,
-    MS_SLAVE,
-    MS_STRICTATIME,
-    MS_SYNCHRONOUS,
-    MS_UNBINDABLE,
 )
-
-# option -> (flags to set, flags to clear)
-_FLAG_OPTIONS: dict[str, tuple[int, int]] = {
-    "ro": (MS_RDONLY, 0), "rw": (0, MS_RDONLY),
-    "nosuid": (MS_NOSUID, 0), "suid": (0, MS_NOSUID),
-    "nodev": (MS_NODEV, 0), "dev": (0, MS_NODEV),
-    "noexec": (MS_NOEXEC, 0), "exec": (0, MS_NOEXEC),
-    "sync": (MS_SYNCHRONOUS, 0), "async": (0, MS_SYNCHRONOUS),
-    "dirsync": (MS_DIRSYNC, 0), "mand": (MS_MANDLOCK, 0), "nomand": (0, MS_MANDLOCK),
-    "noatime": (MS_NOATIME, 0), "atime": (0, MS_NOATIME),
-    "nodiratime": (MS_NODIRATIME, 0), "diratime": (0, MS_NODIRATIME),
-    "relatime": (MS_RELATIME, 0), "norelatime": (0, MS_RELATIME),
-    "strictatime": (MS_STRICTATIME, 0), "nostrictatime": (0, MS_STRICTATIME),
-    "lazytime": (MS_LAZYTIME, 0), "nolazytime": (0, MS_LAZYTIME),
-    "nosymfollow": (MS_NOSYMFOLLOW, 0),
-    "remount": (MS_REMOUNT, 0),
-    "bind": (MS_BIND, 0), "rbind": (MS_BIND | MS_REC, 0),
-}
-_PROPAGATION: dict[str, int] = {
-    "private": MS_PRIVATE, "rprivate": MS_PRIVATE | MS_REC,
-    "slave": MS_SLAVE, "rslave": MS_SLAVE | MS_REC,
-    "shared": MS_SHARED, "rshared": MS_SHARED | MS_REC,
-    "unbindable": MS_UNBINDABLE, "runbindable": MS_UNBINDABLE | MS_REC,
-}
-# fstab words that mean nothing to mount(2).
-_NOOP_OPTIONS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
-                           "loud", "nofail", "silent", "x-move", "x-detach"})
-CREATE_KINDS = ("dir", "file", "auto")
 
 
 @dataclass(frozen=True)
@@ -108,16 +63,14 @@ def mount_from_entry(entry: fstab.FstabEntry) -> Mount:
     create: str | None = None
     for option in entry.options:
         key, _, value = option.partition("=")
-        if option in _FLAG_OPTIONS:
-            on, off = _FLAG_OPTIONS[option]
+        if option in fstab.FLAG_OPTIONS:
+            on, off = fstab.FLAG_OPTIONS[option]
             flags = (flags | on) & ~off
-        elif option in _PROPAGATION:
-            propagation = _PROPAGATION[option]
-        elif key in ("x-create", "create"):  # `create=` is the first releases' spelling
-            if value not in CREATE_KINDS:
-                raise ConfigError(f"invalid fstab entry at {entry.origin}: {key} must be dir, file or auto")
+        elif option in fstab.PROPAGATION_OPTIONS:
+            propagation = fstab.PROPAGATION_OPTIONS[option]
+        elif key in fstab.CREATE_KEYS:  # the value was checked when the entry was parsed
             create = value
-        elif option in _NOOP_OPTIONS:
+        elif option in fstab.NOOP_OPTIONS:
             continue
         else:
             data.append(option)

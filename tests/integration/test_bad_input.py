@@ -312,11 +312,27 @@ def test_unreadable_config_directory_holds_nothing(user, box):
     ("docker://a#b#c", 2, "invalid image reference"),
     ("docker://127.0.0.1:99999#a/b", 2, "is not a registry host"),
     ("docker://127.0.0.1:1#../../etc/passwd", 2, "starts and ends with a letter or digit"),
+    ("docker://127.0.0.1:1#acc/busybox:bad!tag", 2, "invalid tag 'bad!tag'"),
+    ("docker://127.0.0.1:1#acc/busybox:1 ", 2, "trailing whitespace"),
     (CLOSED_PORT_URI, 1, "unreachable"),
-], ids=["no-scheme", "ftp", "empty", "upper-case", "two-hashes", "port-too-big", "dot-dot", "closed-port"])
+], ids=["no-scheme", "ftp", "empty", "upper-case", "two-hashes", "port-too-big", "dot-dot", "bad-tag",
+        "trailing-space", "closed-port"])
 def test_bad_uris(user, uri, code, says):
     for verb in ("import", "load", "digest"):
         fails_cleanly(user, [verb, uri], code, says, env=HTTP)
+
+
+@pytest.mark.parametrize("url, meant", [
+    ("http://127.0.0.1:1/acc/busybox:1", "docker://127.0.0.1:1#acc/busybox:1"),
+    ("https://127.0.0.1:1/acc/busybox:1", "docker://127.0.0.1:1#acc/busybox:1"),
+    ("127.0.0.1:1/acc/busybox:1", "docker://127.0.0.1:1#acc/busybox:1"),
+], ids=["http", "https", "no-scheme"])
+def test_urls_suggest_the_docker_uri(user, url, meant):
+    for verb in ("import", "load", "digest"):
+        result = fails_cleanly(user, [verb, url], 2, "scheme", env=HTTP)
+        hint = result.stderr.splitlines()[-1]
+        assert hint.startswith(f"hint: did you mean {meant}?"), hint
+        assert ("ENROOT_ALLOW_HTTP=yes" in hint) == (not url.startswith("https")), hint
 
 
 def test_missing_images_in_a_live_registry(user, busybox_image):
@@ -351,8 +367,11 @@ def test_bad_start_options(user, box, bad):
     cases = [
         (["-m", "relative-target"], 1, "No such file"),  # a relative target is fine, the source must exist
         (["-m", ":"], 2, "invalid mount"),
-        (["-m", ":::"], 2, "invalid mount"),
-        (["-m", "SRC:/d:none:bind:extra:more"], 2, "invalid mount"),
+        (["-m", ":::"], 2, "empty SRC, DST, TYPE, OPTIONS fields"),
+        (["-m", "SRC:/d:none:bind:extra:more"], 2, "dump and pass must be numbers"),
+        (["-m", ""], 2, "invalid mount"),
+        (["-m", ":/d"], 2, "empty SRC field"),
+        (["-m", "/tmp:/d:none:x-create=bogus"], 2, "x-create must be dir, file or auto"),
         (["-m", "/tmp:../escape"], 1, "Invalid cross-device link"),
         (["-m", f"{bad.base}/missing:/mnt"], 1, "No such file"),
         (["-e", "=value"], 2, "invalid environment variable"),

@@ -41,6 +41,19 @@ def test_import_refuses_to_overwrite(user, busybox_image):
     assert output.read_bytes() == b"precious"
 
 
+def test_import_into_a_directory(user, busybox_image):
+    """`-o DIR` writes DIR/NAME.sqsh with the default name; then that file exists and a second import refuses."""
+    images = user.make_dir("images")
+    result = user.pyenroot("import", "-o", str(images), busybox_image.uri, env=HTTP)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(images) == ["test+busybox+latest.sqsh"]
+    assert "bin/busybox" in squashfs_tree(images / "test+busybox+latest.sqsh")
+    again = user.pyenroot("import", "-o", str(images), busybox_image.uri, env=HTTP)
+    assert again.returncode == 1 and f"file already exists: {images}/test+busybox+latest.sqsh" in again.stderr
+    missing = user.pyenroot("import", "-o", f"{user.home}/no-such-dir/", busybox_image.uri, env=HTTP)
+    assert missing.returncode == 1 and "directory does not exist" in missing.stderr, missing.stderr
+
+
 def test_failed_import_leaves_nothing(user, registry, pusher):
     image = ib.build_image([b"this is not a tar archive" * 100])
     pusher.image("test/broken", "v1", image)

@@ -50,6 +50,15 @@ def test_short_forms(user, bb):
     assert result.stdout.split() == ["short", "1"], result.stderr
 
 
+@pytest.mark.parametrize("target", ["relative/path", "data"])
+def test_cli_relative_target(user, bb, target):
+    """`-m SRC:DST` with a relative DST mounts at DST below the root (it is not read as mount options)."""
+    source = user.make_dir("reldata")
+    put_file(user, source / "f", "relative\n")
+    result = user.pyenroot("start", "-m", f"{source}:{target}", "bb", "cat", f"/{target}/f")
+    assert (result.returncode, result.stdout) == (0, "relative\n"), result.stderr
+
+
 def test_octal_escape_in_target(user, bb):
     source = user.make_dir("spaced")
     put_file(user, source / "f", "spaced\n")

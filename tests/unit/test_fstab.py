@@ -67,9 +67,32 @@ def test_cli_form():
     entry = fstab.from_cli("/host/dir:/ctr/dir:none:bind,ro")
     assert (entry.source, entry.target, entry.options) == ("/host/dir", "/ctr/dir", ("bind", "ro"))
     assert fstab.from_cli("/host").target == "/host"
-    for malformed in ("/a b", "", ":::", "SRC:/d:none:bind:extra:more"):
-        with pytest.raises(UsageError):
-            fstab.from_cli(malformed)
+    assert fstab.from_cli("/a\\040b:/c").source == "/a b"
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("", "invalid mount: ''"),
+    ("/a b", "blanks need the \\040 escape"),
+    (":::", "empty SRC, DST, TYPE, OPTIONS fields"),
+    (":/d", "empty SRC field"),
+    ("/a::/d", "empty DST field"),
+    ("/a:", "empty DST field"),
+    ("SRC:/d:none:bind:extra:more", "dump and pass must be numbers"),
+    ("a:b:c:d:0:0:g", "more than 6 fields"),
+    ("/a:/b:none:x-create=bogus", "x-create must be dir, file or auto"),
+    ("/a:/b:none:bind,create=", "create must be dir, file or auto"),
+])
+def test_cli_form_errors_are_usage_errors(spec, says):
+    """Every malformed --mount is a usage error (exit 2) found before anything starts, naming what is wrong."""
+    with pytest.raises(UsageError) as info:
+        fstab.from_cli(spec)
+    assert says in info.value.message
+    assert "fstab entry at" not in info.value.message
+
+
+def test_bad_x_create_in_a_file_is_a_config_error():
+    with pytest.raises(ConfigError, match="x-create must be dir, file or auto"):
+        one("/a /b none x-create=bogus")
 
 
 @pytest.mark.parametrize(("text", "target", "options"), [
@@ -86,9 +109,30 @@ def test_relative_targets(text, target, options):
     assert (entry.target, entry.options) == (target, options)
 
 
-def test_cli_relative_target_is_a_target():
-    entry = fstab.from_cli("/home/u/data:relative/path")
-    assert (entry.source, entry.target, entry.options) == ("/home/u/data", "relative/path", ("rbind", "x-create=auto"))
+@pytest.mark.parametrize(("spec", "target", "options"), [
+    ("/home/u/data:relative/path", "relative/path", ("rbind", "x-create=auto")),
+    ("/home/u/data:data", "data", ("rbind", "x-create=auto")),  # one relative component: still a target
+    ("/home/u/data:my-data.d", "my-data.d", ("rbind", "x-create=auto")),
+    ("/home/u/data:ro,data", "ro,data", ("rbind", "x-create=auto")),  # `data` is no option word
+    ("/home/u/data:ro", "/home/u/data", ("ro",)),
+    ("/home/u/data:ro,rbind,rslave,nofail", "/home/u/data", ("ro", "rbind", "rslave", "nofail")),
+    ("/home/u/data:x-create=dir,bind", "/home/u/data", ("x-create=dir", "bind")),
+    ("tmpfs:size=1g", "tmpfs", ("size=1g",)),
+    ("tmpfs:scratch", "scratch", ("defaults",)),
+    ("/home/u/data:relative/path:none:bind,ro", "relative/path", ("bind", "ro")),
+])
+def test_cli_relative_targets(spec, target, options):
+    """The colon form goes through the one fstab parser: the second of two fields is options only when every
+    word of it is an option."""
+    entry = fstab.from_cli(spec)
+    assert (entry.target, entry.options) == (target, options)
+
+
+def test_every_option_word_reads_as_options():
+    for word in [*fstab.FLAG_OPTIONS, *fstab.PROPAGATION_OPTIONS, *fstab.NOOP_OPTIONS, "x-create=file", "mode=700"]:
+        assert fstab.is_options(word), word
+    for target in ("data", "mnt/data", "./data", "tmp/.X11-unix", "lowerdir"):
+        assert not fstab.is_options(target), target
 
 
 def test_options_to_mount():

@@ -23,6 +23,19 @@ def test_output_path(tmp_path, monkeypatch):
     assert importer.output_path("sub/out.img", "ignored") == tmp_path / "sub/out.img"
 
 
+def test_output_into_a_directory(tmp_path, monkeypatch):
+    """`-o DIR` writes the default name into DIR; a trailing `/` means a directory even before it exists."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "link").symlink_to("images")
+    assert importer.output_path("images", "ubuntu+latest") == tmp_path / "images/ubuntu+latest.sqsh"
+    assert importer.output_path(str(tmp_path / "images"), "x.sqsh") == tmp_path / "images/x.sqsh"
+    assert importer.output_path("link", "a+1") == tmp_path / "link/a+1.sqsh"
+    assert importer.output_path(".", "a+1") == tmp_path / "a+1.sqsh"
+    assert importer.output_path("missing/", "a+1") == tmp_path / "missing/a+1.sqsh"
+    assert importer.output_path("images/out.sqsh", "a+1") == tmp_path / "images/out.sqsh"
+
+
 def test_temp_output_is_invisible_until_commit(tmp_path):
     final = tmp_path / "image.sqsh"
     out = importer.TempOutput(final)

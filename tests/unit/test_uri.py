@@ -38,7 +38,7 @@ def test_valid_docker_uris(uri, registry, repository, tag, digest, user):
 
 
 @pytest.mark.parametrize("uri", [
-    "ubuntu", "http://ubuntu", "docker://", "docker://Ubuntu", "docker://nvcr.io#Nvidia/x", "docker://a#",
+    "ftp://ubuntu", "docker://", "docker://Ubuntu", "docker://nvcr.io#Nvidia/x", "docker://a#",
     "docker://ubuntu@sha256:abc", "docker://ubuntu:tag with space", "docker://a/b/c:", "docker://#repo",
     "docker://a##b", "podman://", "podman://a b", "oci-archive://", "docker://ubuntu:-bad",
 ])
@@ -91,3 +91,76 @@ def test_engines_and_archives():
     ref = parse_uri("oci-archive:///srv/layout.tar:latest")
     assert (ref.path, ref.tag) == ("/srv/layout.tar", "latest")
     assert parse_uri("oci-archive:///srv/a:b/layout.tar").path == "/srv/a:b/layout.tar"
+
+
+REGISTRY = "docker://127.0.0.1:5000#"
+
+
+@pytest.mark.parametrize("uri,why", [
+    (REGISTRY + "acc/busybox:bad!tag", "invalid tag 'bad!tag'"),
+    (REGISTRY + "acc/busybox:1 ", "trailing whitespace"),
+    (REGISTRY + "acc/busybox:1\n", "trailing whitespace"),
+    (" " + REGISTRY + "acc/busybox", "unknown scheme"),  # the blank is part of the scheme
+    ("docker:// ubuntu", "leading whitespace"),
+    ("docker://ubuntu:tag with space", "contains whitespace"),
+    ("docker://ubu\x01ntu", "control character"),
+    ("docker://", "nothing after docker://"),
+    (REGISTRY + "acc/busybox:", "empty tag"),
+    (REGISTRY + "acc/busybox:-x", "invalid tag '-x'"),
+    (REGISTRY + "acc/busybox:.x", "invalid tag '.x'"),
+    (REGISTRY + "acc/busybox:a:b", "invalid tag 'a:b'"),
+    (REGISTRY + "acc/busybox:" + "t" * 129, "longer than 128 characters"),
+    (REGISTRY + "acc/Busybox", "image names are lower case"),
+    ("docker://Ubuntu", "image names are lower case"),
+    (REGISTRY + "acc//busybox", "empty part in image name"),
+    (REGISTRY + "acc/busybox/", "empty part in image name"),
+    (REGISTRY + "acc/bu!sybox", "invalid image name part 'bu!sybox'"),
+    (REGISTRY + "acc/-busybox", "invalid image name part '-busybox'"),
+    (REGISTRY + ":1", "no image name"),
+    ("docker://#repo", "empty registry before '#'"),
+    ("docker://a#b#c", "more than one '#'"),
+    ("docker://bad_host!#repo", "'bad_host!' is not a registry host"),
+    ("docker://127.0.0.1:99999#repo", "'127.0.0.1:99999' is not a registry host"),
+    ("docker://ubuntu:22.04/x", "'ubuntu:22.04' is not a registry host"),
+    ("docker://@ubuntu", "empty user name"),
+    ("docker://a/b@ubuntu", "invalid user name 'a/b'"),
+    ("docker://x@y@z", "more than one '@'"),
+    ("docker://ubuntu@sha256:abc", "invalid digest 'sha256:abc'"),
+    ("docker://ubuntu@sha256:" + "A" * 64, "invalid digest"),
+])
+def test_errors_name_the_field(uri, why):
+    with pytest.raises(UsageError) as info:
+        parse_uri(uri)
+    assert why in info.value.message, info.value.message
+    assert info.value.message.startswith(f"invalid image reference {uri!r}")
+
+
+@pytest.mark.parametrize("uri,guess,plain_http", [
+    ("http://127.0.0.1:5000/acc/busybox:1", "docker://127.0.0.1:5000#acc/busybox:1", True),
+    ("HTTP://127.0.0.1:5000/acc/busybox:1", "docker://127.0.0.1:5000#acc/busybox:1", True),
+    ("https://nvcr.io/nvidia/pytorch:24.01", "docker://nvcr.io#nvidia/pytorch:24.01", False),
+    ("https://registry/acc/busybox", "docker://registry#acc/busybox", False),  # after a scheme: a host
+    ("127.0.0.1:5000/acc/busybox:1", "docker://127.0.0.1:5000#acc/busybox:1", True),
+    ("nvcr.io/nvidia/pytorch:24.01", "docker://nvcr.io#nvidia/pytorch:24.01", True),
+    ("nvidia/cuda:12.0", "docker://nvidia/cuda:12.0", True),  # no dot or colon: a Docker Hub namespace
+    ("ubuntu", "docker://ubuntu", True),
+])
+def test_urls_and_missing_schemes_suggest_the_docker_uri(uri, guess, plain_http):
+    with pytest.raises(UsageError) as info:
+        parse_uri(uri)
+    assert "scheme" in info.value.message
+    hint = info.value.hint or ""
+    assert hint.startswith(f"did you mean {guess}?"), hint
+    assert ("ENROOT_ALLOW_HTTP=yes" in hint) == plain_http, hint
+    parse_uri(guess)  # the suggestion itself is valid
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/image", "http://", "http://host", "NotA URI", "http://h/Bad!"])
+def test_no_suggestion_without_a_valid_guess(uri):
+    with pytest.raises(UsageError) as info:
+        parse_uri(uri)
+    assert "accepted forms: docker://" in (info.value.hint or "")
+
+
+def test_longest_tag_is_accepted():
+    assert parse_uri(REGISTRY + "acc/busybox:" + "t" * 128).tag == "t" * 128
