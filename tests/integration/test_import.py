@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -273,6 +274,10 @@ def test_debian_image(user, debian_image):
     assert tree["usr/bin/dpkg"].kind == "file"
     assert not any(n.startswith("dev/") and tree[n].kind in ("char", "block") for n in tree)
     assert b"exec '/bin/bash'" in tree["etc/rc"].data
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("pyenroot: warning:")]
+    assert len(warnings) == 1 and re.fullmatch(
+        r"pyenroot: warning: \d+ device nodes under dev/ not created; /dev comes from the host at start",
+        warnings[0]), result.stderr
 
 
 def test_unwritable_output_directory(user, busybox_image):
