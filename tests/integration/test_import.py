@@ -38,8 +38,24 @@ def test_import_refuses_to_overwrite(user, busybox_image):
     user.give(output)
     result = user.pyenroot("import", "-o", str(output), busybox_image.uri, env=HTTP)
     assert result.returncode != 0
-    assert "already exists" in result.stderr
+    assert "already exists" in result.stderr and "ENROOT_FORCE_OVERRIDE" in result.stderr
     assert output.read_bytes() == b"precious"
+
+
+def test_force_override_replaces_only_with_a_complete_image(user, busybox_image, registry, pusher):
+    output = user.home / "existing.sqsh"
+    output.write_bytes(b"precious")
+    user.give(output)
+    pusher.image("test/broken-force", "v1", ib.build_image([b"this is not a tar archive" * 100]))
+    failed = user.pyenroot("import", "-o", str(output), uri(registry, "test/broken-force", "v1"),
+                           env={**HTTP, "ENROOT_FORCE_OVERRIDE": "y"})
+    assert failed.returncode != 0
+    assert output.read_bytes() == b"precious"  # a failed import leaves the old file as it was
+    result = user.pyenroot("import", "-o", str(output), busybox_image.uri, env={**HTTP, "ENROOT_FORCE_OVERRIDE": "y"})
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {output}" in result.stderr
+    assert squashfs_tree(output)["bin/busybox"].kind == "file"
+    assert [p.name for p in user.home.iterdir() if "existing" in p.name] == ["existing.sqsh"]
 
 
 def test_failed_import_leaves_nothing(user, registry, pusher):
