@@ -99,7 +99,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENROOT_REMAP_ROOT", "false", "map the caller to root inside the container"),
     Setting("ENROOT_BUNDLE_ALL", "false", "bundle: include user configuration"),
     Setting("ENROOT_BUNDLE_CHECKSUM", "false", "bundle: verify a checksum at each run"),
-    Setting("ENROOT_FORCE_OVERRIDE", "false", "overwrite existing containers and files"),
+    Setting("ENROOT_FORCE_OVERRIDE", "false",
+            "replace an existing container (`create`, `load`, like `-f`) or output file (`import`, which has no "
+            "`-f`; `export` and `bundle`, like `-f`), the new one taking the old one's place only when complete; "
+            "`remove` does not ask"),
     Setting("ENROOT_MOUNT_HOME", None, "mount the caller's home directory"),
     Setting("ENROOT_RESTRICT_DEV", None, "give the container a minimal /dev"),
     Setting("ENROOT_UNSHARE_NET", None, "new network namespace"),

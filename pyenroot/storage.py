@@ -355,6 +355,8 @@ def install_rootfs(rootfs: Path, target: Path, *, force: bool) -> None:
         if not force:
             raise StorageError(f"container already exists: {target.name}", hint="use -f to replace it")
         _discard(target)
+    # The top directory has the image's time (1970 from a reproducible build); a container's is when it was made.
+    os.utime(rootfs)
     try:
         os.rename(rootfs, target)
     except OSError as exc:

@@ -8,7 +8,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
+    import sys
+
     from pyenroot import storage
 
-    storage.create_container(settings, args.image, args.name, force=args.force)
+    target = storage.create_container(settings, args.image, args.name, force=args.force)
+    # The same line as load's, on stderr: stdout stays free for what a script reads.
+    print(f"[pyenroot] created container {target.name}", file=sys.stderr)
     return 0

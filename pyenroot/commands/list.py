@@ -1,4 +1,4 @@
-"""`pyenroot list [-f|--fancy] [--json]`."""
+"""`pyenroot list [-f|--fancy] [--no-trunc] [--json]`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import json
 import time
 
 COLUMNS = ("NAME", "PID", "STATE", "STARTED", "TIME", "MNTNS", "USERNS", "COMMAND")
+# On a terminal, --fancy's NAME column is at most this wide: a name made from a digest (84 characters) would push
+# every other column off the screen. Longer names lose their middle, keeping the start and the distinct end.
+NAME_WIDTH = 40
+ELLIPSIS = "..."
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("-f", "--fancy", action="store_true", help="show running processes and their state")
+    parser.add_argument("--no-trunc", action="store_true",
+                        help=f"with -f on a terminal, show names longer than {NAME_WIDTH} characters in full "
+                             "(output to a pipe or file always has them in full)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -51,8 +58,20 @@ def rows(names: list[str], processes: list, now: float) -> list[tuple[str, ...]]
     return result
 
 
-def table(lines: list[tuple[str, ...]]) -> str:
-    """Columns padded to their widest cell; the last column is not padded."""
+def elide(name: str, width: int) -> str:
+    """`name` in at most `width` characters: its middle replaced by `...` when it is longer."""
+    if len(name) <= width:
+        return name
+    keep = width - len(ELLIPSIS)
+    head = keep // 2
+    return name[:head] + ELLIPSIS + name[len(name) - (keep - head):]
+
+
+def table(lines: list[tuple[str, ...]], name_width: int | None = None) -> str:
+    """Columns padded to their widest cell; the last column is not padded. With `name_width`, longer names
+    are elided to it."""
+    if name_width is not None:
+        lines = [(elide(line[0], name_width), *line[1:]) for line in lines]
     all_lines = [COLUMNS, *lines]
     widths = [max(len(line[i]) for line in all_lines) for i in range(len(COLUMNS) - 1)]
     out = []
@@ -89,5 +108,8 @@ def run(args, settings) -> int:
         data = str(storage.data_path(settings, create=False))
         print(json.dumps(as_json(names, processes, data), indent=2))
     else:
-        print(table(rows(names, processes, time.time())))
+        import sys
+
+        name_width = None if args.no_trunc or not sys.stdout.isatty() else NAME_WIDTH
+        print(table(rows(names, processes, time.time()), name_width))
     return 0

@@ -76,6 +76,9 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
 # ------------------------------------------------------------------------------------------ output
 
 
+EXISTING_OUTPUT_HINT = "remove it, choose another name with -o, or set ENROOT_FORCE_OVERRIDE=y to replace it"
+
+
 class TempOutput:
     """The image being written: an unnamed file (O_TMPFILE) linked under its name only when complete,
     so that a crash, even kill -9, leaves nothing behind. Where the filesystem lacks O_TMPFILE, a hidden
@@ -107,25 +110,36 @@ class TempOutput:
     def pass_fds(self) -> tuple[int, ...]:
         return () if self.fd is None else (self.fd,)
 
-    def commit(self) -> None:
-        """Give the file its final name; never replaces an existing file."""
+    def commit(self, *, replace: bool = False) -> None:
+        """Give the complete file its final name. An existing file is replaced only with `replace`, and then in
+        one rename: a reader sees the old image or the new one, never a part."""
         try:
-            if self.named is not None:
+            if replace:
+                if self.named is None:
+                    # An unnamed file cannot be renamed over another: it gets a hidden name first (for the
+                    # moment between the link and the rename; linkat never follows or replaces what is there).
+                    self.named = self.final.parent / f".{self.final.name}.{os.urandom(6).hex()}.partial"
+                    self._link(self.named)
+                os.replace(self.named, self.final)
+                self.named = None
+            elif self.named is not None:
                 os.link(self.named, self.final)
             else:
-                # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file; os.link only uses
-                # linkat (rather than link, which would link the /proc entry itself) when given a dir_fd.
-                parent = os.open(self.final.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.link(self.path, self.final.name, dst_dir_fd=parent, follow_symlinks=True)
-                finally:
-                    os.close(parent)
+                self._link(self.final)
         except FileExistsError:
-            raise StorageError(f"file already exists: {self.final}",
-                               hint="remove it or choose another name with -o") from None
+            raise StorageError(f"file already exists: {self.final}", hint=EXISTING_OUTPUT_HINT) from None
         except OSError as exc:
             raise _output_error(exc, self.final) from None
         self.discard()
+
+    def _link(self, name: Path) -> None:
+        # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file; os.link only uses linkat (rather
+        # than link, which would link the /proc entry itself) when given a dir_fd.
+        parent = os.open(name.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(f"/proc/self/fd/{self.fd}", name.name, dst_dir_fd=parent, follow_symlinks=True)
+        finally:
+            os.close(parent)
 
     def discard(self) -> None:
         if self.named is not None:
@@ -414,7 +428,8 @@ def _progress(verbose: int, stream: TextIO | None) -> ImportProgress:
 
 def import_image(uri: str, output: str | None, arch: str | None, settings: Settings, verbose: int = 0,
                  stream: TextIO | None = None) -> Path:
-    """Import URI into a squashfs file (default name from the URI); refuses to replace an existing file."""
+    """Import URI into a squashfs file (default name from the URI); an existing file is replaced, once the new
+    one is complete, only with ENROOT_FORCE_OVERRIDE (as enroot, import has no -f)."""
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)  # a bad URI or bad options fail before anything is created
@@ -423,8 +438,9 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
     progress = _progress(verbose, stream)
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
         final = output_path(output, opened.default_name)
-        if os.path.lexists(final):
-            raise StorageError(f"file already exists: {final}", hint="remove it or choose another name with -o")
+        replace = settings.flag("ENROOT_FORCE_OVERRIDE")
+        if os.path.lexists(final) and not (replace and not os.path.isdir(final)):
+            raise StorageError(f"file already exists: {final}", hint=EXISTING_OUTPUT_HINT)
         out = TempOutput(final)  # before any download: an unwritable place fails at once
         try:
             image, fetch = _fetch(opened.source, arch, settings, progress)
@@ -432,7 +448,7 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
                 result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
             finally:
                 fetch.close()
-            out.commit()
+            out.commit(replace=replace)
         finally:
             out.discard()
     _report(result, progress)

@@ -175,6 +175,7 @@ class MergePlanner:
         self.warnings: list[str] = []
         self.suppressed_warnings = 0
         self._max_warnings = max_warnings
+        self._dev_nodes = 0  # device nodes under dev/: every base image has some, so one summary line
 
     # -------------------------------------------------------------------------------- layers
 
@@ -216,6 +217,9 @@ class MergePlanner:
                 kept.append(link)
             else:
                 self._warn(f"{link.path}: hard link to {link.target!r}, which is not a file of the image: dropped")
+        if self._dev_nodes:
+            nodes = f"{self._dev_nodes} device node{'s' if self._dev_nodes > 1 else ''}"
+            self.warnings.append(f"{nodes} under dev/ not created; /dev comes from the host at start")
         return kept
 
     # ------------------------------------------------------------------------------- entries
@@ -234,7 +238,7 @@ class MergePlanner:
         if base.startswith(WHITEOUT_PREFIX):
             return self._whiteout(layer, path, base)
         if header.kind in DEVICE_KINDS:
-            return self._drop(path, f"{path}: device node not created")
+            return self._device_node(layer, path)
         if header.kind == OTHER:
             return self._drop(path, f"{path}: unsupported tar entry type: dropped")
         conflict = self._layer_conflict(layer, path, header.kind == DIR)
@@ -260,6 +264,14 @@ class MergePlanner:
     def _drop(self, path: str, warning: str) -> Decision:
         self._warn(warning)
         return Decision(Action.DROPPED, path, warning=warning)
+
+    def _device_node(self, layer: _Layer, path: str) -> Decision:
+        """Never created (an unprivileged user cannot, and a node would open the host's device). Those under
+        dev/ are counted for one summary line; one elsewhere is unusual enough to be named with its layer."""
+        if path.startswith("dev/"):
+            self._dev_nodes += 1
+            return Decision(Action.DROPPED, path)
+        return self._drop(path, f"{layer.label}: {path}: device node not created")
 
     def _whiteout(self, layer: _Layer, path: str, base: str) -> Decision:
         directory = parent_of(path)

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from pyenroot.errors import UsageError
 from pyenroot.runtime.fstab import substitute
 
-__all__ = ["from_cli", "login_defaults", "merge", "parse", "render", "substitute"]
+__all__ = ["from_cli", "ignored_lines", "login_defaults", "merge", "parse", "render", "source_warnings",
+           "substitute"]
 
 _LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _CLI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=|$)")
@@ -38,6 +39,37 @@ def parse(text: str) -> list[tuple[str, str]]:
             continue
         pairs.append((match.group(1), _unquote(match.group(2))))
     return pairs
+
+
+def ignored_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of what `parse` drops although it is neither blank nor a comment (`export X=1`,
+    `A = b`, a reserved `ENROOT_*` name): a user who wrote it meant something, so it deserves a warning."""
+    ignored = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if not match or match.group(1).startswith("ENROOT_"):
+            ignored.append((number, line))
+    return ignored
+
+
+def _file_warning(origin: str, ignored: list[tuple[int, str]]) -> str:
+    lines = ", ".join(f"line {number} {line!r}" for number, line in ignored)
+    reserved = any(line.startswith("ENROOT_") for _, line in ignored)
+    why = "NAME=value expected" + ("; ENROOT_* names are reserved" if reserved else "")
+    return f"{origin}: ignored {lines} ({why})"
+
+
+def source_warnings(files: Iterable[tuple[str, str]], cli_entries: Iterable[str],
+                    host_environ: Mapping[str, str]) -> list[str]:
+    """What a start should warn about before it runs: one message per environment file (origin, text) with the
+    lines it ignores, one per `--env NAME` whose NAME the host does not set (the container gets it empty)."""
+    messages = [_file_warning(origin, ignored) for origin, text in files if (ignored := ignored_lines(text))]
+    for name in dict.fromkeys(e for e in cli_entries if "=" not in e and e not in host_environ):
+        messages.append(f"--env {name}: {name} is not set here, so the container gets it empty")
+    return messages
 
 
 def merge(layers: Iterable[Iterable[tuple[str, str]]]) -> dict[str, str]:

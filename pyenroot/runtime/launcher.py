@@ -73,6 +73,7 @@ class Launch:
     request: StartRequest
     runtime_path: Path
     host_environ: dict[str, str]  # process environment + ENROOT_* settings, for hooks
+    logname: str = ""  # the container's LOGNAME unless a source sets it (startup.host_login_name)
     hook_steps: list = field(default_factory=list)  # hooks.HookStep
     script_hooks: tuple[list[str], dict[str, str]] | None = None  # the config script's hooks()
     native_overlay: bool = True
@@ -583,8 +584,7 @@ def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Call
             seccomp.install()
         except (OSError, ValueError) as exc:
             spec.warn(f"seccomp filter not installed: {exc}")
-    logname = spec.host_environ.get("LOGNAME") or spec.host_environ.get("USER") or str(request.outer_uid)
     spec.trace("pivot_root and seccomp; executing the command")
     if request.unshare_pid:
         _become_init()
-    _exec(start_plan, _final_environment(start_plan, environ, logname))
+    _exec(start_plan, _final_environment(start_plan, environ, spec.logname))

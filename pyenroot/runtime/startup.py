@@ -7,9 +7,10 @@ parser (conf, env, rc, root, rw, mount, pid, net, ipc, uts, target, command).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pyenroot import trust
@@ -126,6 +127,26 @@ def _writable_sqsh(settings) -> str:
     return value
 
 
+def _warn_about_environment(request: StartRequest, script_origin: str, warn: Callable[[str], None]) -> None:
+    from pyenroot.runtime import environ as envdialect
+
+    files = [*request.environ_files, (script_origin, request.script_environ)]
+    for message in envdialect.source_warnings(files, request.cli_env, request.host_environ):
+        warn(message)
+
+
+def host_login_name(host_environ: Mapping[str, str], uid: int) -> str:
+    """The container's LOGNAME: the caller's LOGNAME or USER, else the name of its passwd entry on the host
+    (read here, before the root changes), its uid only when it has none."""
+    name = host_environ.get("LOGNAME") or host_environ.get("USER")
+    if name:
+        return name
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def start(args, settings, *, warn: Callable[[str], None],
           trace: Callable[[str], None] = lambda step: None, target=None) -> int:
     """Start `args.target` (or `target`, a launcher.Target: a bundle's unpacked root filesystem)."""
@@ -169,6 +190,7 @@ def start(args, settings, *, warn: Callable[[str], None],
         cli_mounts=tuple(args.mount),
         rc_text=_read_rc(args.rc) if args.rc else (script.rc if script else None),
     )
+    _warn_about_environment(request, f"environ() of {args.conf}", warn)
     from pyenroot.runtime import hooks, launcher
 
     sysconf, config = _config_dir(settings, "ENROOT_SYSCONF_PATH"), _config_dir(settings, "ENROOT_CONFIG_PATH")
@@ -180,6 +202,7 @@ def start(args, settings, *, warn: Callable[[str], None],
         runtime_path=trust.private_dir(settings.path("ENROOT_RUNTIME_PATH"), "the runtime directory",
                                        hint="set XDG_RUNTIME_DIR or ENROOT_RUNTIME_PATH to a directory of your own"),
         host_environ=host_environ,
+        logname=host_login_name(host_environ, euid),
         hook_steps=hooks.hook_steps(sysconf / "hooks.d" if sysconf else None, config / "hooks.d" if config else None),
         script_hooks=configscript.hooks_argv(conf, command) if script and script.has_hooks else None,
         native_overlay=settings.flag("ENROOT_NATIVE_OVERLAYFS"),

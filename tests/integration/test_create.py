@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,12 @@ def tree(path: Path) -> set[str]:
 
 
 def test_create_and_list(user, busybox_sqsh):
+    before = time.time()
     result = user.pyenroot("create", str(busybox_sqsh))
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "[pyenroot] created container busybox\n" and result.stdout == ""
     root = data_dir(user) / "busybox"
+    assert root.stat().st_mtime >= int(before)  # the creation time, not the image's 1970
     assert (root / "bin/busybox").is_file()
     assert (root / "etc/os-release").read_text().startswith('NAME="pyenroot busybox"')
     assert root.stat().st_uid == user.uid

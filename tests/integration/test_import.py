@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -37,7 +38,7 @@ def test_import_refuses_to_overwrite(user, busybox_image):
     user.give(output)
     result = user.pyenroot("import", "-o", str(output), busybox_image.uri, env=HTTP)
     assert result.returncode != 0
-    assert "already exists" in result.stderr
+    assert "already exists" in result.stderr and "ENROOT_FORCE_OVERRIDE" in result.stderr
     assert output.read_bytes() == b"precious"
 
 
@@ -52,6 +53,22 @@ def test_import_into_a_directory(user, busybox_image):
     assert again.returncode == 1 and f"file already exists: {images}/test+busybox+latest.sqsh" in again.stderr
     missing = user.pyenroot("import", "-o", f"{user.home}/no-such-dir/", busybox_image.uri, env=HTTP)
     assert missing.returncode == 1 and "directory does not exist" in missing.stderr, missing.stderr
+
+
+def test_force_override_replaces_only_with_a_complete_image(user, busybox_image, registry, pusher):
+    output = user.home / "existing.sqsh"
+    output.write_bytes(b"precious")
+    user.give(output)
+    pusher.image("test/broken-force", "v1", ib.build_image([b"this is not a tar archive" * 100]))
+    failed = user.pyenroot("import", "-o", str(output), uri(registry, "test/broken-force", "v1"),
+                           env={**HTTP, "ENROOT_FORCE_OVERRIDE": "y"})
+    assert failed.returncode != 0
+    assert output.read_bytes() == b"precious"  # a failed import leaves the old file as it was
+    result = user.pyenroot("import", "-o", str(output), busybox_image.uri, env={**HTTP, "ENROOT_FORCE_OVERRIDE": "y"})
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {output}" in result.stderr
+    assert squashfs_tree(output)["bin/busybox"].kind == "file"
+    assert [p.name for p in user.home.iterdir() if "existing" in p.name] == ["existing.sqsh"]
 
 
 def test_failed_import_leaves_nothing(user, registry, pusher):
@@ -286,6 +303,10 @@ def test_debian_image(user, debian_image):
     assert tree["usr/bin/dpkg"].kind == "file"
     assert not any(n.startswith("dev/") and tree[n].kind in ("char", "block") for n in tree)
     assert b"exec '/bin/bash'" in tree["etc/rc"].data
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("pyenroot: warning:")]
+    assert len(warnings) == 1 and re.fullmatch(
+        r"pyenroot: warning: \d+ device nodes under dev/ not created; /dev comes from the host at start",
+        warnings[0]), result.stderr
 
 
 def test_unwritable_output_directory(user, busybox_image):

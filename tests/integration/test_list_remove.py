@@ -113,6 +113,19 @@ def _on_a_terminal(user, command: str, answer: str) -> subprocess.CompletedProce
     return user.run(["script", "-qec", command, "/dev/null"], input=answer)
 
 
+def test_list_fancy_elides_long_names_on_a_terminal_only(user, busybox_sqsh):
+    long_name = "registry+test+app@sha256+" + "0123456789abcdef" * 4  # as long as a name made from a digest
+    create(user, busybox_sqsh, long_name)
+    piped = user.pyenroot("list", "-f")
+    assert piped.returncode == 0 and piped.stdout.splitlines()[1] == long_name
+    on_tty = _on_a_terminal(user, f"{user.wrapper} list -f", "")
+    assert on_tty.returncode == 0, on_tty.stdout
+    row = on_tty.stdout.splitlines()[1].rstrip()
+    assert len(row) == 40 and row.startswith("registry+test+app@") and "..." in row and row.endswith("cdef")
+    full = _on_a_terminal(user, f"{user.wrapper} list -f --no-trunc", "")
+    assert full.stdout.splitlines()[1].rstrip() == long_name
+
+
 def test_remove_asks_on_a_terminal(user, busybox_sqsh):
     create(user, busybox_sqsh, "asked")
     kept = _on_a_terminal(user, f"{user.wrapper} remove asked", "n\n")

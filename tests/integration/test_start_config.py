@@ -184,3 +184,24 @@ def test_init_shell_setting(user, bb):
     result = user.pyenroot("start", "bb", "true", env={"ENROOT_INIT_SHELL": "/bin/nosuchshell"})
     assert result.returncode != 0
     assert "/bin/nosuchshell" in result.stderr
+
+
+def test_ignored_environment_lines_and_unset_env_warn(user, bb, userconf):
+    mine = put_file(user, userconf / "environ.d/50-mine.env",
+                    "# a comment\n\nGOOD=yes\nexport X=1\nA = b\nENROOT_DATA_PATH=/x\n")
+    result = user.pyenroot("start", "-e", "NOSUCHVAR", "-e", "NOSUCHVAR", "bb", "env", env={"NOSUCHVAR": None})
+    env = env_of(result)
+    assert env["GOOD"] == "yes" and env["NOSUCHVAR"] == "" and "X" not in env
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("pyenroot: warning:")]
+    assert warnings == [
+        f"pyenroot: warning: {mine}: ignored line 4 'export X=1', line 5 'A = b', line 6 'ENROOT_DATA_PATH=/x' "
+        "(NAME=value expected; ENROOT_* names are reserved)",
+        "pyenroot: warning: --env NOSUCHVAR: NOSUCHVAR is not set here, so the container gets it empty",
+    ]
+    quiet = user.pyenroot("start", "-e", "SETVAR", "bb", "true", env={"SETVAR": ""})
+    assert quiet.returncode == 0 and "NOSUCHVAR" not in quiet.stderr and "SETVAR" not in quiet.stderr
+
+
+def test_logname_from_the_passwd_entry_without_user_or_logname(user, bb):
+    result = user.pyenroot("start", "bb", "env", env={"USER": None, "LOGNAME": None})
+    assert env_of(result)["LOGNAME"] == user.name

@@ -58,3 +58,17 @@ def test_login_defaults_fill_only_unset():
     assert "sbin" not in result["PATH"]
     root = environ.login_defaults({}, user="root", home="/root", shell="/bin/sh", logname="u", is_root=True)
     assert "/usr/sbin" in root["PATH"]
+
+
+def test_ignored_lines_name_what_was_meant():
+    text = "# c\n\n  GOOD=1\nexport X=1\nA = b\nENROOT_X=y\n  1BAD=x\n"
+    assert environ.ignored_lines(text) == [(4, "export X=1"), (5, "A = b"), (6, "ENROOT_X=y"), (7, "1BAD=x")]
+    assert environ.ignored_lines("A=1\n# only\n") == []
+
+
+def test_source_warnings_once_per_file_and_unset_name():
+    files = [("/a.env", "export X=1\nY = 2\n"), ("/b.env", "OK=1\n"), ("environ() of c.sh", "")]
+    assert environ.source_warnings(files, ["SET", "UNSET", "UNSET", "V=1"], {"SET": ""}) == [
+        "/a.env: ignored line 1 'export X=1', line 2 'Y = 2' (NAME=value expected)",
+        "--env UNSET: UNSET is not set here, so the container gets it empty",
+    ]

@@ -216,9 +216,17 @@ def test_every_emitted_entry_has_directory_ancestors():
 
 
 def test_device_nodes_dropped_fifo_kept():
-    emitted, planner, *_ = merge([Header("dev/null", L.CHAR), Header("dev/sda", L.BLOCK), Header("p", L.FIFO)])
+    emitted, planner, *_ = merge([Header("dev/null", L.CHAR), Header("dev/sda", L.BLOCK), Header("p", L.FIFO),
+                                  Header("etc/evil", L.CHAR)])
     assert names(emitted) == {"p"}
-    assert any("dev/null" in w for w in planner.warnings) and any("dev/sda" in w for w in planner.warnings)
+    # dev/ nodes in one summary line (at the end, after the bottom layer); one elsewhere is named with its layer
+    assert planner.warnings == ["layer0: etc/evil: device node not created",
+                                "2 device nodes under dev/ not created; /dev comes from the host at start"]
+
+
+def test_one_device_node_summary_over_every_layer():
+    _, planner, *_ = merge([Header("dev/null", L.CHAR)], [Header("dev/zero", L.CHAR)])
+    assert planner.warnings == ["2 device nodes under dev/ not created; /dev comes from the host at start"]
 
 
 def test_whiteouts_naming_outside_dropped():

@@ -163,3 +163,15 @@ def test_list_table_and_times():
     data = list_command.as_json(["web"], [process, unknown], "/d")
     assert data[0]["path"] == "/d/web" and data[0]["processes"][0]["pid"] == 42
     assert data[1]["name"] is None and data[1]["processes"][0]["pid"] == 7
+
+
+def test_list_elides_the_middle_of_long_names():
+    digest_name = "registry+test+app@sha256+" + "ab12" * 16  # 89 characters, as `import` names a digest
+    assert list_command.elide("short", 40) == "short"
+    elided = list_command.elide(digest_name, 40)
+    assert len(elided) == 40 and elided.startswith("registry+test+app@") and elided.endswith("ab12ab12")
+    assert "..." in elided
+    lines = [(digest_name, "", "", "", "", "", "", ""), ("db", "7", "S", "", "", "", "", "sleep 1")]
+    capped = list_command.table(lines, 40).splitlines()
+    assert capped[1] == elided and capped[2].startswith("db" + " " * 40 + "7")
+    assert list_command.table(lines).splitlines()[1] == digest_name
