@@ -8,7 +8,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    from pyenroot import storage
+    import sys
 
-    storage.create_container(settings, args.image, args.name, force=args.force)
+    from pyenroot import storage
+    from pyenroot.image.progress import ImportProgress
+
+    with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
+        storage.create_container(settings, args.image, args.name, force=args.force, progress=progress)
+        progress.finish()
     return 0
