@@ -158,7 +158,9 @@ def run_guarded(action: Callable[[], int], debug: Callable[[], bool]) -> int:
             raise
         _render(error)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: a live progress bar has ended its line on the way out
+        with contextlib.suppress(OSError, ValueError):
+            print("pyenroot: interrupted", file=sys.stderr, flush=True)
         return 130
     except _Terminated:
         return 128 + signal.SIGTERM

@@ -15,12 +15,16 @@ import resource
 import signal
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyenroot import octal, squashfs
 from pyenroot.errors import ImageError, StorageError, UsageError
+
+if TYPE_CHECKING:
+    from pyenroot.image.progress import ImportProgress
 
 NAME_MAX_LENGTH = 128
 # Letters, digits and ._+:@- ; the first character is a letter or digit, so no hidden names, no `.`/`..`,
@@ -242,15 +246,21 @@ _NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as unsquashf
 
 
 def run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (), tolerate_device_nodes: bool = False,
-             env: dict[str, str] | None = None, package: str = "squashfs-tools") -> None:
-    """Run a tool that dies with us; its failure becomes one error line (`what`: what we were doing)."""
+             env: dict[str, str] | None = None, package: str = "squashfs-tools",
+             on_count: Callable[[int, int], None] | None = None) -> None:
+    """Run a tool that dies with us; its failure becomes one error line (`what`: what we were doing). With
+    `on_count`, the tool (a squashfs tool without -no-progress) draws its bar on stdout and each `done/total`
+    it shows is passed on."""
     import subprocess
 
     from pyenroot.runtime import syscalls  # noqa: F401 (for die_with_parent)
 
     try:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-                                preexec_fn=die_with_parent, pass_fds=keep_fds, env=env)
+        if on_count is None:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    errors="replace", preexec_fn=die_with_parent, pass_fds=keep_fds, env=env)
+        else:
+            result = _run_counting(argv, on_count, keep_fds=keep_fds, env=env)
     except FileNotFoundError:
         raise ImageError(f"{argv[0]} is not installed", hint=f"install {package}") from None
     if result.returncode == 0:
@@ -264,6 +274,35 @@ def run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (), tole
                            hint="free some space there, or choose another location")
     detail = lines[-1] if lines else f"exit code {result.returncode}"
     raise ImageError(f"{what}: {argv[0]} failed: {detail}")
+
+
+def _run_counting(argv: list[str], on_count: Callable[[int, int], None], *, keep_fds: tuple[int, ...],
+                  env: dict[str, str] | None):
+    """run_tool's run for a tool whose stdout is its progress bar: read as it comes (stderr, the tool's messages,
+    goes to a file meanwhile, so that neither pipe can fill up)."""
+    import subprocess
+    import tempfile
+
+    from pyenroot.image.progress import tool_count
+
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+                                   preexec_fn=die_with_parent, pass_fds=keep_fds, env=env)
+        try:
+            rest = b""
+            while chunk := os.read(process.stdout.fileno(), 1 << 16):
+                count, rest = tool_count(rest + chunk)
+                if count:
+                    on_count(*count)
+            process.stdout.close()
+            returncode = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
+    return subprocess.CompletedProcess(argv, returncode, stdout="", stderr=stderr)
 
 
 # ------------------------------------------------------------------------------------------ create
@@ -292,7 +331,8 @@ def _add_mode(path: str, bits: int, *, executable_if_any: bool = False) -> None:
         os.chmod(path, wanted)
 
 
-def create_container(settings, image: str | os.PathLike, name: str | None = None, *, force: bool = False) -> Path:
+def create_container(settings, image: str | os.PathLike, name: str | None = None, *, force: bool = False,
+                     progress: ImportProgress | None = None) -> Path:
     """Unpack a squashfs image into ENROOT_DATA_PATH/NAME; the container appears complete or not at all."""
     name = validate_name(name if name is not None else default_name(Path(image)))
     target = container_dir(settings, name)
@@ -304,29 +344,34 @@ def create_container(settings, image: str | os.PathLike, name: str | None = None
     clean_stale_work(base)
     with work_dir(base) as work:
         rootfs = work.path / "rootfs"
-        unpack_rootfs(image_path, rootfs, settings.max_processors(), work.lock_fd, str(image))
+        unpack_rootfs(image_path, rootfs, settings.max_processors(), work.lock_fd, str(image), progress)
         install_rootfs(rootfs, target, force=force)
     return target
 
 
-def unpack_rootfs(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str) -> None:
+def unpack_rootfs(image: Path, rootfs: Path, processors: int, lock_fd: int, label: str,
+                  progress: ImportProgress | None = None) -> None:
     """Unpack a squashfs image into the new directory `rootfs` (in a locked work entry), readable and removable
     by its owner afterwards; `label` names the image in errors."""
-    unpack_image(image, rootfs, processors, label, keep_fds=(lock_fd,))
+    unpack_image(image, rootfs, processors, label, keep_fds=(lock_fd,), progress=progress)
     _fix_permissions(rootfs)
 
 
-def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep_fds: tuple[int, ...] = ()) -> None:
+def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep_fds: tuple[int, ...] = (),
+                 progress: ImportProgress | None = None) -> None:
     """Unpack `image` into the new directory `rootfs` with unsquashfs (parallel); if it cannot read the image,
     rdsquashfs (squashfs-tools-ng) as a second try. Device nodes are skipped.
 
     unsquashfs 4.5 rejects lz4 images written by tar2sqfs ("failed to read id table block") although they
     are valid; rdsquashfs reads them.
     """
-    argv = ["unsquashfs", "-no-progress", "-quiet", "-processors", str(processors), "-user-xattrs",
+    if progress is not None:
+        progress.phase("unpack")
+    argv = ["unsquashfs", *_progress_flags(progress), "-quiet", "-processors", str(processors), "-user-xattrs",
             "-d", str(rootfs), str(image)]
     try:
-        run_tool(argv, f"unpack {label}", keep_fds=keep_fds, tolerate_device_nodes=True)
+        run_tool(argv, f"unpack {label}", keep_fds=keep_fds, tolerate_device_nodes=True,
+                 on_count=progress.count if progress is not None else None)
         return
     except ImageError as first:
         import shutil
@@ -343,6 +388,11 @@ def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep
         run_tool(fallback, f"unpack {label}", keep_fds=keep_fds)
     except ImageError:
         raise failure from None
+
+
+def _progress_flags(progress: ImportProgress | None) -> list[str]:
+    """A squashfs tool draws its bar (read back for ours) only when progress is reported."""
+    return [] if progress is not None else ["-no-progress"]
 
 
 def _exists(path: Path) -> bool:
@@ -505,7 +555,8 @@ def default_export_path(name: str) -> Path:
     return Path(os.path.abspath(f"{name}.sqsh"))
 
 
-def export_container(settings, name: str, output: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+def export_container(settings, name: str, output: str | os.PathLike | None = None, *, force: bool = False,
+                     progress: ImportProgress | None = None) -> Path:
     """Write the container's root filesystem as a squashfs image; the file appears complete or not at all."""
     root = existing_container(settings, name)
     out = Path(os.path.abspath(output)) if output else default_export_path(name)
@@ -518,9 +569,12 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
             except OSError as exc:  # not the output's fault: say what could not be read
                 raise StorageError(f"cannot read container {name}: {exc.strerror}: {exc.filename}") from None
             exclude_file.write_text("".join(f"{e}\n" for e in excludes if "\n" not in e))
-            argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", "-no-progress", "-quiet",
-                    "-processors", str(settings.max_processors()), *squash_options(settings), "-ef", str(exclude_file)]
-            run_tool(argv, f"export {name}")
+            argv = ["mksquashfs", str(root), str(temp), "-noappend", "-all-root", *_progress_flags(progress),
+                    "-quiet", "-processors", str(settings.max_processors()), *squash_options(settings),
+                    "-ef", str(exclude_file)]
+            if progress is not None:
+                progress.phase("squash")
+            run_tool(argv, f"export {name}", on_count=progress.count if progress is not None else None)
         finally:
             with contextlib.suppress(OSError):
                 exclude_file.unlink()

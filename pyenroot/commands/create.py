@@ -11,8 +11,11 @@ def run(args, settings) -> int:
     import sys
 
     from pyenroot import storage
+    from pyenroot.image.progress import ImportProgress
 
-    target = storage.create_container(settings, args.image, args.name, force=args.force)
+    with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
+        target = storage.create_container(settings, args.image, args.name, force=args.force, progress=progress)
+        progress.finish()
     # The same line as load's, on stderr: stdout stays free for what a script reads.
     print(f"[pyenroot] created container {target.name}", file=sys.stderr)
     return 0

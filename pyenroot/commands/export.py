@@ -8,10 +8,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
+    import sys
+
     from pyenroot import storage
     from pyenroot.errors import UsageError
+    from pyenroot.image.progress import ImportProgress
 
     if args.output == "":  # not "the default": an empty value is a mistake (an unset variable, say)
         raise UsageError("the output file name is empty", hint="leave out -o to write NAME.sqsh")
-    storage.export_container(settings, args.name, args.output, force=args.force)
+    with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
+        storage.export_container(settings, args.name, args.output, force=args.force, progress=progress)
+        progress.finish()
     return 0

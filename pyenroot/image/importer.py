@@ -435,8 +435,8 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
     parse_uri(uri)  # a bad URI or bad options fail before anything is created
     check_output_name(output)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
-    progress = _progress(verbose, stream)
-    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+    with _progress(verbose, stream) as progress, _scratch(settings) as scratch, \
+            open_source(uri, settings, scratch) as opened:
         final = output_path(output, opened.default_name)
         replace = settings.flag("ENROOT_FORCE_OVERRIDE")
         if os.path.lexists(final) and not (replace and not os.path.isdir(final)):
@@ -451,9 +451,9 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
             out.commit(replace=replace)
         finally:
             out.discard()
-    _report(result, progress)
-    progress.finish()
-    progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {result.entries} entries)")
+        _report(result, progress)
+        progress.finish()
+        progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {result.entries} entries)")
     return final
 
 
@@ -465,9 +465,9 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
     parse_uri(uri)
     if name is not None:
         storage.validate_name(name)  # before anything is fetched
-    progress = _progress(verbose, stream)
     force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
-    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+    with _progress(verbose, stream) as progress, _scratch(settings) as scratch, \
+            open_source(uri, settings, scratch) as opened:
         default = opened.default_name[:-len(".sqsh")] if opened.default_name.endswith(".sqsh") else opened.default_name
         name = storage.validate_name(name if name is not None else default)
         target = storage.container_dir(settings, name)
@@ -484,7 +484,7 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
                 storage.install_rootfs(rootfs, target, force=force)
         finally:
             fetch.close()
-    _report(result, progress)
-    progress.finish()
-    progress.note(f"created container {name}")
+        _report(result, progress)
+        progress.finish()
+        progress.note(f"created container {name}")
     return target

@@ -1,12 +1,18 @@
-"""Progress of an import: a live per-layer line on a terminal, a few summary lines elsewhere (Slurm logs),
-and with -v the time each phase took (resolve, download, merge, squash).
+"""Progress of long work (import, load, create, export, bundles): live bars on a terminal (tqdm, imported only
+there), a few summary lines and the time of each phase elsewhere (Slurm logs, pipes).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
+from types import TracebackType
 from typing import TextIO
+
+# The order phases are listed in at the end; the rest follow in the order they ran.
+PHASE_ORDER = ("resolve", "download", "merge", "squash")
 
 
 def human_size(n: float) -> str:
@@ -17,13 +23,40 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-class ImportProgress:
-    """A ProgressReporter. Thread-safe: downloads report from worker threads."""
+def format_timings(timings: list[tuple[str, float]], total: float | None = None) -> str:
+    """`resolve 0.1 s, download 2.6 s, merge 15.8 s, squash 0.5 s`, known phases first; with `total`, the
+    whole run's time too (and that downloads overlap the merge, so the parts add up to more)."""
+    rank = {name: index for index, name in enumerate(PHASE_ORDER)}
+    ordered = sorted(timings, key=lambda item: rank.get(item[0], len(rank)))  # stable: the rest as they ran
+    text = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in ordered)
+    if total is None:
+        return text
+    overlap = "; downloads overlap the merge" if any(name == "download" for name, _ in ordered) else ""
+    return f"{text} (total {total:.1f} s{overlap})"
 
-    def __init__(self, stream: TextIO, *, tty: bool | None = None, verbose: int = 0,
-                 clock=time.monotonic):
+
+# squashfs-tools draw their own bar on stdout, even into a pipe: `\r[====|    ] 270/600  45%`.
+_TOOL_COUNT = re.compile(rb"(\d+)/(\d+)\s+\d+%")
+
+
+def tool_count(output: bytes) -> tuple[tuple[int, int] | None, bytes]:
+    """The last `done/total` in the complete redraws of a squashfs tool's progress output, and the unfinished
+    rest (to be prefixed to the next read)."""
+    *complete, rest = re.split(rb"[\r\n]", output)
+    for segment in reversed(complete):
+        found = _TOOL_COUNT.search(segment)
+        if found:
+            return (int(found.group(1)), int(found.group(2))), rest
+    return None, rest
+
+
+class ImportProgress:
+    """A ProgressReporter, and a context manager that ends the live bar however the block ends.
+    Thread-safe: downloads report from worker threads."""
+
+    def __init__(self, stream: TextIO, *, tty: bool | None = None, verbose: int = 0, clock=time.monotonic):
         self.stream = stream
-        self.tty = stream.isatty() if tty is None else tty
+        self.tty = _isatty(stream) if tty is None else tty
         self.verbose = verbose
         self._clock = clock
         self._lock = threading.Lock()
@@ -31,97 +64,109 @@ class ImportProgress:
         self._phase_start = 0.0
         self.timings: list[tuple[str, float]] = []
         self._items: dict[str, tuple[int, int | None]] = {}
-        self._last_draw = 0.0
         self._started = clock()
-        self._converting: tuple[int, int] | None = None
+        self._bars: TerminalBars | None = None
+        self._closed = False
+
+    def __enter__(self) -> ImportProgress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     # ---------------------------------------------------------------------------- protocol
 
     def phase(self, name: str) -> None:
         with self._lock:
-            self._close_phase()
+            now = self._clock()
+            self._close_phase(now)
             self._phase = name
-            self._phase_start = self._clock()
-            if self.tty:
-                self._clear_line()
-                self._write(f"[pyenroot] {name}...\n")
+            self._phase_start = now
             self._items.clear()
-            self._converting = None
+            if bars := self._live():
+                bars.phase(name)
 
     def advance(self, item: str, done: int, total: int | None) -> None:
+        """Bytes of one download (`item` is its digest); a registry reports every few MiB."""
         with self._lock:
             self._items[item] = (done, total)
-            if not self.tty:
-                return
-            now = self._clock()
-            finished = total is not None and done >= total
-            if now - self._last_draw < 0.1 and not finished:
-                return
-            self._last_draw = now
-            self._draw()
+            if bars := self._live():
+                totals = [t for _, t in self._items.values()]
+                whole = sum(totals) if all(t is not None for t in totals) else None  # type: ignore[arg-type]
+                bars.download(sum(d for d, _ in self._items.values()), whole)
 
     # ------------------------------------------------------------------------------ extras
 
+    def converting(self, index: int, total: int) -> None:
+        """The merge has reached layer `index` (0 = top) of `total`: `index` layers are done."""
+        self.count(index, total)
+
+    def count(self, done: int, total: int) -> None:
+        """Items done in the current phase (layers merged, entries a squashfs tool has written or unpacked)."""
+        with self._lock:
+            if bars := self._live():
+                bars.count(done, total)
+
     def note(self, message: str) -> None:
         """A summary line, shown on terminals and in logs alike."""
-        with self._lock:
-            self._clear_line()
-            self._write(f"[pyenroot] {message}\n")
+        self._line(f"[pyenroot] {message}")
 
     def warn(self, message: str) -> None:
-        with self._lock:
-            self._clear_line()
-            self._write(f"pyenroot: warning: {message}\n")
-
-    def converting(self, index: int, total: int) -> None:
-        """The merge has reached layer `index` (0 = top) of `total`."""
-        with self._lock:
-            self._converting = (index, total)
-            if self.tty:
-                self._draw()
+        self._line(f"pyenroot: warning: {message}")
 
     def record(self, name: str, seconds: float) -> None:
         """A phase timed elsewhere (downloads overlap the merge and are timed by their own thread)."""
         with self._lock:
             self.timings.append((name, seconds))
+            if name == "download" and (bars := self._live()):
+                bars.download_done()
 
     def finish(self) -> None:
+        """The work is done: end the bar; the time of each phase in logs (and with -v on a terminal)."""
         with self._lock:
-            self._close_phase()
-            self._clear_line()
-            if self.verbose:
-                order = {"resolve": 0, "download": 1, "merge": 2, "squash": 3}
-                timings = sorted(self.timings, key=lambda item: order.get(item[0], 9))
-                parts = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings)
-                overlap = "; downloads overlap the merge" if any(name == "download" for name, _ in timings) else ""
-                self._write(f"[pyenroot] time: {parts} (total {self._clock() - self._started:.2f}s{overlap})\n")
+            now = self._clock()
+            self._close_phase(now)
+            self._end_bars()
+            if self.timings and (self.verbose or not self.tty):
+                total = now - self._started if self.verbose else None
+                self._write(f"[pyenroot] time: {format_timings(self.timings, total)}\n")
 
-    # ----------------------------------------------------------------------------- drawing
+    def close(self) -> None:
+        """End the live bar (success, error or interrupt), so that whatever follows starts on its own line."""
+        with self._lock:
+            self._end_bars()
+            self._closed = True
 
-    def _close_phase(self) -> None:
+    # ----------------------------------------------------------------------------- helpers
+
+    def _live(self) -> TerminalBars | None:
+        """The terminal's bars, while they are shown."""
+        if not self.tty or self._closed:
+            return None
+        if self._bars is None:
+            try:
+                self._bars = TerminalBars(self.stream)
+            except ImportError:  # no tqdm (a bundle's runner, under `python3 -I -S`): lines as in a log
+                self.tty = False
+                return None
+        return self._bars
+
+    def _end_bars(self) -> None:
+        if self._bars is not None:
+            self._bars.close()
+
+    def _close_phase(self, now: float) -> None:
         if self._phase is not None:
-            self.timings.append((self._phase, self._clock() - self._phase_start))
+            self.timings.append((self._phase, now - self._phase_start))
             self._phase = None
 
-    def _draw(self) -> None:
-        done = sum(d for d, _ in self._items.values())
-        totals = [t for _, t in self._items.values()]
-        total = sum(t for t in totals if t) if all(totals) else None
-        complete = sum(1 for d, t in self._items.values() if t is not None and d >= t)
-        parts = []
-        if self._items:
-            part = f"download {complete}/{len(self._items)} {human_size(done)}"
-            if total:
-                part += f" of {human_size(total)} ({100 * done / total:.0f}%)"
-            parts.append(part)
-        if self._converting:
-            index, count = self._converting
-            parts.append(f"converting layer {index + 1}/{count}")
-        self._write("\r\033[K  " + ", ".join(parts))
-
-    def _clear_line(self) -> None:
-        if self.tty and (self._items or self._converting):
-            self._write("\r\033[K")
+    def _line(self, text: str) -> None:
+        with self._lock:
+            if self._bars is not None:
+                self._bars.write(text)
+            else:
+                self._write(text + "\n")
 
     def _write(self, text: str) -> None:
         try:
@@ -129,3 +174,107 @@ class ImportProgress:
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+_ITEMS = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
+
+
+class TerminalBars:
+    """The live bars on a terminal, one at a time, each fitted to the terminal's width as it is now; a finished
+    bar stays as one line of the scrollback. Downloads overlap the merge: while they run, the download bar is
+    the live one and the merge's bar (layers) follows it."""
+
+    def __init__(self, stream: TextIO):
+        import tqdm
+
+        # No monitor thread (a Slurm step starts the container in this process, with one thread at unshare) and
+        # a thread lock rather than tqdm's default multiprocessing one.
+        tqdm.tqdm.monitor_interval = 0
+        tqdm.tqdm.set_lock(threading.RLock())
+        self._tqdm = tqdm.tqdm
+        self.stream = stream
+        self._bar = None
+        self._kind: str | None = None  # "download" or the phase the bar shows
+        self._phase: str | None = None  # the phase running now
+        self._count: tuple[int, int] | None = None
+
+    def phase(self, name: str) -> None:
+        self._phase, self._count = name, None
+        if self._kind != "download":
+            self._open(name, None)
+
+    def download(self, done: int, total: int | None) -> None:
+        if self._kind != "download":
+            self._open("download", total, unit="B", scale=True)
+        bar = self._bar
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def download_done(self) -> None:
+        if self._kind == "download":
+            if self._count:
+                self._open(self._phase or "merge", self._count[1])
+                self._bar.update(self._count[0])
+            else:
+                self._open(self._phase or "merge", None)
+
+    def count(self, done: int, total: int) -> None:
+        self._count = (done, total)
+        if self._kind == "download":
+            return  # shown when the downloads are over
+        if self._kind != self._phase or self._bar.total is None:
+            self._open(self._phase or "work", total)
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def write(self, line: str) -> None:
+        """A line above the live bar (a note, a warning): the bar is cleared, the line written, the bar redrawn."""
+        if self._bar is None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            return
+        self._bar.clear()
+        self.stream.write(line + "\n")
+        self._bar.refresh()
+
+    def close(self) -> None:
+        """Leave the bar as it is now and end its line."""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._kind = None, None
+
+    def _open(self, desc: str, total: int | None, *, unit: str = "", scale: bool = False) -> None:
+        if self._bar is not None and self._bar.total is None and self._kind == self._phase:
+            self._bar.leave = False  # the phase's bar without a count, replaced by one with: no stale line
+        self.close()
+        if scale:
+            layout = None  # tqdm's own: percentage, bar, bytes, time so far and left, rate
+        elif total is None:
+            layout = "{desc} {elapsed}"  # nothing counted (resolve, tar2sqfs finishing the image)
+        else:
+            layout = _ITEMS  # items done and time left (a rate of layers means little)
+        fixed = _fixed_width(self.stream)
+        self._bar = self._tqdm(total=total, desc=desc, unit=unit or "it", unit_scale=scale,
+                               unit_divisor=1024, file=self.stream, dynamic_ncols=fixed is None, ncols=fixed,
+                               leave=True, mininterval=0.1, bar_format=layout)
+        self._kind = desc
+
+
+def _fixed_width(stream: TextIO) -> int | None:
+    """None where the stream's terminal tells its size (tqdm asks it at every redraw, so a resized window is
+    followed); else the width COLUMNS sets, if any. One column stays free: a line that fills the last one
+    wraps on some terminals."""
+    try:
+        os.get_terminal_size(stream.fileno())
+        return None
+    except (AttributeError, ValueError, OSError):
+        pass
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) - 1 if columns.isdigit() and int(columns) > 1 else None
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

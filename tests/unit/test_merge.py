@@ -17,7 +17,6 @@ from pyenroot.devtools import imagebuilder as ib
 from pyenroot.errors import ImageError
 from pyenroot.image.merge import Decompressor, ReadAhead, write_merged
 from pyenroot.image.model import Descriptor, LocalLayer
-from pyenroot.image.progress import ImportProgress
 
 E = ib.Entry
 
@@ -97,37 +96,3 @@ def test_read_ahead_reader():
     writer.join()
     reader.close()
     assert bytes(received) == payload
-
-
-def test_progress_lines_and_times():
-    stream = io.StringIO()
-    ticks = iter(range(100))
-    progress = ImportProgress(stream, tty=False, verbose=1, clock=lambda: float(next(ticks)))
-    progress.phase("resolve")
-    progress.advance("sha256:a", 5, 10)
-    progress.phase("merge")
-    progress.record("download", 1.5)
-    progress.note("2 layers")
-    progress.finish()
-    lines = stream.getvalue().splitlines()
-    assert lines[0] == "[pyenroot] 2 layers"
-    assert lines[1].startswith("[pyenroot] time: resolve 1.00s, download 1.50s, merge")
-    assert len(lines) == 2  # no per-item lines in logs
-
-
-def test_progress_on_a_terminal():
-    stream = io.StringIO()
-    ticks = iter(float(n) for n in range(100))
-    progress = ImportProgress(stream, tty=True, verbose=0, clock=lambda: next(ticks))
-    progress.phase("merge")
-    progress.advance("sha256:a", 1 << 20, 2 << 20)
-    progress.advance("sha256:a", 2 << 20, 2 << 20)
-    progress.converting(0, 3)
-    progress.warn("careful")
-    progress.finish()
-    text = stream.getvalue()
-    assert "[pyenroot] merge...\n" in text
-    assert "\r\033[K  download 1/1 2.0 MB of 2.0 MB (100%)" in text
-    assert "download 1/1 2.0 MB of 2.0 MB (100%), converting layer 1/3" in text
-    assert "pyenroot: warning: careful\n" in text
-    assert "time:" not in text
