@@ -1,7 +1,7 @@
 """Fixtures shared by the whole test run: a loopback registry, test images, an unprivileged user.
 
-Markers: tests under tests/unit are `unit`, tests/integration `integration`, tests/slurm `slurm`
-(applied automatically from the directory).
+Markers: tests under tests/unit are `unit`, tests/integration `integration`, tests/slurm `slurm`,
+tests/packages `packages` (applied automatically from the directory).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 def pytest_collection_modifyitems(config, items):
     for item in items:
         level = Path(str(item.fspath)).relative_to(HERE).parts[0]
-        if level in ("unit", "integration", "slurm"):
+        if level in ("unit", "integration", "slurm", "packages"):
             item.add_marker(getattr(pytest.mark, level))
 
 

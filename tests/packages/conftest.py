@@ -1,0 +1,73 @@
+"""The built Debian packages, installed into this machine's system (apt-get install ./….deb).
+
+Skipped unless PYENROOT_TEST_DEBS names the directory `make deb` wrote (`make test-packages` sets it).
+The packaged pyenroot runs with the system python3 from /usr/bin; the development venv stays as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pyenroot.slurm import devcluster
+from tests.slurm.conftest import Slurm, _free_port_block
+
+PACKAGES = ("pyenroot", "pyenroot-slurm-plugin")
+PACKAGED_CLI = Path("/usr/bin/pyenroot")
+
+
+def _multiarch() -> str:
+    return subprocess.run(["dpkg-architecture", "-qDEB_HOST_MULTIARCH"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def debs() -> list[Path]:
+    directory = os.environ.get("PYENROOT_TEST_DEBS")
+    if not directory:
+        pytest.skip("PYENROOT_TEST_DEBS is not set (make test-packages builds and tests the packages)")
+    found = [next(iter(sorted(Path(directory).glob(f"{name}_*.deb"))), None) for name in PACKAGES]
+    missing = [name for name, deb in zip(PACKAGES, found, strict=True) if deb is None]
+    if missing:
+        pytest.fail(f"no .deb for {', '.join(missing)} in {directory}")
+    return [deb for deb in found if deb is not None]
+
+
+@pytest.fixture(scope="session")
+def installed(debs, host_setup) -> list[Path]:
+    """The packages, installed with apt-get as an admin would (their dependencies come along)."""
+    done = subprocess.run(
+        ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q", "--no-install-recommends",
+         "--reinstall", *(str(deb.resolve()) for deb in debs)],
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"apt-get install of the packages failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return debs
+
+
+@pytest.fixture(scope="session")
+def packaged_plugin(installed) -> Path:
+    return Path(f"/usr/lib/{_multiarch()}/slurm-wlm/spank_pyenroot.so")
+
+
+@pytest.fixture(scope="session")
+def packaged_cluster(session_dir, host_setup, packaged_plugin, account):
+    """A two-node local cluster whose plugstack loads the packaged plugin, which runs the packaged CLI."""
+    if not shutil.which("slurmd") or not shutil.which("munged"):
+        pytest.skip("slurmd/munge are not installed")
+    base = _free_port_block(4)
+    spec = devcluster.ClusterSpec(
+        directory=session_dir / "cluster-packaged", node_count=2, cpus=8, plugin=packaged_plugin,
+        plugin_args={"pyenroot": str(PACKAGED_CLI)}, controller_port=base, first_node_port=base + 1)
+    devcluster.up(spec)
+    yield spec
+    devcluster.down(spec)
+
+
+@pytest.fixture
+def packaged_slurm(packaged_cluster, user) -> Slurm:
+    return Slurm(packaged_cluster, user)
