@@ -48,9 +48,11 @@ def start_arguments(args, rootfs: str) -> argparse.Namespace:
 def run(args, settings) -> int:
     from pyenroot.commands import start
     from pyenroot.errors import ConfigError
+    from pyenroot.runtime import configscript
 
     lookup = {**os.environ, **settings.values}
     directives = read_directives(Path(args.config), lookup)
+    configscript.check_syntax(Path(args.config), "batch file")  # a syntax error first, not its consequences
     rootfs = directives.pop("ENROOT_ROOTFS", "")
     if not rootfs:
         raise ConfigError(f"missing directive ENROOT_ROOTFS in {args.config}",

@@ -416,6 +416,16 @@ def test_bad_batch_files(user, bad):
     fails_cleanly(user, ["batch", str(bad.directory)], 1, "directory")
     fails_cleanly(user, ["batch", str(bad.private)], 1, "cannot read batch file")
     fails_cleanly(user, ["batch", "/etc/passwd"], 1, "ENROOT_ROOTFS")
+    # a syntax error is the problem to report, even when ENROOT_ROOTFS is missing too
+    for name, text, says in [("unbalanced", "if true; then\n  echo x\nfi fi\n",
+                              "line 3: syntax error near unexpected token `fi'"),
+                             ("unfinished", "#ENROOT_ROOTFS=box\nif true; then\n",
+                              "line 3: syntax error: unexpected end of file")]:
+        script = user.home / name
+        script.write_text(text)
+        user.give(script)
+        result = fails_cleanly(user, ["batch", str(script)], 1, f"invalid batch file {script}: {says}")
+        assert "ENROOT_ROOTFS" not in result.stderr and "/etc/rc" not in result.stderr
 
 
 # ------------------------------------------------------------------------------------ exec
