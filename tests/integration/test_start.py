@@ -72,6 +72,28 @@ def test_command_not_found(user, bb):
     assert "Traceback" not in result.stderr
 
 
+def test_command_not_found_through_the_image_rc(user, bb):
+    """With an imported image's /etc/rc, the missing command is named, not the init script's line."""
+    from pyenroot.image import imagefiles
+
+    put_file(user, bb / "etc/rc", imagefiles.render_rc({}, "docker://registry#acc/busybox:1"))
+    put_file(user, bb / "etc/rc.local", "# sourced by /etc/rc\n")
+    result = user.pyenroot("start", "bb", "nosuchcmd", "arg")
+    assert result.returncode == 127, result.stderr
+    assert result.stderr == ("pyenroot: error: command not found in the container: nosuchcmd (not in the "
+                             "container's PATH: /usr/local/bin:/usr/bin:/bin) (command-not-found)\n"), result.stderr
+    assert "/etc/rc" not in result.stderr and "line " not in result.stderr
+    put_file(user, bb / "etc/profile", "PATH=/bin\n")  # a login shell looks the command up after its profile
+    login = user.pyenroot("start", "bb", "nosuchcmd", env={"ENROOT_LOGIN_SHELL": "y"})
+    assert login.returncode == 127 and "(not in the container's PATH: /bin)" in login.stderr, login.stderr
+    missing = user.pyenroot("start", "bb", "/no/such/program")
+    assert missing.returncode == 127 and "/no/such/program (no such executable file)" in missing.stderr
+    assert user.pyenroot("start", "bb", "echo", "found").stdout == "found\n"
+    # an Entrypoint takes the arguments: what they mean is its business
+    put_file(user, bb / "etc/rc", imagefiles.render_rc({"config": {"Entrypoint": ["/bin/echo"]}}, "docker://r#a"))
+    assert user.pyenroot("start", "bb", "nosuchcmd").stdout == "nosuchcmd\n"
+
+
 def test_stdin_passes_through(user, bb):
     result = user.pyenroot("start", "bb", "cat", input="from stdin\n")
     assert result.stdout == "from stdin\n"
