@@ -181,6 +181,20 @@ def test_bad_names_everywhere(user, busybox_sqsh, name):
     assert not (data_dir(user).parent / "escape").exists()
 
 
+def test_one_naming_rule(user, busybox_sqsh):
+    """Every character of the rule works for every verb; the hint states the rule the docs state."""
+    name = "a._+:@-Z9"
+    created = user.pyenroot("create", "-n", name, str(busybox_sqsh))
+    assert created.returncode == 0, created.stderr
+    started = user.pyenroot("start", name, "echo", "started")
+    assert started.stdout == "started\n", started.stderr
+    assert user.pyenroot("list").stdout.split() == [name]
+    assert user.pyenroot("remove", "-f", name).returncode == 0
+    refused = fails_cleanly(user, ["create", "-n", "a*b", str(busybox_sqsh)], 2, "invalid container name 'a*b'")
+    assert refused.stderr.splitlines()[1] == \
+        "hint: use letters, digits and '._+:@-', starting with a letter or digit, at most 128 characters"
+
+
 def test_nonexistent_names(user):
     fails_cleanly(user, ["remove", "-f", "nosuch"], 1, "no such container: nosuch")
     fails_cleanly(user, ["export", "nosuch"], 1, "no such container: nosuch")
