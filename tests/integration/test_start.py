@@ -105,6 +105,26 @@ def test_interactive_shell_without_command(user, bb):
     assert result.returncode == 3
 
 
+def test_no_command_runs_the_image_default(user, bb):
+    """`start NAME` alone: the image's /etc/rc runs its default command (here Cmd, a script that reads stdin)."""
+    from pyenroot.image import imagefiles
+
+    put_file(user, bb / "etc/rc", imagefiles.render_rc({"config": {"Cmd": ["/bin/sh", "-c", "read x; echo got $x"]}},
+                                                       "docker://registry#acc/busybox:1"))
+    result = user.pyenroot("start", "bb", input="line\n")
+    assert (result.returncode, result.stdout) == (0, "got line\n"), result.stderr
+
+
+def test_usage_line_shows_the_command_is_optional(user):
+    usage = user.pyenroot("start", "--help").stdout
+    assert "NAME|IMAGE [COMMAND [ARG...]]" in " ".join(usage.split())
+    missing = user.pyenroot("start")
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[0] == \
+        "pyenroot: error: the following arguments are required: NAME|IMAGE (usage)", missing.stderr
+    assert "CONFIG [COMMAND [ARG...]]" in user.pyenroot("batch", "--help").stdout
+
+
 def test_command_string_with_spaces_runs_through_the_shell(user, bb):
     result = user.pyenroot("start", "bb", "echo a; echo b")
     assert result.stdout.split() == ["a", "b"]
