@@ -69,8 +69,22 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse writes a REMAINDER argument as `...`; we write its metavar, in brackets when it is optional:
+    `NAME|IMAGE [COMMAND [ARG...]]`, `PID COMMAND [ARG...]`."""
+
+    def _format_args(self, action, default_metavar):
+        if action.nargs == argparse.REMAINDER and action.metavar:
+            return f"[{action.metavar}]" if not action.required else str(action.metavar)
+        return super()._format_args(action, default_metavar)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, hint=f"see '{self.prog} --help'")

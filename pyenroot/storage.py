@@ -22,14 +22,11 @@ from typing import TYPE_CHECKING
 
 from pyenroot import octal, squashfs
 from pyenroot.errors import ImageError, StorageError, UsageError
+from pyenroot.names import is_valid_name, validate_name
 
 if TYPE_CHECKING:
     from pyenroot.image.progress import ImportProgress
 
-NAME_MAX_LENGTH = 128
-# Letters, digits and ._+:@- ; the first character is a letter or digit, so no hidden names, no `.`/`..`,
-# no option look-alikes. Covers pyxis names (pyxis_<jobid>_<name>) and enroot import names (nvidia+pytorch+24.01).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]*")  # ":" and "@": digest-pinned import names (+sha256:HEX)
 # Hidden work entries (creation in progress, removal in progress); `list` skips every hidden entry.
 WORK_PREFIX = ".pyenroot-work-"
 NEW_PREFIX = ".pyenroot-new-"  # a work entry before it is locked: never cleaned while young
@@ -41,22 +38,6 @@ _NOFILE_WANTED = 1 << 26
 
 
 # ----------------------------------------------------------------------------------------------- names
-
-
-def validate_name(name: str) -> str:
-    """Return `name` if it is a valid container name, else raise a one-line UsageError."""
-    if not name:
-        raise UsageError("invalid container name: the name is empty")
-    if "/" in name:
-        raise UsageError(f"invalid container name {name!r}: it must not contain '/'")
-    if name in (".", ".."):
-        raise UsageError(f"invalid container name {name!r}")
-    if len(name) > NAME_MAX_LENGTH:
-        raise UsageError(f"invalid container name {name[:20]!r}...: longer than {NAME_MAX_LENGTH} characters")
-    if not _NAME.fullmatch(name):
-        raise UsageError(f"invalid container name {name!r}",
-                         hint="use letters, digits and '._+:@-', starting with a letter or digit")
-    return name
 
 
 def default_name(image: Path) -> str:
@@ -728,7 +709,7 @@ def container_name_of(root: MountEntry, data: MountEntry) -> str | None:
     parent, _, name = root.root.rstrip("/").rpartition("/")
     if (parent or "/") != (data.root.rstrip("/") or "/") or not name:
         return None
-    return name if _NAME.fullmatch(name) else None
+    return name if is_valid_name(name) else None
 
 
 def _read(path: str) -> str | None:

@@ -1,4 +1,4 @@
-"""`pyenroot batch CONFIG [COMMAND] [ARG...]`; usable as a `#!` interpreter.
+"""`pyenroot batch CONFIG [COMMAND [ARG...]]`; usable as a `#!` interpreter.
 
 A batch file is a start configuration script whose `#ENROOT_*` comment lines are settings; the container
 to start comes from `#ENROOT_ROOTFS=NAME|IMAGE`. The rest is `pyenroot start -c CONFIG ROOTFS COMMAND...`.
@@ -14,7 +14,9 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="batch configuration file with #ENROOT_ directives")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]", help="command to run")
+    command = parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
+                                  help="command to run (default: the image's entrypoint, or a shell)")
+    command.required = False  # it may be empty; argparse lists every positional as required when one is missing
 
 
 def read_directives(path: Path, lookup: Mapping[str, str]) -> dict[str, str]:
@@ -48,9 +50,11 @@ def start_arguments(args, rootfs: str) -> argparse.Namespace:
 def run(args, settings) -> int:
     from pyenroot.commands import start
     from pyenroot.errors import ConfigError
+    from pyenroot.runtime import configscript
 
     lookup = {**os.environ, **settings.values}
     directives = read_directives(Path(args.config), lookup)
+    configscript.check_syntax(Path(args.config), "batch file")  # a syntax error first, not its consequences
     rootfs = directives.pop("ENROOT_ROOTFS", "")
     if not rootfs:
         raise ConfigError(f"missing directive ENROOT_ROOTFS in {args.config}",

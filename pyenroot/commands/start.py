@@ -1,4 +1,4 @@
-"""`pyenroot start [options] NAME|IMAGE [COMMAND] [ARG...]`."""
+"""`pyenroot start [options] NAME|IMAGE [COMMAND [ARG...]]`."""
 
 import argparse
 
@@ -26,8 +26,9 @@ def add_container_options(parser) -> None:
 
 
 def add_command_argument(parser) -> None:
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
-                        help="command to run (default: the image's entrypoint, or a shell)")
+    command = parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
+                                  help="command to run (default: the image's entrypoint, or a shell)")
+    command.required = False  # it may be empty; argparse lists every positional as required when one is missing
 
 
 def run(args, settings, target=None) -> int:

@@ -35,13 +35,34 @@ _IGNORED_WITH_VALUE = frozenset({"-mkfs-time", "-all-time", "-root-time", "-root
 # Options only mksquashfs has: data layout choices tar2sqfs does not offer.
 _NEEDS_MKSQUASHFS = frozenset({
     "-noI", "-noD", "-noF", "-noX", "-noId", "-noInodeCompression", "-noDataCompression",
-    "-noFragmentCompression", "-noXattrCompression", "-no-fragments", "-always-use-fragments",
-    "-no-duplicates", "-Xbcj", "-Xdict-size", "-Xlc", "-Xlp", "-Xpb", "-Xextreme",
+    "-noFragmentCompression", "-noXattrCompression", "-noIdTableCompression", "-no-fragments",
+    "-always-use-fragments", "-no-duplicates", "-Xbcj", "-Xdict-size",
+    # tar2sqfs 1.2 makes no lzo compressor for any algorithm but its default (lzo1x_999)
+    "-Xalgorithm",
 })
-_NEEDS_MKSQUASHFS_VALUE = frozenset({"-Xbcj", "-Xdict-size", "-Xlc", "-Xlp", "-Xpb"})
-# tar2sqfs -X keys for mksquashfs -X options taking a value.
-_EXTRA_WITH_VALUE = {"-Xcompression-level": "level", "-Xwindow-size": "window", "-Xalgorithm": "algorithm",
-                     "-Xstrategy": "strategy"}
+_NEEDS_MKSQUASHFS_VALUE = frozenset({"-Xbcj", "-Xdict-size", "-Xalgorithm"})
+# tar2sqfs -X keys for -X options taking a value (-Xlc, -Xlp and -Xpb: xz and lzma's, which tar2sqfs has and
+# mksquashfs 4.5 has not).
+_EXTRA_WITH_VALUE = {"-Xcompression-level": "level", "-Xwindow-size": "window", "-Xlc": "lc", "-Xlp": "lp",
+                     "-Xpb": "pb"}
+_EXTRA_FLAGS = {"-Xhc": "hc", "-Xextreme": "extreme"}
+# gzip's -Xstrategy LIST: tar2sqfs takes each strategy as a flag of its own, some under shorter names.
+_GZIP_STRATEGIES = {"default": "default", "filtered": "filtered", "huffman_only": "huffman",
+                    "run_length_encoded": "rle", "fixed": "fixed"}
+# What the error's hint lists: every option translated for tar2sqfs, then the two kinds handled wholesale.
+SUPPORTED_HINT = ("supported: -comp, -b, " + ", ".join([*_EXTRA_WITH_VALUE, *_EXTRA_FLAGS, "-Xstrategy"])
+                  + ", -no-xattrs, -exports, -processors, options only mksquashfs has (-noI, -noD, -noF, -noX, "
+                  "-no-fragments, -Xbcj, -Xdict-size, -Xalgorithm, ...) and options that change nothing here "
+                  "(-quiet, -all-root, ...)")
+
+
+def _gzip_strategies(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in _GZIP_STRATEGIES]
+    if unknown or not names:
+        raise ConfigError(f"ENROOT_SQUASH_OPTIONS: unknown gzip strategy {','.join(unknown) or text!r}",
+                          hint=f"use one or more of: {', '.join(_GZIP_STRATEGIES)}")
+    return [_GZIP_STRATEGIES[name] for name in names]
 
 
 @dataclass
@@ -119,8 +140,12 @@ def translate_options(text: str | None) -> SquashPlan:
             result.extra.append(f"{_EXTRA_WITH_VALUE[word]}={value()}")
             result.mksquashfs_args += [word, value()]
             i += 2
-        elif word == "-Xhc":
-            result.extra.append("hc")
+        elif word == "-Xstrategy":
+            result.extra += _gzip_strategies(value())
+            result.mksquashfs_args += [word, value()]
+            i += 2
+        elif word in _EXTRA_FLAGS:
+            result.extra.append(_EXTRA_FLAGS[word])
             result.mksquashfs_args.append(word)
             i += 1
         elif word in ("-no-xattrs", "-no-xattr"):
@@ -142,9 +167,7 @@ def translate_options(text: str | None) -> SquashPlan:
         elif word in _IGNORED_WITH_VALUE:
             i += 2
         else:
-            raise ConfigError(f"ENROOT_SQUASH_OPTIONS: unsupported option {word!r}",
-                              hint="supported: -comp, -b, -Xcompression-level, -Xhc, -Xwindow-size, -Xalgorithm, "
-                                   "-no-xattrs, -exports, -processors and mksquashfs's data layout options")
+            raise ConfigError(f"ENROOT_SQUASH_OPTIONS: unsupported option {word!r}", hint=SUPPORTED_HINT)
     return result
 
 

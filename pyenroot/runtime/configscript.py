@@ -57,13 +57,22 @@ def directives(text: str, environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def check_syntax(path: Path) -> None:
+def check_syntax(path: Path, what: str = "configuration script") -> None:
+    """`bash -n`: a syntax error is reported before anything else is read from the script."""
     if not path.is_file():
-        raise ConfigError(f"configuration script not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     if result.returncode != 0:
-        detail = result.stderr.strip().splitlines()[-1:] or [""]
-        raise ConfigError(f"invalid configuration script {path}: {detail[0]}")
+        raise ConfigError(f"invalid {what} {path}: {syntax_error(result.stderr, str(path))}")
+
+
+def syntax_error(stderr: str, path: str) -> str:
+    """The one line of `bash -n`'s report that says what is wrong ("line 4: syntax error near unexpected token
+    `fi'"): its first, without the script's name; the next line only quotes the offending code."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return "syntax error"
+    return lines[0].removeprefix(f"{path}: ")
 
 
 def rc_body(declaration: str) -> str | None:

@@ -330,6 +330,23 @@ def _default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+def _read_quietly(path: str) -> str | None:
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.read(1 << 20)
+    except OSError:
+        return None
+
+
+def _rc_runs_arguments(start_plan: StartPlan, rc_path: str) -> bool:
+    """plan.rc_runs_arguments for the init script of this start, read in the container's root."""
+    rc_text = start_plan.rc_text if start_plan.rc_text is not None else _read_quietly(rc_path)
+    if rc_text is None:
+        return False
+    rc_local = (_read_quietly("/etc/rc.local") or "") if "rc.local" in rc_text else ""
+    return plan.rc_runs_arguments(rc_text, rc_local)
+
+
 def _exec(start_plan: StartPlan, environ: dict[str, str]) -> None:
     keep = -1
     rc_path = start_plan.use_image_rc
@@ -337,7 +354,8 @@ def _exec(start_plan: StartPlan, environ: dict[str, str]) -> None:
         keep = _rc_fd(start_plan.rc_text)
         rc_path = f"/proc/self/fd/{keep}"
     shell = start_plan.init_shell
-    argv = plan.exec_argv(start_plan, shell, rc_path)
+    check = rc_path is not None and bool(start_plan.command) and _rc_runs_arguments(start_plan, rc_path)
+    argv = plan.exec_argv(start_plan, shell, rc_path, check_command=check)
     if argv[0] == shell and not os.access(shell, os.X_OK):
         raise RuntimeStartError(f"the init shell {shell} does not exist in the container",
                                 hint="set ENROOT_INIT_SHELL to a shell the image has")

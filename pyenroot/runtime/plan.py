@@ -7,6 +7,7 @@ check plans directly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -293,7 +294,36 @@ def shell_argv0(shell: str, login: bool) -> str:
     return f"-{name}" if login else name
 
 
-def exec_argv(plan: StartPlan, shell: str, rc_path: str | None) -> list[str]:
+_EXEC_ARGUMENTS = re.compile(r'^\s*exec "\$@"\s*$', re.MULTILINE)
+_CHANGES_LOOKUP = re.compile(r"PATH|\bset\b|\bshift\b|\balias\b|\bhash\b")
+
+
+def rc_runs_arguments(rc_text: str, rc_local_text: str = "") -> bool:
+    """Whether an init script runs its arguments as a program looked up in PATH: it has the line `exec "$@"`
+    (enroot's and our /etc/rc for an image without an Entrypoint) and neither it nor the /etc/rc.local it
+    sources could change PATH or the arguments first. Then a missing command can be named before the shell
+    reports it with the script's line number."""
+    code = "\n".join(line for line in f"{rc_text}\n{rc_local_text}".splitlines()
+                     if not line.lstrip().startswith("#"))
+    return bool(_EXEC_ARGUMENTS.search(code)) and not _CHANGES_LOOKUP.search(code)
+
+
+# Runs the init script after a check of the command it will `exec`, looked up as the shell itself would (after a
+# login shell's profile): a missing one is named, with a shell's exit code, rather than reported by the shell
+# in terms of the script's lines ("/etc/rc: exec: line 11: nosuchcmd: not found"). `.` keeps $0 (the script)
+# and the arguments. A relative path is left alone: the script runs it from the image's working directory.
+CHECKED_RC = (
+    'case $1 in '
+    '/*) [ -f "$1" ] && [ -x "$1" ] || { printf \'pyenroot: error: command not found in the container: %s '
+    '(no such executable file) (command-not-found)\\n\' "$1" >&2; exit 127; } ;; '
+    '*/*) ;; '
+    '*) command -v "$1" > /dev/null 2>&1 || { printf \'pyenroot: error: command not found in the container: %s '
+    '(not in the container\\047s PATH: %s) (command-not-found)\\n\' "$1" "$PATH" >&2; exit 127; } ;; '
+    'esac; . "$0"'
+)
+
+
+def exec_argv(plan: StartPlan, shell: str, rc_path: str | None, check_command: bool = False) -> list[str]:
     """The program and arguments the container's process executes (the first item is the path to exec).
 
     An init script (the --rc file, /etc/rc or, for images of the first releases, /etc/rc.local) runs under
@@ -303,6 +333,8 @@ def exec_argv(plan: StartPlan, shell: str, rc_path: str | None) -> list[str]:
     command = list(plan.command)
     argv0 = shell_argv0(shell, plan.login)
     if rc_path is not None:
+        if check_command and command:  # the script runs its arguments (rc_runs_arguments)
+            return [shell, argv0, "-c", CHECKED_RC, rc_path, *command]
         return [shell, argv0, rc_path, *command]
     if not command:
         return [shell, argv0]

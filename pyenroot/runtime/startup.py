@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyenroot import trust
 from pyenroot.errors import ConfigError, UsageError
+from pyenroot.names import is_valid_name
 from pyenroot.runtime import fstab
 from pyenroot.runtime.plan import StartRequest, config_files
 
@@ -39,14 +40,12 @@ def resolve_target(settings, target: str):
     return Target("dir", storage.existing_container(settings, target))
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-
-
 def _plain_container(settings, name: str) -> Path | None:
     """The common case without importing `storage` (slow to import): a plainly valid name of an existing
-    directory. Everything else goes through `storage`, which owns the naming rules and their messages."""
+    directory (names.py holds the one naming rule). Everything else goes through `storage`, which says what
+    is wrong."""
     data = settings.get("ENROOT_DATA_PATH")
-    if not data or not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+    if not data or not is_valid_name(name):
         return None
     path = Path(os.path.abspath(data)) / name
     # os.path: an unreadable data path is "not found" here, and storage then says what is wrong with it

@@ -181,6 +181,20 @@ def test_bad_names_everywhere(user, busybox_sqsh, name):
     assert not (data_dir(user).parent / "escape").exists()
 
 
+def test_one_naming_rule(user, busybox_sqsh):
+    """Every character of the rule works for every verb; the hint states the rule the docs state."""
+    name = "a._+:@-Z9"
+    created = user.pyenroot("create", "-n", name, str(busybox_sqsh))
+    assert created.returncode == 0, created.stderr
+    started = user.pyenroot("start", name, "echo", "started")
+    assert started.stdout == "started\n", started.stderr
+    assert user.pyenroot("list").stdout.split() == [name]
+    assert user.pyenroot("remove", "-f", name).returncode == 0
+    refused = fails_cleanly(user, ["create", "-n", "a*b", str(busybox_sqsh)], 2, "invalid container name 'a*b'")
+    assert refused.stderr.splitlines()[1] == \
+        "hint: use letters, digits and '._+:@-', starting with a letter or digit, at most 128 characters"
+
+
 def test_nonexistent_names(user):
     fails_cleanly(user, ["remove", "-f", "nosuch"], 1, "no such container: nosuch")
     fails_cleanly(user, ["export", "nosuch"], 1, "no such container: nosuch")
@@ -417,6 +431,16 @@ def test_bad_batch_files(user, bad):
     fails_cleanly(user, ["batch", str(bad.directory)], 1, "directory")
     fails_cleanly(user, ["batch", str(bad.private)], 1, "cannot read batch file")
     fails_cleanly(user, ["batch", "/etc/passwd"], 1, "ENROOT_ROOTFS")
+    # a syntax error is the problem to report, even when ENROOT_ROOTFS is missing too
+    for name, text, says in [("unbalanced", "if true; then\n  echo x\nfi fi\n",
+                              "line 3: syntax error near unexpected token `fi'"),
+                             ("unfinished", "#ENROOT_ROOTFS=box\nif true; then\n",
+                              "line 3: syntax error: unexpected end of file")]:
+        script = user.home / name
+        script.write_text(text)
+        user.give(script)
+        result = fails_cleanly(user, ["batch", str(script)], 1, f"invalid batch file {script}: {says}")
+        assert "ENROOT_ROOTFS" not in result.stderr and "/etc/rc" not in result.stderr
 
 
 # ------------------------------------------------------------------------------------ exec

@@ -72,6 +72,28 @@ def test_command_not_found(user, bb):
     assert "Traceback" not in result.stderr
 
 
+def test_command_not_found_through_the_image_rc(user, bb):
+    """With an imported image's /etc/rc, the missing command is named, not the init script's line."""
+    from pyenroot.image import imagefiles
+
+    put_file(user, bb / "etc/rc", imagefiles.render_rc({}, "docker://registry#acc/busybox:1"))
+    put_file(user, bb / "etc/rc.local", "# sourced by /etc/rc\n")
+    result = user.pyenroot("start", "bb", "nosuchcmd", "arg")
+    assert result.returncode == 127, result.stderr
+    assert result.stderr == ("pyenroot: error: command not found in the container: nosuchcmd (not in the "
+                             "container's PATH: /usr/local/bin:/usr/bin:/bin) (command-not-found)\n"), result.stderr
+    assert "/etc/rc" not in result.stderr and "line " not in result.stderr
+    put_file(user, bb / "etc/profile", "PATH=/bin\n")  # a login shell looks the command up after its profile
+    login = user.pyenroot("start", "bb", "nosuchcmd", env={"ENROOT_LOGIN_SHELL": "y"})
+    assert login.returncode == 127 and "(not in the container's PATH: /bin)" in login.stderr, login.stderr
+    missing = user.pyenroot("start", "bb", "/no/such/program")
+    assert missing.returncode == 127 and "/no/such/program (no such executable file)" in missing.stderr
+    assert user.pyenroot("start", "bb", "echo", "found").stdout == "found\n"
+    # an Entrypoint takes the arguments: what they mean is its business
+    put_file(user, bb / "etc/rc", imagefiles.render_rc({"config": {"Entrypoint": ["/bin/echo"]}}, "docker://r#a"))
+    assert user.pyenroot("start", "bb", "nosuchcmd").stdout == "nosuchcmd\n"
+
+
 def test_stdin_passes_through(user, bb):
     result = user.pyenroot("start", "bb", "cat", input="from stdin\n")
     assert result.stdout == "from stdin\n"
@@ -81,6 +103,26 @@ def test_interactive_shell_without_command(user, bb):
     result = user.pyenroot("start", "bb", input="echo interactive $((6*7))\nexit 3\n")
     assert "interactive 42" in result.stdout
     assert result.returncode == 3
+
+
+def test_no_command_runs_the_image_default(user, bb):
+    """`start NAME` alone: the image's /etc/rc runs its default command (here Cmd, a script that reads stdin)."""
+    from pyenroot.image import imagefiles
+
+    put_file(user, bb / "etc/rc", imagefiles.render_rc({"config": {"Cmd": ["/bin/sh", "-c", "read x; echo got $x"]}},
+                                                       "docker://registry#acc/busybox:1"))
+    result = user.pyenroot("start", "bb", input="line\n")
+    assert (result.returncode, result.stdout) == (0, "got line\n"), result.stderr
+
+
+def test_usage_line_shows_the_command_is_optional(user):
+    usage = user.pyenroot("start", "--help").stdout
+    assert "NAME|IMAGE [COMMAND [ARG...]]" in " ".join(usage.split())
+    missing = user.pyenroot("start")
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[0] == \
+        "pyenroot: error: the following arguments are required: NAME|IMAGE (usage)", missing.stderr
+    assert "CONFIG [COMMAND [ARG...]]" in user.pyenroot("batch", "--help").stdout
 
 
 def test_command_string_with_spaces_runs_through_the_shell(user, bb):

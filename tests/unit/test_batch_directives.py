@@ -83,3 +83,17 @@ def test_start_arguments():
     assert start_args.command == ["sh", "-c", "echo --rw"]
     assert not start_args.rw and not start_args.root and start_args.env == []
     assert batch.start_arguments(args, "-odd-name").target == "-odd-name"
+
+
+@pytest.mark.parametrize(("stderr", "line"), [
+    ("/x/job: line 4: syntax error near unexpected token `fi'\n/x/job: line 4: `fi fi'\n",
+     "line 4: syntax error near unexpected token `fi'"),
+    ("/x/job: line 4: syntax error: unexpected end of file\n", "line 4: syntax error: unexpected end of file"),
+    ("/x/job: line 1: unexpected EOF while looking for matching `\"'\n",
+     "line 1: unexpected EOF while looking for matching `\"'"),
+    ("", "syntax error"),
+])
+def test_syntax_error_is_bash_first_line(stderr, line):
+    from pyenroot.runtime import configscript
+
+    assert configscript.syntax_error(stderr, "/x/job") == line

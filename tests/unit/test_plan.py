@@ -196,3 +196,70 @@ def test_namespace_stage_maps_the_callers_ids():
 
 def test_namespace_stage_for_the_superuser():
     assert plan.namespace_stage(request(outer_uid=0, outer_gid=0, userns=False)) == (flags.CLONE_NEWNS, "", "")
+
+
+OUR_RC = """# enroot-provenance: docker://registry#acc/busybox:1
+
+mkdir -p '/' 2> /dev/null
+cd '/' && unset OLDPWD || exit 1
+
+if [ -s /etc/rc.local ]; then
+    . /etc/rc.local
+fi
+
+if [ $# -gt 0 ]; then
+    exec "$@"
+else
+    exec '/bin/sh'
+fi
+"""
+ENROOT_RC_LOCAL = "# This file is sourced by /etc/rc when the container starts.\n# It can be used to tweak it.\n"
+
+
+@pytest.mark.parametrize(("rc", "rc_local", "runs"), [
+    (OUR_RC, ENROOT_RC_LOCAL, True),
+    (OUR_RC, "", True),
+    (OUR_RC.replace('exec "$@"', "exec 'python3' \"$@\""), "", False),  # an Entrypoint takes the arguments
+    (OUR_RC, "export PATH=/opt/bin:$PATH\n", False),  # rc.local may change the lookup
+    (OUR_RC, "set -- /bin/echo \"$@\"\n", False),  # or the arguments
+    (OUR_RC, "# PATH is not changed here\n", True),  # comments do not count
+    ('"$@"\n', "", False),  # a function or builtin would work here
+    ("exec \"$@\"\n", "", True),
+])
+def test_rc_runs_arguments(rc, rc_local, runs):
+    assert plan.rc_runs_arguments(rc, rc_local) is runs
+
+
+def test_exec_argv_checks_the_command_only_when_the_script_runs_it():
+    start = build_plan(StartRequest(command=("nosuchcmd", "a b"), login=False), ImageFacts(has_rc=True))
+    assert plan.exec_argv(start, "/bin/sh", "/etc/rc") == ["/bin/sh", "sh", "/etc/rc", "nosuchcmd", "a b"]
+    assert plan.exec_argv(start, "/bin/sh", "/etc/rc", check_command=True) == \
+        ["/bin/sh", "sh", "-c", plan.CHECKED_RC, "/etc/rc", "nosuchcmd", "a b"]
+    without = build_plan(StartRequest(command=(), login=False), ImageFacts(has_rc=True))
+    assert plan.exec_argv(without, "/bin/sh", "/etc/rc", check_command=True) == ["/bin/sh", "sh", "/etc/rc"]
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash", "dash"])
+def test_checked_rc_in_a_real_shell(tmp_path, shell):
+    """The check names a missing command with exit 127 and otherwise runs the script with its arguments."""
+    import shutil
+    import subprocess
+
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell}")
+    rc = tmp_path / "rc"
+    rc.write_text('echo "rc=$0 args=$#"\nexec "$@"\n')
+    env = {"PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([shell, "-c", plan.CHECKED_RC, str(rc), *args], capture_output=True, text=True,
+                              env=env)
+
+    missing = run("nosuchcmd", "x")
+    assert (missing.returncode, missing.stdout) == (127, "")
+    assert missing.stderr == ("pyenroot: error: command not found in the container: nosuchcmd "
+                              "(not in the container's PATH: /usr/bin:/bin) (command-not-found)\n")
+    absolute = run("/no/such")
+    assert absolute.returncode == 127 and "/no/such (no such executable file)" in absolute.stderr
+    found = run("echo", "two words", "x")
+    assert (found.returncode, found.stdout) == (0, f"rc={rc} args=3\ntwo words x\n")

@@ -30,7 +30,7 @@ def test_no_comp_means_gzip_like_mksquashfs():
     ("-comp lz4 -Xhc", ["-c", "lz4", "-j", "4", "-X", "hc"]),
     ("-comp gzip -Xcompression-level 9 -Xwindow-size 12", ["-c", "gzip", "-j", "4", "-X", "level=9,window=12"]),
     ("-comp xz -b 1M", ["-c", "xz", "-j", "4", "-b", "1048576"]),
-    ("-comp lzo -Xalgorithm lzo1x_999", ["-c", "lzo", "-j", "4", "-X", "algorithm=lzo1x_999"]),
+    ("-comp xz -Xlc 1 -Xlp 2 -Xpb 0 -Xextreme", ["-c", "xz", "-j", "4", "-X", "lc=1,lp=2,pb=0,extreme"]),
     ("-comp lz4 -processors 2", ["-c", "lz4", "-j", "2"]),
     ("-comp lz4 -no-xattrs -exports", ["-c", "lz4", "-j", "4", "--no-xattr", "--exportable"]),
     ("-comp lz4 -no-progress -quiet -all-root -noappend -mkfs-time 0", ["-c", "lz4", "-j", "4"]),
@@ -41,6 +41,7 @@ def test_translation(text, expected):
 
 
 @pytest.mark.parametrize("text", ["-comp lzo -noD", "-comp gzip -no-fragments", "-comp xz -Xbcj x86",
+                                  "-comp lzo -Xalgorithm lzo1x_1",
                                   "-noI -noF", "-no-duplicates"])
 def test_mksquashfs_fallback(text):
     plan = squash.translate_options(text)
@@ -84,3 +85,37 @@ def test_fix_leaves_other_images_alone(tmp_path):
     image = tmp_path / "x.sqsh"
     image.write_bytes(b"not a squashfs image" * 10)
     assert not squash.fix_single_id_table(image)
+
+
+def test_every_documented_option_is_translated():
+    """Each option the docs' table lists is accepted; one that tar2sqfs gets is named in the error's hint."""
+    from tests.helpers.squash_table import documented_invocations
+
+    invocations = documented_invocations()
+    assert len(invocations) > 30 and "-comp gzip -Xstrategy filtered,huffman_only" in invocations
+    for text in invocations:
+        plan = squash.translate_options(text)
+        option = text.split()[2] if len(text.split()) > 2 else "-comp"
+        without = squash.translate_options(" ".join(text.split()[:2]))
+        ignored = plan == without
+        assert plan.use_mksquashfs or ignored or f"{option}," in squash.SUPPORTED_HINT, text
+
+
+@pytest.mark.parametrize("text,extra", [
+    ("-comp gzip -Xstrategy filtered", ["filtered"]),
+    ("-comp gzip -Xstrategy default,huffman_only,run_length_encoded,fixed", ["default", "huffman", "rle", "fixed"]),
+])
+def test_gzip_strategies_become_tar2sqfs_flags(text, extra):
+    assert squash.translate_options(text).extra == extra
+
+
+@pytest.mark.parametrize("text", ["-comp gzip -Xstrategy bogus", "-comp gzip -Xstrategy ,", "-comp gzip -Xstrategy"])
+def test_bad_gzip_strategy(text):
+    with pytest.raises(ConfigError):
+        squash.translate_options(text)
+
+
+def test_every_option_of_the_long_forms_is_known():
+    for option in ("-noInodeCompression", "-noDataCompression", "-noFragmentCompression", "-noXattrCompression",
+                   "-noIdTableCompression"):
+        assert squash.translate_options(f"-comp gzip {option}").use_mksquashfs, option
