@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-t", "--target", metavar="DIR", help="directory that --keep and --extract unpack into at run "
                         "time "
                         "(default: BUNDLE without .run, relative to where it runs)")
-    parser.add_argument("-f", "--force", action="store_true", help="replace an existing file (or ENROOT_FORCE_OVERRIDE)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace an existing file (or ENROOT_FORCE_OVERRIDE)")
     parser.add_argument("image", metavar="IMAGE", help="squashfs image")
 
 
