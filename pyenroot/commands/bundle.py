@@ -15,14 +15,17 @@ def add_arguments(parser) -> None:
     parser.epilog = RUN_OPTIONS
     parser.add_argument("-a", "--all", action="store_true",
                         help="include the user's configuration (hooks.d, mounts.d, environ.d of ENROOT_CONFIG_PATH) "
-                             "and the ENROOT_* settings")
-    parser.add_argument("-c", "--checksum", action="store_true", help="check a SHA-256 of the bundle at each run")
+                             "and the ENROOT_* settings other than paths (or ENROOT_BUNDLE_ALL)")
+    parser.add_argument("-c", "--checksum", action="store_true", help="check a SHA-256 of the bundle at each run "
+                        "(or ENROOT_BUNDLE_CHECKSUM)")
     parser.add_argument("-d", "--desc", metavar="TEXT", help="description of the bundle (default: none)")
     parser.add_argument("-o", "--output", metavar="BUNDLE", help="bundle file to write (default: IMAGE without "
                         ".sqsh, plus .run)")
-    parser.add_argument("-t", "--target", metavar="DIR", help="directory that --keep unpacks into at run time "
-                        "(default: BUNDLE without .run)")
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
+    parser.add_argument("-t", "--target", metavar="DIR", help="directory that --keep and --extract unpack into at run "
+                        "time "
+                        "(default: BUNDLE without .run, relative to where it runs)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace an existing file (or ENROOT_FORCE_OVERRIDE)")
     parser.add_argument("image", metavar="IMAGE", help="squashfs image")
 
 

@@ -94,6 +94,10 @@ def test_bundle_mounts_and_environment(user, busybox_sqsh):
     assert (root.returncode, root.stdout) == (0, "0\n"), root.stderr
 
 
+def long_options(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+
+
 def test_bundle_info_and_verify(user, busybox_sqsh):
     bundle = make(user, busybox_sqsh, "-d", "a described box", "-t", "somewhere")
 
@@ -113,6 +117,9 @@ def test_bundle_info_and_verify(user, busybox_sqsh):
 
     helped = run(user, bundle, "--help")
     assert helped.returncode == 0 and "--keep" in helped.stdout and "--mount" in helped.stdout
+    # `pyenroot bundle --help` names exactly the options a bundle takes
+    described = user.pyenroot("bundle", "--help").stdout.split("Its options:", 1)[1]
+    assert long_options(described) - {"--help"} == long_options(helped.stdout) - {"--help"}
     check_error(run(user, bundle, "--no-such-option"), 2, "unrecognized arguments")
 
 

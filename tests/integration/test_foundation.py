@@ -35,3 +35,17 @@ def test_index_and_zstd_layers_push(registry, pusher):
     digest = pusher.index("test/multi", "v1", index, [amd, arm])
     response = requests.get(f"{registry.url}/v2/test/multi/manifests/v1", headers={"Accept": imagebuilder.OCI_INDEX})
     assert response.headers["Docker-Content-Digest"] == digest
+
+
+def test_info_prints_every_setting_unset_ones_too(user):
+    from pyenroot.config import SETTINGS
+
+    result = user.pyenroot("info", env={"ENROOT_UNSHARE_NET": None, "ENROOT_MOUNT_HOME": "y"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pyenroot ")
+    for setting in SETTINGS:
+        assert sum(1 for line in lines if line.startswith((f"{setting.name}=", f"# {setting.name} "))) == 1, setting
+    assert "# ENROOT_UNSHARE_NET unset" in lines
+    assert "ENROOT_MOUNT_HOME=y" in lines
+    assert f"ENROOT_DATA_PATH={user.home}/.local/share/enroot" in lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.processes import stopped_anchor
+from tests.helpers.users import REPO
 
 
 def data_path(user) -> Path:
@@ -270,10 +272,18 @@ def test_ipc_namespace(user, bb):
     assert same == host
 
 
+def documented_restricted_dev() -> set[str]:
+    """The names docs/runtime.md says a restricted /dev holds (without a terminal on stdin)."""
+    text = " ".join((REPO / "docs/runtime.md").read_text().split())
+    listing = text.split("is a fresh tmpfs that holds exactly:", 1)[1].split(" When ", 1)[0]
+    return set(re.findall(r"`([a-z]+)`", listing))
+
+
 def test_restrict_dev(user, bb):
     result = user.pyenroot("start", "bb", "ls", "/dev", env={"ENROOT_RESTRICT_DEV": "y"})
     assert result.returncode == 0, result.stderr
     names = set(result.stdout.split())
+    assert names == documented_restricted_dev()
     assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "fd", "stdin"} <= names
     assert "fuse" not in names
     assert "fuse" in user.pyenroot("start", "bb", "ls", "/dev").stdout.split()
