@@ -199,6 +199,8 @@ class TerminalBars:
         self._count: tuple[int, int] | None = None
 
     def phase(self, name: str) -> None:
+        if self._kind == self._phase and self._bar is not None and self._bar.total is not None:
+            self._bar.update(self._bar.total - self._bar.n)  # the phase is over: all of its items are done
         self._phase, self._count = name, None
         if self._kind != "download":
             self._open(name, None)
