@@ -69,7 +69,7 @@ def test_a_terminal_gets_one_bar_at_a_time_and_no_times(monkeypatch):
     redraws = [line for line in re.split(r"[\r\n]", text) if line.strip()]
     assert all(len(line) <= 63 for line in redraws), redraws
     assert re.search(r"download: 100%\|.*\| 2\.00M/2\.00M \[\d\d:\d\d<00:00, +[\d.]+[kMG]?B/s\]", text), text
-    assert re.search(r"merge: +33%\|.*\| 1/3 \[", text), text
+    assert re.search(r"\rmerge: 100%\|.*\| 3/3 \[.*\n", text), text  # the phase over: all of its layers done
     assert "\rpyenroot: warning: careful\n" in text  # over the cleared bar, which is redrawn below
     assert "\rsquash 00:00\n[pyenroot] wrote x.sqsh\n" in text  # the last bar ended its line
     assert "time:" not in text
