@@ -41,5 +41,6 @@ def run(args, settings) -> int:
             raise UsageError(f"the {option} name is empty", hint=f"leave out --{option} for the default")
     request = BundleRequest(image=args.image, output=args.output, target=args.target, description=args.desc,
                             all_config=args.all, checksum=args.checksum, force=args.force)
-    make_bundle(settings, request, ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)))
+    with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
+        make_bundle(settings, request, progress)
     return 0

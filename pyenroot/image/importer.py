@@ -281,6 +281,8 @@ class LayerFetch:
             return
         tasks: dict[str, Future] = {}
         workers = min(connections if connections > 0 else len(image.layers), len(image.layers)) or 1
+        for descriptor in image.layers:  # the whole size from the start, so that the time left is right at once
+            progress.advance(descriptor.digest, 0, descriptor.size if descriptor.size > 0 else None)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layer")
         for descriptor in reversed(image.layers):  # the merge reads the top layer first
             if descriptor.digest not in tasks:
@@ -292,7 +294,10 @@ class LayerFetch:
             task.add_done_callback(lambda done: self._done(image.layers))
 
     def _fetch(self, fetch_blob, descriptor) -> LocalLayer:
-        return LocalLayer(descriptor, Path(fetch_blob(descriptor, self._reporter)))
+        path = Path(fetch_blob(descriptor, self._reporter))
+        if descriptor.size > 0:  # complete also when it came from the cache, which reports nothing
+            self.progress.advance(descriptor.digest, descriptor.size, descriptor.size)
+        return LocalLayer(descriptor, path)
 
     def _done(self, descriptors) -> None:
         with self._lock:

@@ -4,10 +4,12 @@ there), a few summary lines and the time of each phase elsewhere (Slurm logs, pi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TextIO
 
@@ -84,17 +86,16 @@ class ImportProgress:
             self._phase = name
             self._phase_start = now
             self._items.clear()
-            if bars := self._live():
-                bars.phase(name)
+            self._draw(lambda bars: bars.phase(name))
 
     def advance(self, item: str, done: int, total: int | None) -> None:
         """Bytes of one download (`item` is its digest); a registry reports every few MiB."""
         with self._lock:
             self._items[item] = (done, total)
-            if bars := self._live():
-                totals = [t for _, t in self._items.values()]
-                whole = sum(totals) if all(t is not None for t in totals) else None  # type: ignore[arg-type]
-                bars.download(sum(d for d, _ in self._items.values()), whole)
+            totals = [t for _, t in self._items.values()]
+            whole = sum(totals) if all(t is not None for t in totals) else None  # type: ignore[arg-type]
+            done = sum(d for d, _ in self._items.values())
+            self._draw(lambda bars: bars.download(done, whole))
 
     # ------------------------------------------------------------------------------ extras
 
@@ -105,8 +106,7 @@ class ImportProgress:
     def count(self, done: int, total: int) -> None:
         """Items done in the current phase (layers merged, entries a squashfs tool has written or unpacked)."""
         with self._lock:
-            if bars := self._live():
-                bars.count(done, total)
+            self._draw(lambda bars: bars.count(done, total))
 
     def note(self, message: str) -> None:
         """A summary line, shown on terminals and in logs alike."""
@@ -119,8 +119,8 @@ class ImportProgress:
         """A phase timed elsewhere (downloads overlap the merge and are timed by their own thread)."""
         with self._lock:
             self.timings.append((name, seconds))
-            if name == "download" and (bars := self._live()):
-                bars.download_done()
+            if name == "download":
+                self._draw(lambda bars: bars.download_done())
 
     def finish(self) -> None:
         """The work is done: end the bar; the time of each phase in logs (and with -v on a terminal)."""
@@ -152,9 +152,20 @@ class ImportProgress:
                 return None
         return self._bars
 
+    def _draw(self, action: Callable[[TerminalBars], None]) -> None:
+        """`action` on the bars while they are shown; a terminal gone (hung up, closed) ends them, not the work."""
+        bars = self._live()
+        if bars is None:
+            return
+        try:
+            action(bars)
+        except (OSError, ValueError):
+            self._closed = True
+
     def _end_bars(self) -> None:
         if self._bars is not None:
-            self._bars.close()
+            with contextlib.suppress(OSError, ValueError):
+                self._bars.close()
 
     def _close_phase(self, now: float) -> None:
         if self._phase is not None:
@@ -163,10 +174,13 @@ class ImportProgress:
 
     def _line(self, text: str) -> None:
         with self._lock:
-            if self._bars is not None:
-                self._bars.write(text)
-            else:
+            if self._bars is None:
                 self._write(text + "\n")
+            else:
+                try:
+                    self._bars.write(text)
+                except (OSError, ValueError):
+                    self._closed = True
 
     def _write(self, text: str) -> None:
         try:
@@ -199,6 +213,8 @@ class TerminalBars:
         self._count: tuple[int, int] | None = None
 
     def phase(self, name: str) -> None:
+        if self._kind == self._phase and self._bar is not None and self._bar.total is not None:
+            self._bar.update(self._bar.total - self._bar.n)  # the phase is over: all of its items are done
         self._phase, self._count = name, None
         if self._kind != "download":
             self._open(name, None)

@@ -56,3 +56,14 @@ def test_verbose_before_or_after_the_verb(argv, expected):
     from pyenroot.cli import build_parser
 
     assert build_parser(only="import").parse_args(argv).verbose == expected
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(capsys):
+    from pyenroot.cli import run_guarded
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert run_guarded(interrupted, lambda: False) == 130
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "pyenroot: interrupted\n")

@@ -69,7 +69,7 @@ def test_a_terminal_gets_one_bar_at_a_time_and_no_times(monkeypatch):
     redraws = [line for line in re.split(r"[\r\n]", text) if line.strip()]
     assert all(len(line) <= 63 for line in redraws), redraws
     assert re.search(r"download: 100%\|.*\| 2\.00M/2\.00M \[\d\d:\d\d<00:00, +[\d.]+[kMG]?B/s\]", text), text
-    assert re.search(r"merge: +33%\|.*\| 1/3 \[", text), text
+    assert re.search(r"\rmerge: 100%\|.*\| 3/3 \[.*\n", text), text  # the phase over: all of its layers done
     assert "\rpyenroot: warning: careful\n" in text  # over the cleared bar, which is redrawn below
     assert "\rsquash 00:00\n[pyenroot] wrote x.sqsh\n" in text  # the last bar ended its line
     assert "time:" not in text
@@ -108,3 +108,31 @@ def test_without_tqdm_a_terminal_gets_log_lines(monkeypatch):
         progress.count(1, 2)
         progress.finish()
     assert stream.getvalue() == "[pyenroot] time: unpack 1.0 s\n"
+
+
+class GoneTerminal(io.StringIO):
+    """A terminal that has gone away (hung up): every write fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_terminal_gone_ends_the_bars_not_the_work():
+    with ImportProgress(GoneTerminal(), tty=True) as progress:
+        progress.phase("merge")
+        progress.advance("sha256:a", 1, 2)
+        progress.count(1, 2)
+        progress.note("still fine")
+        progress.finish()
+
+
+def test_tqdm_is_imported_only_for_a_terminal():
+    import subprocess
+    import sys
+
+    code = ("import sys, io; import pyenroot.cli, pyenroot.image.importer, pyenroot.commands.start; "
+            "from pyenroot.image.progress import ImportProgress; "
+            "p = ImportProgress(io.StringIO(), tty=False); p.phase('x'); p.advance('a', 1, 2); p.finish(); "
+            "print('tqdm' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "False\n"
