@@ -27,8 +27,8 @@ TOOLS = ("squashfuse", "squashfuse_ll", "fuse-overlayfs", "tar2sqfs", "mksquashf
 SCHEMA_VERSION = 1
 STATES = ("ok", "missing", "no", "none")
 CONTAINERS, GPU = "Containers", "GPU"
-# `srun -l` puts "TASK: " before each line of output.
-_TASK_LABEL = re.compile(r"^\s*\d+:\s?")
+# `srun -l` puts "TASK: " before each line of output (padded when there are ten tasks or more).
+_TASK_LABEL = re.compile(r"^\s*(\d+): ?")
 
 
 def add_arguments(parser) -> None:
@@ -180,24 +180,42 @@ class NodeSummary:
 
 
 def parse_reports(lines: Iterable[str], source: str) -> list[dict]:
-    """--json lines as srun prints them (with or without `srun -l` labels); blank lines are skipped."""
+    """Reports from --json output as srun prints it, labelled (`srun -l`) or not.
+
+    srun forwards a task's output in pieces of about 1 KiB and, with -l, starts each piece on a new labelled
+    line; a report (which has no newline of its own) is whole again once its task's pieces are joined.
+    """
+    streams: dict[str, list[str]] = {}
+    for line in lines:
+        label = _TASK_LABEL.match(line)
+        task = label.group(1) if label else ""
+        streams.setdefault(task, []).append((line[label.end():] if label else line).rstrip("\r\n"))
     reports = []
-    for number, line in enumerate(lines, 1):
-        text = _TASK_LABEL.sub("", line, count=1).strip()
-        if not text:
-            continue
+    for task, pieces in streams.items():
+        reports.extend(_decode_reports("".join(pieces), f"{source}, task {task}" if task else source))
+    return reports
+
+
+def _decode_reports(text: str, where: str) -> list[dict]:
+    decoder = json.JSONDecoder()
+    reports = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return reports
         try:
-            report = json.loads(text)
+            report, position = decoder.raw_decode(text, position)
         except ValueError as exc:
-            raise PyenrootError(f"{source}:{number}: not a doctor --json line: {exc}", reference="doctor-report",
-                                hint="feed it the output of `pyenroot doctor --json`") from None
-        if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION:
-            version = report.get("schema_version") if isinstance(report, dict) else None
-            raise PyenrootError(f"{source}:{number}: doctor report schema_version {version!r}, "
-                                f"this pyenroot reads {SCHEMA_VERSION}", reference="doctor-report",
+            raise PyenrootError(f"{where}: not doctor --json output: {exc}", reference="doctor-report",
+                                hint="feed it the output of `srun -l ... pyenroot doctor --json`") from None
+        version = report.get("schema_version") if isinstance(report, dict) else None
+        if version != SCHEMA_VERSION:
+            raise PyenrootError(f"{where}: doctor report schema_version {version!r}, this pyenroot reads "
+                                f"{SCHEMA_VERSION}", reference="doctor-report",
                                 hint="run the same pyenroot version on the nodes and here")
         reports.append(report)
-    return reports
 
 
 def summarize(reports: list[dict]) -> list[NodeSummary]:

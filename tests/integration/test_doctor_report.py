@@ -35,7 +35,7 @@ def test_summary_reads_reports_from_stdin_and_files(user):
 def test_summary_of_something_else_is_one_error_line(user):
     done = user.pyenroot("doctor", "--summary", input="srun: error: node3: task 2: Exited with exit code 1\n")
     assert done.returncode == 1
-    assert done.stderr.splitlines()[0].startswith("pyenroot: error: <stdin>:1: not a doctor --json line")
+    assert done.stderr.splitlines()[0].startswith("pyenroot: error: <stdin>: not doctor --json output")
     assert len(done.stderr.splitlines()) == 2  # and a hint
     assert done.stdout == ""
 

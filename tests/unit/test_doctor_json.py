@@ -62,10 +62,24 @@ def test_summary_of_many_nodes_with_srun_labels():
     ]
 
 
+def test_summary_joins_the_pieces_srun_splits_a_long_report_into():
+    """srun -l forwards about 1 KiB at a time, each piece on its own labelled line, tasks interleaved."""
+    first, second = json.dumps(report("node1")), json.dumps(report("node2"))
+    lines = [f"0: {first[:100]}", f"1: {second[:50]}", f"0: {first[100:]}", f"1: {second[50:]}"]
+    hosts = [node.host for node in doctor.summarize(doctor.parse_reports(lines, "<test>"))]
+    assert hosts == ["node1", "node2"]
+
+
+def test_summary_of_files_with_one_report_per_line():
+    lines = [json.dumps(report("node3")), json.dumps(report("node1"))]
+    hosts = [node.host for node in doctor.summarize(doctor.parse_reports(lines, "<test>"))]
+    assert hosts == ["node1", "node3"]
+
+
 @pytest.mark.parametrize(("line", "message"), [
-    ("pyenroot: error: something", "<test>:1: not a doctor --json line"),
-    ('{"schema_version": 2}', "<test>:1: doctor report schema_version 2, this pyenroot reads 1"),
-    ("[1, 2]", "<test>:1: doctor report schema_version None"),
+    ("pyenroot: error: something", "<test>: not doctor --json output: Expecting value"),
+    ('3: {"schema_version": 2}', "<test>, task 3: doctor report schema_version 2, this pyenroot reads 1"),
+    ("[1, 2]", "<test>: doctor report schema_version None"),
 ])
 def test_summary_rejects_what_is_not_a_report(line, message):
     with pytest.raises(PyenrootError) as caught:
