@@ -7,14 +7,12 @@ The packaged pyenroot runs with the system python3 from /usr/bin; the developmen
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pyenroot.slurm import devcluster
-from tests.slurm.conftest import Slurm, _free_port_block
+from tests.slurm.conftest import Slurm, running_cluster
 
 PACKAGES = ("pyenroot", "pyenroot-slurm-plugin")
 PACKAGED_CLI = Path("/usr/bin/pyenroot")
@@ -57,15 +55,8 @@ def packaged_plugin(installed) -> Path:
 @pytest.fixture(scope="session")
 def packaged_cluster(session_dir, host_setup, packaged_plugin, account):
     """A two-node local cluster whose plugstack loads the packaged plugin, which runs the packaged CLI."""
-    if not shutil.which("slurmd") or not shutil.which("munged"):
-        pytest.skip("slurmd/munge are not installed")
-    base = _free_port_block(4)
-    spec = devcluster.ClusterSpec(
-        directory=session_dir / "cluster-packaged", node_count=2, cpus=8, plugin=packaged_plugin,
-        plugin_args={"pyenroot": str(PACKAGED_CLI)}, controller_port=base, first_node_port=base + 1)
-    devcluster.up(spec)
-    yield spec
-    devcluster.down(spec)
+    with running_cluster(session_dir / "cluster-packaged", packaged_plugin, {"pyenroot": str(PACKAGED_CLI)}) as spec:
+        yield spec
 
 
 @pytest.fixture

@@ -49,3 +49,13 @@ def test_plugstack_snippet_is_installed_disabled(installed, packaged_plugin):
     lines = [line.strip() for line in snippet.read_text().splitlines()]
     assert f"#required {packaged_plugin}" in lines
     assert not [line for line in lines if line and not line.startswith("#")]
+
+
+def test_doctor_on_every_node_and_its_summary(packaged_slurm):
+    """The admin guide's one-liner: every node's --json report through srun, then --summary."""
+    done = packaged_slurm.srun("-l", "-N2", "--ntasks-per-node=1", str(PACKAGED_CLI), "doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = packaged_slurm.user.run([str(PACKAGED_CLI), "doctor", "--summary"], input=done.stdout)
+    assert summary.returncode == 0, summary.stderr
+    assert [line.split()[0] for line in summary.stdout.splitlines()[1:3]] == ["node1", "node2"]
+    assert summary.stdout.splitlines()[-1] == "2 node(s): 2 can start containers, 0 cannot"

@@ -6,9 +6,11 @@ loads it too) and configured with `pyenroot=<the test wrapper>`, so the steps ru
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,30 +50,33 @@ def spank_plugin(session_dir) -> Path:
     return plugin
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
+@contextlib.contextmanager
+def running_cluster(directory: Path, plugin: Path, plugin_args: dict[str, str]) -> Iterator[devcluster.ClusterSpec]:
+    """A two-node cluster on free ports whose plugstack loads `plugin` with `plugin_args`; down afterwards."""
     if not shutil.which("slurmd") or not shutil.which("munged"):
         pytest.skip("slurmd/munge are not installed")
     base = _free_port_block(4)
-    spec = devcluster.ClusterSpec(
-        directory=session_dir / "cluster", node_count=2, cpus=8, plugin=spank_plugin,
-        plugin_args={"pyenroot": str(pyenroot_wrapper)}, controller_port=base, first_node_port=base + 1)
+    spec = devcluster.ClusterSpec(directory=directory, node_count=2, cpus=8, plugin=plugin, plugin_args=plugin_args,
+                                  controller_port=base, first_node_port=base + 1)
     devcluster.up(spec)
-    yield spec
-    devcluster.down(spec)
+    try:
+        yield spec
+    finally:
+        devcluster.down(spec)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
+    with running_cluster(session_dir / "cluster", spank_plugin, {"pyenroot": str(pyenroot_wrapper)}) as spec:
+        yield spec
 
 
 @pytest.fixture(scope="session")
 def job_scope_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
     """A second cluster whose plugin has container_scope=job (slurmd reads plugstack.conf only at start)."""
-    base = _free_port_block(4)
-    spec = devcluster.ClusterSpec(
-        directory=session_dir / "cluster-job-scope", node_count=2, cpus=8, plugin=spank_plugin,
-        plugin_args={"pyenroot": str(pyenroot_wrapper), "container_scope": "job"}, controller_port=base,
-        first_node_port=base + 1)
-    devcluster.up(spec)
-    yield spec
-    devcluster.down(spec)
+    arguments = {"pyenroot": str(pyenroot_wrapper), "container_scope": "job"}
+    with running_cluster(session_dir / "cluster-job-scope", spank_plugin, arguments) as spec:
+        yield spec
 
 
 @dataclass

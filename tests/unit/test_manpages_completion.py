@@ -143,3 +143,11 @@ def test_compgen_with_the_function(completion_script, workspace):
     program = f"source {completion_script}; COMP_WORDS=(pyenroot li); COMP_CWORD=1; compgen -F _pyenroot li"
     done = subprocess.run(["bash", "--norc", "-c", program], capture_output=True, text=True, cwd=workspace)
     assert "list" in done.stdout.split()
+
+
+def test_debian_changelog_has_the_package_version():
+    """`make deb` names the packages after debian/changelog; it must follow pyproject.toml's version."""
+    from pyenroot import __version__
+
+    first = (REPO / "debian" / "changelog").read_text().splitlines()[0]
+    assert first.startswith(f"pyenroot ({__version__}-"), first
