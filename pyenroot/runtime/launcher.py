@@ -2,7 +2,8 @@
 
 The whole start is one process that ends by executing the container's program (same PID as `pyenroot
 start`), so exit codes, signals, stdin and the TTY are the program's own. Only with a new PID namespace does
-a parent stay behind (it forwards signals and exits with 128+N when the child dies of signal N).
+a parent stay behind (it forwards signals and exits with 128+N when the child dies of signal N). Every kernel
+call goes through a `syscalls.Syscalls`, so that tests can check the order of the steps with a fake.
 """
 
 from __future__ import annotations

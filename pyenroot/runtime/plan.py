@@ -1,8 +1,9 @@
 """A container start as data: namespaces, id maps, ordered mounts, environment and the command (pure).
 
-`build_plan` turns what the command line, the settings, the configuration dirs and the image say into a
-`StartPlan`; `launcher.py` carries it out. Nothing here touches the kernel or the file system, so unit tests
-check plans directly.
+`initial_plan` turns what the command line, the settings and the configuration dirs say into a `StartPlan`
+(namespaces and id maps first), `with_image` adds what the image says (`build_plan` does both);
+`launcher.py` carries it out. Nothing here touches the kernel or the file system, so unit tests check plans
+directly.
 """
 
 from __future__ import annotations
