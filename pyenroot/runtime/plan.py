@@ -261,16 +261,21 @@ def namespace_stage(request: StartRequest) -> NamespaceStage:
     flags = namespace_flags(request)
     if not request.userns:
         return flags, "", ""
-    inner_uid = 0 if request.remap_root else request.outer_uid
-    inner_gid = 0 if request.remap_root else request.outer_gid
+    inner_uid, inner_gid = inner_ids(request)
     return flags, f"{inner_uid} {request.outer_uid} 1", f"{inner_gid} {request.outer_gid} 1"
+
+
+def inner_ids(request: StartRequest) -> tuple[int, int]:
+    """(uid, gid) inside the container: root with remap-root in a user namespace, else the caller's own."""
+    if request.remap_root and request.userns:
+        return 0, 0
+    return request.outer_uid, request.outer_gid
 
 
 def initial_plan(request: StartRequest) -> StartPlan:
     """The plan before the image is looked at: namespaces, identities, the command."""
     namespaces, uid_map, gid_map = namespace_stage(request)
-    inner_uid = 0 if request.remap_root and request.userns else request.outer_uid
-    inner_gid = 0 if request.remap_root and request.userns else request.outer_gid
+    inner_uid, inner_gid = inner_ids(request)
     return StartPlan(
         namespaces=namespaces, uid_map=uid_map, gid_map=gid_map, inner_uid=inner_uid, inner_gid=inner_gid,
         pid_namespace=request.unshare_pid, userns=request.userns, writable=request.writable,
