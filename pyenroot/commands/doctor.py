@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pyenroot import __version__
 from pyenroot.errors import PyenrootError
+from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER, MNT_DETACH
+from pyenroot.runtime.syscalls import LinuxSyscalls, Syscalls
 
 Row = tuple[str, str, str]  # item, state (ok / missing / no / none), detail
 TOOLS = ("squashfuse", "squashfuse_ll", "fuse-overlayfs", "tar2sqfs", "mksquashfs", "unsquashfs")
@@ -61,31 +63,24 @@ def _in_child(action: Callable[[], None]) -> tuple[bool, str]:
     return os.waitstatus_to_exitcode(status) == 0, message
 
 
-def _enter_user_namespace() -> None:
-    from pyenroot.runtime import flags, syscalls
-
+def _enter_user_namespace(kernel: Syscalls) -> None:
     uid, gid = os.geteuid(), os.getegid()
-    syscalls.unshare(flags.CLONE_NEWUSER | flags.CLONE_NEWNS)
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    kernel.enter_user_namespace(CLONE_NEWUSER | CLONE_NEWNS, f"{uid} {uid} 1", f"{gid} {gid} 1")
 
 
-def _overlay_in_user_namespace() -> None:
-    from pyenroot.runtime import flags, syscalls
-
-    _enter_user_namespace()
+def _overlay_in_user_namespace(kernel: Syscalls) -> None:
+    _enter_user_namespace(kernel)
     scratch = tempfile.mkdtemp(prefix="pyenroot-doctor-")
     try:
-        syscalls.mount("tmpfs", scratch, "tmpfs", 0, "mode=700")
+        kernel.mount("tmpfs", scratch, "tmpfs", 0, "mode=700")
         for sub in ("lower", "upper", "work", "merged"):
             os.mkdir(os.path.join(scratch, sub))
         options = f"lowerdir={scratch}/lower,upperdir={scratch}/upper,workdir={scratch}/work"
-        syscalls.mount("overlay", f"{scratch}/merged", "overlay", 0, options)
+        kernel.mount("overlay", f"{scratch}/merged", "overlay", 0, options)
     finally:
         # The directory lives on the host's /tmp: unmount our tmpfs (private to this child) and remove it.
         if os.path.ismount(scratch):
-            syscalls.umount2(scratch, flags.MNT_DETACH)
+            kernel.umount2(scratch, MNT_DETACH)
         os.rmdir(scratch)
 
 
@@ -96,7 +91,9 @@ def _read(path: str) -> str | None:
         return None
 
 
-def user_namespace_rows() -> tuple[list[Row], bool]:
+def user_namespace_rows(kernel: Syscalls | None = None) -> tuple[list[Row], bool]:
+    """Whether this user may create a user namespace (through `kernel`, the Linux calls unless given)."""
+    kernel = kernel or LinuxSyscalls()
     rows: list[Row] = []
     limit = _read("/proc/sys/user/max_user_namespaces")
     notes = [f"max_user_namespaces={limit}" if limit is not None else "max_user_namespaces unknown"]
@@ -105,7 +102,7 @@ def user_namespace_rows() -> tuple[list[Row], bool]:
         value = _read(knob)
         if value is not None:
             notes.append(f"{Path(knob).name}={value}" + (" (blocks users)" if value == bad else ""))
-    works, why = _in_child(_enter_user_namespace)
+    works, why = _in_child(lambda: _enter_user_namespace(kernel))
     detail = ", ".join(notes) + ("; unshare(CLONE_NEWUSER) works" if works else f"; unshare failed: {why}")
     rows.append(("user namespaces", "ok" if works else "no", detail))
     return rows, works
@@ -125,10 +122,10 @@ def fuse_rows() -> list[Row]:
     return rows
 
 
-def overlay_row(userns_works: bool) -> Row:
+def overlay_row(userns_works: bool, kernel: Syscalls) -> Row:
     if not userns_works:
         return ("overlay in userns", "no", "needs user namespaces")
-    works, why = _in_child(_overlay_in_user_namespace)
+    works, why = _in_child(lambda: _overlay_in_user_namespace(kernel))
     if works:
         return ("overlay in userns", "ok", "kernel overlayfs can be mounted unprivileged")
     return ("overlay in userns", "no", f"{why}; fuse-overlayfs is used instead")
@@ -262,8 +259,9 @@ def run(args, settings) -> int:
     sections: list[tuple[str, list[Row]]] = []
     status = 0
     if not args.gpu:
-        userns, works = user_namespace_rows()
-        sections.append((CONTAINERS, userns + fuse_rows() + [overlay_row(works)]))
+        kernel = LinuxSyscalls()
+        userns, works = user_namespace_rows(kernel)
+        sections.append((CONTAINERS, userns + fuse_rows() + [overlay_row(works, kernel)]))
         status = 0 if works else 1
     rows, has_driver = gpu_rows(settings)
     sections.append((GPU, rows))

@@ -1,2 +1,2 @@
 """Starting and joining containers: a start is planned as pure data (plan.py) and carried out by one small
-module that talks to the kernel (launcher.py via syscalls.py)."""
+module (launcher.py) whose every kernel call goes through the syscalls seam (syscalls.Syscalls)."""

@@ -108,15 +108,10 @@ def _run_builtin(step: HookStep, ctx: HookContext) -> None:
         raise RuntimeStartError(f"hook {step.name} failed: {error}") from None
 
 
-def _keep_caps() -> None:
-    from pyenroot.runtime.seccomp import keep_capabilities_across_exec
-
-    keep_capabilities_across_exec()
-
-
 def run_external(argv: Sequence[str], name: str, ctx: HookContext, workdir: Path,
-                 extra_env: Mapping[str, str] | None = None) -> None:
-    """Run one executable hook with the ENROOT_* interface, then read back what it appended."""
+                 extra_env: Mapping[str, str] | None = None, *, keep_capabilities: Callable[[], None]) -> None:
+    """Run one executable hook with the ENROOT_* interface, then read back what it appended.
+    `keep_capabilities` runs in the hook's process before it executes (Syscalls.keep_capabilities_across_exec)."""
     environ_file, mounts_file = workdir / "environment", workdir / "fstab"
     environ_file.write_text(envdialect.render(ctx.environ))
     mounts_file.write_text("".join(line + "\n" for line in ctx.mounts))
@@ -127,7 +122,7 @@ def run_external(argv: Sequence[str], name: str, ctx: HookContext, workdir: Path
     import subprocess  # only when there are hook executables: keeps a plain start free of it
 
     result = subprocess.run(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            preexec_fn=_keep_caps, cwd="/")
+                            preexec_fn=keep_capabilities, cwd="/")
     if result.returncode != 0:
         raise RuntimeStartError(f"hook {name} exited with return code {result.returncode}")
     ctx.environ.clear()
@@ -135,9 +130,10 @@ def run_external(argv: Sequence[str], name: str, ctx: HookContext, workdir: Path
     ctx.mounts[:] = [line for line in mounts_file.read_text().splitlines() if line.strip()]
 
 
-def run_hooks(steps: Sequence[HookStep], ctx: HookContext, workdir: Path) -> None:
+def run_hooks(steps: Sequence[HookStep], ctx: HookContext, workdir: Path, *,
+              keep_capabilities: Callable[[], None]) -> None:
     for step in steps:
         if step.target is not None:
             _run_builtin(step, ctx)
         elif step.path is not None:
-            run_external([str(step.path)], step.name, ctx, workdir)
+            run_external([str(step.path)], step.name, ctx, workdir, keep_capabilities=keep_capabilities)

@@ -2,26 +2,25 @@
 
 The whole start is one process that ends by executing the container's program (same PID as `pyenroot
 start`), so exit codes, signals, stdin and the TTY are the program's own. Only with a new PID namespace does
-a parent stay behind (it forwards signals and exits with 128+N when the child dies of signal N).
+a parent stay behind (it forwards signals and exits with 128+N when the child dies of signal N). Every kernel
+call goes through a `syscalls.Syscalls`, so that tests can check the order of the steps with a fake.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
 import signal
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyenroot.errors import PyenrootError, RuntimeStartError
+from pyenroot.errors import RuntimeStartError
 from pyenroot.runtime import environ as envdialect
-from pyenroot.runtime import fstab, plan, syscalls
+from pyenroot.runtime import plan
 from pyenroot.runtime.flags import (
     CLONE_NEWCGROUP,
     CLONE_NEWNET,
@@ -29,24 +28,18 @@ from pyenroot.runtime.flags import (
     CLONE_NEWUSER,
     MNT_DETACH,
     MS_BIND,
-    MS_MOVE,
-    MS_NOATIME,
     MS_NODEV,
-    MS_NODIRATIME,
-    MS_NOEXEC,
     MS_NOSUID,
     MS_RDONLY,
     MS_REC,
-    MS_RELATIME,
     MS_REMOUNT,
     MS_SLAVE,
 )
-from pyenroot.runtime.plan import ImageFacts, Mount, StartPlan, StartRequest
+from pyenroot.runtime.mounter import Mounter, locked_flags, read_image_facts, reason
+from pyenroot.runtime.plan import StartPlan, StartRequest
+from pyenroot.runtime.syscalls import LinuxSyscalls, Syscalls
 
 LOCK_WAIT_S = 30.0
-_ST_TO_MS = ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
-             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
-             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
 
 
 class CommandNotFound(RuntimeStartError):
@@ -83,148 +76,6 @@ class Launch:
     trace: Callable[[str], None] = lambda step: None  # called after each step (`start -v` prints timings)
 
 
-# ------------------------------------------------------------------------------------ helpers
-
-
-def _readlink_in(root: str) -> Callable[[str], str | None]:
-    def readlink(path: str) -> str | None:
-        try:
-            return os.readlink(root + path)
-        except OSError:
-            return None
-    return readlink
-
-
-def host_path(root: Path, path: str, *, refuse_escape: bool = False) -> Path:
-    """The host path of container path `path`, resolved so that it cannot leave `root` (with `refuse_escape`,
-    a `..` above the root is an error instead of staying at the root)."""
-    return Path(str(root) + plan.resolve_inside(path, _readlink_in(str(root)), refuse_escape=refuse_escape))
-
-
-def _read_inside(root: Path, path: str) -> str:
-    try:
-        with open(host_path(root, path), errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return ""
-
-
-def read_image_facts(root: Path) -> ImageFacts:
-    return ImageFacts(
-        environment=_read_inside(root, "/etc/environment"),
-        fstab=_read_inside(root, "/etc/fstab"),
-        has_rc=host_path(root, "/etc/rc").is_file(),
-        has_rc_local=host_path(root, "/etc/rc.local").is_file(),
-    )
-
-
-def _locked_flags(path: Path) -> int:
-    """Flags the kernel locks on a mount made in a less privileged namespace: a remount must keep them."""
-    try:
-        found = os.statvfs(path).f_flag
-    except OSError:
-        return 0
-    return sum(ms for st, ms in _ST_TO_MS if found & st)
-
-
-def _reason(exc: OSError) -> str:
-    """The plain reason of a system call error (syscalls.py puts the call into its message too)."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-
-
-def _loopback_up() -> None:
-    """Bring `lo` up in a new network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sh", b"lo", 0)
-        flags = struct.unpack("16sh", fcntl.ioctl(sock, 0x8913, request)[:18])[1]
-        fcntl.ioctl(sock, 0x8914, struct.pack("16sh", b"lo", flags | 0x1))
-
-
-def _enter_user_namespace(flags: int, uid_map: str, gid_map: str) -> None:
-    syscalls.unshare(flags)
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", uid_map)
-    _write("/proc/self/gid_map", gid_map)
-
-
-# ------------------------------------------------------------------------------------ mounts
-
-
-class Mounter:
-    """Performs `Mount`s with targets inside `root`, never outside it."""
-
-    def __init__(self, root: Path, warn: Callable[[str], None]):
-        self.root = root
-        self.warn = warn
-
-    def source(self, mount: Mount) -> str:
-        """The source to mount: one declared inside the root filesystem (`${ENROOT_ROOTFS}/...`, as the image
-        binds its Volumes) is resolved within the root like a target, so that the image's symlinks and `..`
-        cannot turn it into a host path; any other source is a host path, as in enroot."""
-        root = str(self.root)
-        if mount.source != root and not mount.source.startswith(root + "/"):
-            return mount.source
-        return str(host_path(self.root, mount.source[len(root):] or "/", refuse_escape=True))
-
-    def _create(self, mount: Mount, source: str, target: Path) -> None:
-        if os.path.lexists(target):
-            return
-        kind = mount.create
-        if kind == "auto":
-            kind = "file" if mount.is_bind and not os.path.isdir(source) else "dir"
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if kind == "dir":
-            target.mkdir(mode=0)
-        else:
-            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0))
-
-    def _mount(self, mount: Mount, target: Path) -> None:
-        if mount.detach:
-            syscalls.umount2(target, MNT_DETACH)
-            return
-        source = self.source(mount)
-        if mount.create:
-            self._create(mount, source, target)
-        if mount.move:
-            syscalls.mount(source, target, None, MS_MOVE)
-            return
-        syscalls.mount(source, target, mount.fstype, mount.flags, mount.data)
-        if mount.remount_flags:
-            # Keep what the kernel locked (or the remount fails with EPERM) and add what was asked for.
-            flags = MS_REMOUNT | MS_BIND | mount.remount_flags | _locked_flags(target)
-            syscalls.mount(None, target, None, flags)
-        if mount.propagation:
-            syscalls.mount(None, target, None, mount.propagation)
-
-    def perform(self, mount: Mount) -> None:
-        target = None
-        try:
-            target = host_path(self.root, mount.target, refuse_escape=True)
-            self._mount(mount, target)
-        except OSError as exc:
-            message = f"mount {mount.source} on {mount.target} ({mount.origin}): {_reason(exc)}"
-            if not mount.nofail:
-                missing = exc.errno == errno.ENOENT and target is not None and not os.path.lexists(target)
-                hint = f"{mount.target} does not exist in the container: add the option x-create=dir (or file)"
-                raise RuntimeStartError(message, hint=hint if missing else None) from None
-            if not mount.silent:
-                self.warn(message)
-        except PyenrootError as error:  # the target or source leads out of the root
-            raise error.with_context(f"mount {mount.source} on {mount.target} ({mount.origin})") from None
-
-    def perform_line(self, line: str) -> None:
-        entry = fstab.parse_line(line, "hook")
-        if entry is not None:
-            self.perform(plan.mount_from_entry(entry))
-
-
 # ------------------------------------------------------------------------------------ stages
 
 
@@ -246,10 +97,10 @@ def _lock_rootfs(root: Path) -> int | None:
             time.sleep(0.05)
 
 
-def _runtime_tmpfs(path: Path) -> Path:
+def _runtime_tmpfs(kernel: Syscalls, path: Path) -> Path:
     """A private tmpfs over ENROOT_RUNTIME_PATH, seen only by this mount namespace."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    syscalls.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=700")
+    kernel.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=700")
     return path
 
 
@@ -262,24 +113,42 @@ def _run_hooks(launch: Launch, start_plan: StartPlan, root: Path, pid: int, moun
         outer_uid=launch.request.outer_uid, outer_gid=launch.request.outer_gid,
         remap_root=launch.request.remap_root, pid=pid, mount_now=mounter.perform_line,
     )
+    # Hooks run with every capability of the user namespace (executables keep them across exec), before
+    # the read-only remount and pivot_root.
+    keep = mounter.kernel.keep_capabilities_across_exec
     external = [s for s in launch.hook_steps if s.path is not None]
     work = workdir() if external or launch.script_hooks else None
     for step in launch.hook_steps:
-        hooks.run_hooks([step], ctx, work or Path("/nonexistent"))
+        hooks.run_hooks([step], ctx, work or Path("/nonexistent"), keep_capabilities=keep)
     if launch.script_hooks and work is not None:
         argv, extra = launch.script_hooks
-        hooks.run_external(argv, "hooks()", ctx, work, extra)
+        hooks.run_external(argv, "hooks()", ctx, work, extra, keep_capabilities=keep)
     return ctx.environ, list(ctx.mounts)
 
 
-def _switch_root(root: Path) -> None:
-    os.chdir(root)
-    syscalls.pivot_root(".", ".")
+def _remount_root(kernel: Syscalls, start_plan: StartPlan, root: Path) -> None:
+    """Read-only unless writable, always nosuid and nodev, keeping what the kernel locked."""
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | locked_flags(kernel, root)
+    if start_plan.writable:
+        flags &= ~MS_RDONLY
+    else:
+        flags |= MS_RDONLY
+    try:
+        kernel.mount(None, root, None, flags)
+    except OSError as exc:
+        if start_plan.writable and exc.errno in (errno.EPERM, errno.EACCES):
+            raise RuntimeStartError(f"cannot make {root} writable: it is read-only on the host") from None
+        raise RuntimeStartError(f"cannot remount the root filesystem: {exc.strerror}") from None
+
+
+def _switch_root(kernel: Syscalls, root: Path) -> None:
+    kernel.chdir(root)
+    kernel.pivot_root(".", ".")
     # The old root now sits on top of the new one: cut it loose without letting the unmount propagate.
-    syscalls.mount(None, ".", None, MS_SLAVE | MS_REC)
-    syscalls.umount2(".", MNT_DETACH)
-    os.chroot(".")
-    os.chdir("/")
+    kernel.mount(None, ".", None, MS_SLAVE | MS_REC)
+    kernel.umount2(".", MNT_DETACH)
+    kernel.chroot(".")
+    kernel.chdir("/")
 
 
 def _passwd_entry(uid: int) -> tuple[str, str, str] | None:
@@ -310,26 +179,6 @@ def _rc_fd(text: str) -> int:
     return fd
 
 
-def _close_inherited_fds(keep: int) -> None:
-    """Close every descriptor above stderr but `keep`: the container must not inherit the caller's files."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 1024))
-    for fd in fds:
-        if fd > 2 and fd != keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _default_signals() -> None:
-    """Give the program a clean signal state: Python ignores SIGPIPE and SIGXFSZ (ignored signals stay ignored
-    across exec), and a caller such as slurmstepd may have left signals blocked."""
-    for number in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(number, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-
 def _read_quietly(path: str) -> str | None:
     try:
         with open(path, errors="replace") as handle:
@@ -347,7 +196,7 @@ def _rc_runs_arguments(start_plan: StartPlan, rc_path: str) -> bool:
     return plan.rc_runs_arguments(rc_text, rc_local)
 
 
-def _exec(start_plan: StartPlan, environ: dict[str, str]) -> None:
+def _exec(kernel: Syscalls, start_plan: StartPlan, environ: dict[str, str]) -> None:
     keep = -1
     rc_path = start_plan.use_image_rc
     if start_plan.rc_text is not None:
@@ -361,15 +210,15 @@ def _exec(start_plan: StartPlan, environ: dict[str, str]) -> None:
                                 hint="set ENROOT_INIT_SHELL to a shell the image has")
     if start_plan.login:
         try:
-            os.chdir(environ.get("HOME") or "/")
+            kernel.chdir(environ.get("HOME") or "/")
         except OSError:
-            os.chdir("/")
-    _close_inherited_fds(keep)
-    _default_signals()
+            kernel.chdir("/")
+    kernel.close_fds_except(keep)  # the container must not inherit the caller's files
+    kernel.reset_signals()
     try:
         if argv[0] == shell:
-            os.execve(shell, argv[1:], environ)
-        os.execvpe(argv[0], argv[1:], environ)
+            kernel.execve(shell, argv[1:], environ)
+        kernel.execvpe(argv[0], argv[1:], environ)
     except FileNotFoundError:
         raise CommandNotFound(f"command not found in the container: {argv[0]}") from None
     except PermissionError:
@@ -388,7 +237,7 @@ def supervise(child: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, number)
 
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+    for number in _FORWARDED:
         signal.signal(number, forward)
     while True:
         _, status = os.waitpid(child, os.WUNTRACED)
@@ -402,9 +251,10 @@ def supervise(child: int) -> int:
 
 
 INIT_PROCESS_NAME = "pyenroot-init"
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _become_init() -> None:
+def _become_init(kernel: Syscalls) -> None:
     """As PID 1 of the new namespace, fork the command and stay its init: the kernel drops signals to PID 1 that
     it has no handler for, so SIGTERM would not stop a command that ran as PID 1; init also reaps orphans.
     Returns in the child only."""
@@ -412,8 +262,8 @@ def _become_init() -> None:
     if child == 0:
         return
     with contextlib.suppress(OSError):
-        syscalls.set_process_name(INIT_PROCESS_NAME)  # list --fancy shows the command, not this init
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        kernel.set_process_name(INIT_PROCESS_NAME)  # list --fancy shows the command, not this init
+    for number in _FORWARDED:
         signal.signal(number, lambda number, _frame: _signal_quietly(child, number))
     while True:
         try:
@@ -429,9 +279,9 @@ def _signal_quietly(pid: int, number: int) -> None:
         os.kill(pid, number)
 
 
-def _fork_into_pid_namespace() -> tuple[int | None, int]:
+def _fork_into_pid_namespace(kernel: Syscalls) -> tuple[int | None, int]:
     """(None, host pid of the child) in the child; (child, child) in the parent."""
-    syscalls.unshare(CLONE_NEWPID)
+    kernel.unshare(CLONE_NEWPID)
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:
@@ -440,7 +290,7 @@ def _fork_into_pid_namespace() -> tuple[int | None, int]:
         os.close(write_end)
         return child, child
     os.close(write_end)
-    syscalls.set_parent_death_signal(signal.SIGKILL)
+    kernel.set_parent_death_signal(signal.SIGKILL)
     data = os.read(read_end, 32)
     os.close(read_end)
     if not data:  # the parent died before the death signal was armed
@@ -449,28 +299,6 @@ def _fork_into_pid_namespace() -> tuple[int | None, int]:
 
 
 # ------------------------------------------------------------------------------------ the start
-
-
-def _unshare(stage: plan.NamespaceStage) -> None:
-    flags, uid_map, gid_map = stage
-    if not flags:
-        return
-    if uid_map:
-        _enter_user_namespace(flags, uid_map, gid_map)
-    else:
-        syscalls.unshare(flags)
-    if flags & CLONE_NEWNET:
-        _loopback_up()
-
-
-def launch(spec: Launch) -> int:
-    """Start the container. Returns only in the parent of a new PID namespace (its exit status);
-    otherwise this process becomes the container's program."""
-    try:
-        return _launch(spec)
-    except OSError as exc:  # anything the steps above did not put into words already
-        raise RuntimeStartError(f"cannot start the container: {exc.strerror or exc}"
-                                + (f" ({exc.filename})" if exc.filename else "")) from None
 
 
 THREAD_EXIT_LIMIT_S = 30.0
@@ -513,21 +341,43 @@ def _unshare_hint(flags: int, error: int) -> str | None:
     return None
 
 
-def _launch(spec: Launch) -> int:
-    request, target = spec.request, spec.target
-    stage = plan.namespace_stage(request)
-    _wait_single_threaded()
+def _enter_namespaces(kernel: Syscalls, start_plan: StartPlan) -> None:
+    """One user namespace for every start (also straight from a squashfs), with enroot's id maps: its
+    creator holds every capability in it whatever the map, until it executes the program."""
+    flags = start_plan.namespaces
     try:
-        _unshare(stage)
+        if start_plan.uid_map:
+            kernel.enter_user_namespace(flags, start_plan.uid_map, start_plan.gid_map)
+        elif flags:
+            kernel.unshare(flags)
+        if flags & CLONE_NEWNET:
+            kernel.bring_loopback_up()
     except OSError as exc:
         raise RuntimeStartError(f"cannot create the container's namespaces: {exc.strerror}",
-                                hint=_unshare_hint(stage[0], exc.errno or 0)) from None
-    syscalls.mount(None, "/", None, MS_REC | MS_SLAVE)
+                                hint=_unshare_hint(flags, exc.errno or 0)) from None
+
+
+def launch(spec: Launch, kernel: Syscalls | None = None) -> int:
+    """Start the container. Returns only in the parent of a new PID namespace (its exit status);
+    otherwise this process becomes the container's program. `kernel`: the syscalls seam (a test's fake)."""
+    try:
+        return _launch(spec, kernel or LinuxSyscalls())
+    except OSError as exc:  # anything the steps above did not put into words already
+        raise RuntimeStartError(f"cannot start the container: {exc.strerror or exc}"
+                                + (f" ({exc.filename})" if exc.filename else "")) from None
+
+
+def _launch(spec: Launch, kernel: Syscalls) -> int:
+    target = spec.target
+    start_plan = plan.initial_plan(spec.request)
+    _wait_single_threaded()
+    _enter_namespaces(kernel, start_plan)
+    kernel.mount(None, "/", None, MS_REC | MS_SLAVE)
     runtime: list[Path] = []
 
     def workdir() -> Path:
         if not runtime:
-            runtime.append(_runtime_tmpfs(spec.runtime_path))
+            runtime.append(_runtime_tmpfs(kernel, spec.runtime_path))
         return runtime[0]
 
     if target.kind == "squashfs":
@@ -535,7 +385,7 @@ def _launch(spec: Launch) -> int:
 
         sub = workdir() / "image"
         sub.mkdir(mode=0o755)
-        mounted = squashmount.mount_image(target.path, sub, writable=request.writable,
+        mounted = squashmount.mount_image(target.path, sub, writable=start_plan.writable,
                                           writable_method=spec.writable_sqsh, native_overlay=spec.native_overlay,
                                           processors=spec.processors)
         for note in mounted.notes:
@@ -545,25 +395,23 @@ def _launch(spec: Launch) -> int:
         root = target.path
     spec.trace("namespaces and root filesystem")
     enroot_pid = os.getpid()
-    if request.unshare_pid:
-        parent_child, enroot_pid = _fork_into_pid_namespace()
+    if start_plan.pid_namespace:
+        parent_child, enroot_pid = _fork_into_pid_namespace(kernel)
         if parent_child is not None:
             return supervise(parent_child)
-    _configure_and_exec(spec, root, enroot_pid, workdir)
+    _configure_and_exec(spec, kernel, start_plan, root, enroot_pid, workdir)
     raise AssertionError("unreachable")  # _configure_and_exec executes the program or raises
 
 
-def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Callable[[], Path]) -> None:
-    request = spec.request
+def _configure_and_exec(spec: Launch, kernel: Syscalls, start_plan: StartPlan, root: Path, enroot_pid: int,
+                        workdir: Callable[[], Path]) -> None:
     try:
-        syscalls.mount(str(root), root, None, MS_BIND | MS_REC)
+        kernel.mount(str(root), root, None, MS_BIND | MS_REC)
     except OSError as exc:
-        raise RuntimeStartError(f"cannot bind the root filesystem {root}: {_reason(exc)}") from None
-    # As in enroot, ${ENROOT_ROOTFS} and ${ENROOT_PID} may be used in the image's fstab and in mounts.d files
-    # (the image format binds Volumes with ${ENROOT_ROOTFS}/PATH).
-    substitutions = {**request.host_environ, "ENROOT_ROOTFS": str(root), "ENROOT_PID": str(enroot_pid)}
-    start_plan = plan.build_plan(dataclasses.replace(request, host_environ=substitutions), read_image_facts(root))
-    mounter = Mounter(root, spec.warn)
+        raise RuntimeStartError(f"cannot bind the root filesystem {root}: {reason(exc)}") from None
+    start_plan = plan.with_image(start_plan, spec.request, read_image_facts(root),
+                                 {"ENROOT_ROOTFS": str(root), "ENROOT_PID": str(enroot_pid)})
+    mounter = Mounter(root, kernel, spec.warn)
     lock = _lock_rootfs(root)
     for mount in start_plan.early_mounts:
         mounter.perform(mount)
@@ -576,33 +424,23 @@ def _configure_and_exec(spec: Launch, root: Path, enroot_pid: int, workdir: Call
         mounter.perform(mount)
     if lock is not None:
         os.close(lock)  # a file open for writing would make the read-only remount fail (EBUSY)
-    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | _locked_flags(root)
-    if start_plan.writable:
-        flags &= ~MS_RDONLY
-    else:
-        flags |= MS_RDONLY
-    try:
-        syscalls.mount(None, root, None, flags)
-    except OSError as exc:
-        if start_plan.writable and exc.errno in (errno.EPERM, errno.EACCES):
-            raise RuntimeStartError(f"cannot make {root} writable: it is read-only on the host") from None
-        raise RuntimeStartError(f"cannot remount the root filesystem: {exc.strerror}") from None
-    if request.userns:
+    _remount_root(kernel, start_plan, root)
+    if start_plan.userns:
         from pyenroot.runtime import seccomp  # import before the host's files disappear
     try:
         spec.trace("mounts and read-only remount")
-        _switch_root(root)
+        _switch_root(kernel, root)
     except OSError as exc:
         raise RuntimeStartError(f"cannot switch to the container's root: {exc.strerror}") from None
     with contextlib.suppress(OSError):  # without cgroup namespaces the container sees the host's cgroup paths
-        syscalls.unshare(CLONE_NEWCGROUP)
-    syscalls.set_no_new_privs()
-    if request.userns:
+        kernel.unshare(CLONE_NEWCGROUP)
+    kernel.set_no_new_privs()
+    if start_plan.userns:
         try:
-            seccomp.install()
+            seccomp.install(kernel)
         except (OSError, ValueError) as exc:
             spec.warn(f"seccomp filter not installed: {exc}")
     spec.trace("pivot_root and seccomp; executing the command")
-    if request.unshare_pid:
-        _become_init()
-    _exec(start_plan, _final_environment(start_plan, environ, spec.logname))
+    if start_plan.pid_namespace:
+        _become_init(kernel)
+    _exec(kernel, start_plan, _final_environment(start_plan, environ, spec.logname))

@@ -1,15 +1,16 @@
 """A container start as data: namespaces, id maps, ordered mounts, environment and the command (pure).
 
-`build_plan` turns what the command line, the settings, the configuration dirs and the image say into a
-`StartPlan`; `launcher.py` carries it out. Nothing here touches the kernel or the file system, so unit tests
-check plans directly.
+`initial_plan` turns what the command line, the settings and the configuration dirs say into a `StartPlan`
+(namespaces and id maps first), `with_image` adds what the image says (`build_plan` does both);
+`launcher.py` carries it out. Nothing here touches the kernel or the file system, so unit tests check plans
+directly.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyenroot.errors import ConfigError
 from pyenroot.runtime import environ as envdialect
@@ -138,22 +139,26 @@ class StartRequest:
 
 @dataclass(frozen=True)
 class StartPlan:
-    namespaces: int  # CLONE_* flags unshared before the mounts (the pid namespace is separate: it forks)
-    uid_map: str  # "inside outside 1"
+    """What a start does, in the order the launcher does it. The namespace part comes from the request alone
+    (`initial_plan`); the mounts, the environment and the init script need the image's root filesystem,
+    which exists only inside the namespaces (`with_image` adds them)."""
+
+    namespaces: int  # CLONE_* flags unshared first (the pid namespace is separate: it forks)
+    uid_map: str  # "inside outside 1"; "" without a new user namespace
     gid_map: str
     inner_uid: int
     inner_gid: int
-    pid_namespace: bool
-    userns: bool
+    pid_namespace: bool  # unshared with a fork once the root filesystem is mounted (ENROOT_PID is the child's)
+    userns: bool  # also: the ownership filter (seccomp) is installed
     writable: bool
-    early_mounts: tuple[Mount, ...]  # pass -1: before the hooks
-    late_mounts: tuple[Mount, ...]  # pass 0 and later, in pass order, after the hooks
-    environ: dict[str, str]
     command: tuple[str, ...]
     rc_text: str | None
-    use_image_rc: str | None  # "/etc/rc" or "/etc/rc.local" when the image's script is the init script
     login: bool
     init_shell: str
+    early_mounts: tuple[Mount, ...] = ()  # pass -1: before the hooks
+    late_mounts: tuple[Mount, ...] = ()  # pass 0 and later, in pass order, after the hooks
+    environ: dict[str, str] = field(default_factory=dict)
+    use_image_rc: str | None = None  # "/etc/rc" or "/etc/rc.local" when the image's script is the init script
 
 
 # The system mounts a new PID or network namespace needs in place of the host's (pass -1, after mounts.d).
@@ -210,40 +215,49 @@ def namespace_stage(request: StartRequest) -> NamespaceStage:
     flags = namespace_flags(request)
     if not request.userns:
         return flags, "", ""
-    inner_uid = 0 if request.remap_root else request.outer_uid
-    inner_gid = 0 if request.remap_root else request.outer_gid
+    inner_uid, inner_gid = inner_ids(request)
     return flags, f"{inner_uid} {request.outer_uid} 1", f"{inner_gid} {request.outer_gid} 1"
 
 
-def build_plan(request: StartRequest, image: ImageFacts) -> StartPlan:
+def inner_ids(request: StartRequest) -> tuple[int, int]:
+    """(uid, gid) inside the container: root with remap-root in a user namespace, else the caller's own."""
+    if request.remap_root and request.userns:
+        return 0, 0
+    return request.outer_uid, request.outer_gid
+
+
+def initial_plan(request: StartRequest) -> StartPlan:
+    """The plan before the image is looked at: namespaces, identities, the command."""
+    namespaces, uid_map, gid_map = namespace_stage(request)
+    inner_uid, inner_gid = inner_ids(request)
+    return StartPlan(
+        namespaces=namespaces, uid_map=uid_map, gid_map=gid_map, inner_uid=inner_uid, inner_gid=inner_gid,
+        pid_namespace=request.unshare_pid, userns=request.userns, writable=request.writable,
+        command=tuple(request.command), rc_text=request.rc_text, login=request.login,
+        init_shell=request.init_shell,
+    )
+
+
+def with_image(start_plan: StartPlan, request: StartRequest, image: ImageFacts,
+               variables: Mapping[str, str] | None = None) -> StartPlan:
+    """`start_plan` with the mounts, environment and init script of `request` and `image`. `variables`
+    (ENROOT_ROOTFS, ENROOT_PID: as in enroot, the image's fstab and the mounts.d and environ.d files may use
+    them) join the host environment that `${...}` and `--env NAME` take values from."""
+    if variables:
+        request = replace(request, host_environ={**request.host_environ, **variables})
     mounts = [mount_from_entry(e) for e in _fstab_entries(request, image)]
     # A stable sort keeps file order within one pass.
     early = tuple(m for m in mounts if m.passno < 0)
     late = tuple(sorted((m for m in mounts if m.passno >= 0), key=lambda m: m.passno))
-    namespaces = namespace_flags(request)
-    inner_uid = 0 if request.remap_root else request.outer_uid
-    inner_gid = 0 if request.remap_root else request.outer_gid
     use_image_rc = None
     if request.rc_text is None:
         use_image_rc = "/etc/rc" if image.has_rc else "/etc/rc.local" if image.has_rc_local else None
-    return StartPlan(
-        namespaces=namespaces,
-        uid_map=f"{inner_uid} {request.outer_uid} 1",
-        gid_map=f"{inner_gid} {request.outer_gid} 1",
-        inner_uid=inner_uid if request.userns else request.outer_uid,
-        inner_gid=inner_gid if request.userns else request.outer_gid,
-        pid_namespace=request.unshare_pid,
-        userns=request.userns,
-        writable=request.writable,
-        early_mounts=early,
-        late_mounts=late,
-        environ=_environment(request, image),
-        command=tuple(request.command),
-        rc_text=request.rc_text,
-        use_image_rc=use_image_rc,
-        login=request.login,
-        init_shell=request.init_shell,
-    )
+    return replace(start_plan, early_mounts=early, late_mounts=late, environ=_environment(request, image),
+                   use_image_rc=use_image_rc)
+
+
+def build_plan(request: StartRequest, image: ImageFacts) -> StartPlan:
+    return with_image(initial_plan(request), request, image)
 
 
 MAX_SYMLINKS = 40

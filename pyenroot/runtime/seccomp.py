@@ -3,14 +3,16 @@
 With only the caller's uid mapped, package managers fail when they chown files to other users or drop
 privileges to a service account. Like enroot, the filter answers chown/setuid-family calls with success and
 does nothing; setfsuid/setfsgid(-1) (a query) still reaches the kernel. Other ABIs (x32, 32-bit) pass
-unfiltered. `filter_program` is pure (bytes of a classic BPF program); `install` loads it.
+unfiltered. `filter_program` is pure (bytes of a classic BPF program); `install` loads it through the
+syscalls seam.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
+
+from pyenroot.runtime.syscalls import LinuxSyscalls, Syscalls
 
 # Classic BPF opcodes (linux/filter.h).
 BPF_LD_W_ABS = 0x20
@@ -20,11 +22,6 @@ BPF_RET_K = 0x06
 
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000  # | errno; errno 0 makes the call return 0
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_RAISE = 2
-PR_CAPBSET_READ = 23
 
 # Offsets in struct seccomp_data.
 _NR = 0
@@ -78,42 +75,6 @@ def filter_program(machine: str) -> bytes:
     return b"".join(head + body)
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def _libc() -> ctypes.CDLL:
-    # The libc this process already runs with: no library search (which would spawn ldconfig), and it
-    # keeps working after pivot_root, when the host's files are gone.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    return libc
-
-
-def install(machine: str | None = None) -> None:
+def install(kernel: Syscalls | None = None, machine: str | None = None) -> None:
     """Load the filter into this process (needs no_new_privs or CAP_SYS_ADMIN; inherited across exec)."""
-    program = filter_program(machine or os.uname().machine)
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    if _libc().prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"seccomp: {os.strerror(err)}")
-
-
-def keep_capabilities_across_exec() -> None:
-    """Raise every permitted capability into the ambient set, so that a non-root uid keeps its namespace
-    capabilities in the program it executes next (hooks that mount things need them)."""
-    libc = _libc()
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words
-    if libc.capget(header, data) != 0:
-        return
-    data[2], data[5] = data[1], data[4]  # inheritable := permitted
-    if libc.capset(header, data) != 0:
-        return
-    for cap in range(64):
-        if libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) < 0:
-            break
-        word, bit = divmod(cap, 32)
-        if data[1 + 3 * word] & (1 << bit):
-            libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+    (kernel or LinuxSyscalls()).load_seccomp_filter(filter_program(machine or os.uname().machine))

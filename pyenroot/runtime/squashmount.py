@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import RuntimeStartError, StorageError
-from pyenroot.runtime import seccomp, syscalls
+from pyenroot.runtime import syscalls
 from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
 
 _READY_POLL_S = 0.002
@@ -70,7 +70,7 @@ def _spawn_fuse(argv: list[str], mountpoint: Path, *, as_root: bool) -> None:
                     with open(f"/proc/self/{name}", "w") as handle:
                         handle.write(text)
             else:
-                seccomp.keep_capabilities_across_exec()
+                syscalls.keep_capabilities_across_exec()
             # SIGKILL: a caller (slurmstepd) may hand down blocked or ignored signals, and a server that
             # outlives its container would keep the mount namespace and the image alive for nothing.
             syscalls.set_parent_death_signal(signal.SIGKILL)

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyenroot.errors import ConfigError
-from pyenroot.runtime import launcher, plan
+from pyenroot.runtime import plan
+from pyenroot.runtime.mounter import Mounter, host_path
+from pyenroot.runtime.syscalls import Syscalls
 
 NAMES = st.sampled_from(["a", "b", "c", "..", "."])
 PLAIN = st.sampled_from(["a", "b", "c"])
@@ -79,11 +81,11 @@ def test_resolved_targets_and_sources_never_leave_the_root(entries, paths):
         root = Path(os.path.realpath(scratch)) / "rootfs"
         root.mkdir()
         _build(root, entries)
-        mounter = launcher.Mounter(root, warn=lambda message: None)
+        mounter = Mounter(root, Syscalls(), warn=lambda message: None)
         for path in paths:
             as_source = plan.Mount(source=f"{root}/{path}", target="/x", fstype=None, flags=0, data=None)
-            for resolve in (partial(launcher.host_path, root, path, refuse_escape=True),
-                            partial(mounter.source, as_source), partial(launcher.host_path, root, path)):
+            for resolve in (partial(host_path, root, path, refuse_escape=True),
+                            partial(mounter.source, as_source), partial(host_path, root, path)):
                 try:
                     resolved = Path(resolve())
                 except plan.PathEscapeError as error:
