@@ -48,27 +48,33 @@ def spank_plugin(session_dir) -> Path:
     return plugin
 
 
+def _shared_tmp(session_dir: Path, tmp_path_factory) -> tuple[Path, ...]:
+    """What the nodes keep of the host's /tmp (each has its own): the session's files and pytest's tmp_path."""
+    return (session_dir, tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
+def slurm_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account, tmp_path_factory):
     if not shutil.which("slurmd") or not shutil.which("munged"):
         pytest.skip("slurmd/munge are not installed")
     base = _free_port_block(4)
     spec = devcluster.ClusterSpec(
         directory=session_dir / "cluster", node_count=2, cpus=8, plugin=spank_plugin,
-        plugin_args={"pyenroot": str(pyenroot_wrapper)}, controller_port=base, first_node_port=base + 1)
+        plugin_args={"pyenroot": str(pyenroot_wrapper)}, controller_port=base, first_node_port=base + 1,
+        shared_tmp_paths=_shared_tmp(session_dir, tmp_path_factory))
     devcluster.up(spec)
     yield spec
     devcluster.down(spec)
 
 
 @pytest.fixture(scope="session")
-def job_scope_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
+def job_scope_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account, tmp_path_factory):
     """A second cluster whose plugin has container_scope=job (slurmd reads plugstack.conf only at start)."""
     base = _free_port_block(4)
     spec = devcluster.ClusterSpec(
         directory=session_dir / "cluster-job-scope", node_count=2, cpus=8, plugin=spank_plugin,
         plugin_args={"pyenroot": str(pyenroot_wrapper), "container_scope": "job"}, controller_port=base,
-        first_node_port=base + 1)
+        first_node_port=base + 1, shared_tmp_paths=_shared_tmp(session_dir, tmp_path_factory))
     devcluster.up(spec)
     yield spec
     devcluster.down(spec)
