@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import Slurm, shared_tmp, running_cluster
+from tests.slurm.conftest import Slurm, running_cluster, shared_tmp
 
 PACKAGES = ("pyenroot", "pyenroot-slurm-plugin")
 PACKAGED_CLI = Path("/usr/bin/pyenroot")
