@@ -219,6 +219,25 @@ int job_variable_denied(const char *entry)
 	return 0;
 }
 
+/* A PMIx server's variable in slurmstepd's environment that the container's start needs; not a task's rank. */
+int step_pmix_variable(const char *entry)
+{
+	size_t len = strcspn(entry, "=");
+
+	return entry[len] == '=' && len > 5 && !strncmp(entry, "PMIX_", 5) && !job_variable_denied(entry);
+}
+
+/* Whether the first n entries of `list` hold a variable of the same name as `entry` (KEY=VALUE). */
+int env_list_has(char *const *list, size_t n, const char *entry)
+{
+	size_t len = strcspn(entry, "=");
+
+	for (size_t i = 0; i < n; i++)
+		if (!strncmp(list[i], entry, len) && list[i][len] == '=')
+			return 1;
+	return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ result values */
 
 int parse_pid(const char *text, pid_t *out)

@@ -87,6 +87,8 @@ struct env_sink {
 
 int env_block_merge(const struct env_block *b, const char *keep, const struct env_sink *sink);
 int job_variable_denied(const char *entry);
+int step_pmix_variable(const char *entry);
+int env_list_has(char *const *list, size_t n, const char *entry);
 int parse_pid(const char *text, pid_t *out);
 int parse_hex(const char *text, unsigned char **out, size_t *len);
 

@@ -160,15 +160,24 @@ static char **child_environment(spank_t sp)
 	const char *path = getenv("PATH");
 	int failed = 0;
 
+	size_t server = 0;
+
 	if (sp && spank_get_item(sp, S_JOB_ENV, &job_env) != ESPANK_SUCCESS)
 		job_env = NULL;
 	while (job_env && job_env[n])
 		n++;
-	if ((env = calloc(n + 6, sizeof(char *))) == NULL)
+	while (environ[server])
+		server++;
+	if ((env = calloc(n + server + 6, sizeof(char *))) == NULL)
 		return NULL;
 	for (size_t i = 0; i < n && !failed; i++)
 		if (!job_variable_denied(job_env[i]))
 			failed |= (env[k++] = strdup(job_env[i])) == NULL;
+	/* mpi/pmix's server runs in slurmstepd and announces itself (PMIX_SERVER_TMPDIR, PMIX_SERVER_URI*...) in
+	 * slurmstepd's own environment, which the tasks get later: the container needs them now (50-slurm-pmi). */
+	for (size_t i = 0; i < server && !failed; i++)
+		if (step_pmix_variable(environ[i]) && !env_list_has(env, k, environ[i]))
+			failed |= (env[k++] = strdup(environ[i])) == NULL;
 	failed = failed || asprintf(&env[k++], "PATH=%s", path && *path ? path : "/usr/local/bin:/usr/bin:/bin") < 0 ||
 		 asprintf(&env[k++], "SLURM_JOB_UID=%u", (unsigned)st.uid) < 0 ||
 		 asprintf(&env[k++], "SLURM_JOB_GID=%u", (unsigned)st.gid) < 0 ||

@@ -35,18 +35,31 @@ def busybox_rootfs(target: Path) -> Path:
     return target
 
 
-def debian_rootfs_tar(suite: str = "bookworm") -> Path:
-    """A Debian minbase root filesystem as a tar, built once with mmdebstrap and cached between runs."""
+def debian_rootfs_tar(suite: str = "bookworm", packages: tuple[str, ...] = (), flavour: str = "minbase") -> Path:
+    """A Debian minbase root filesystem (plus `packages`, e.g. an MPI) as a tar, built once with mmdebstrap and
+    cached between runs as debian-SUITE-FLAVOUR.tar."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    tar = CACHE / f"debian-{suite}-minbase.tar"
+    tar = CACHE / f"debian-{suite}-{flavour}.tar"
     if tar.exists():
         return tar
     with tempfile.NamedTemporaryFile(dir=CACHE, suffix=".tar", delete=False) as tmp:
         partial = Path(tmp.name)
+    include = ",".join(("ca-certificates", *packages))
     try:
-        subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", "--include=ca-certificates", suite, str(partial)],
+        subprocess.run(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={include}", suite, str(partial)],
                        check=True, capture_output=True, timeout=900)
         partial.rename(tar)
     finally:
         partial.unlink(missing_ok=True)
     return tar
+
+
+# The MPI test images: Open MPI (PMIx, and PMI2 through its s2 component) and MPICH (PMI2), each with mpi4py.
+MPI_FLAVOURS: dict[str, tuple[str, ...]] = {
+    "openmpi": ("openmpi-bin", "python3-mpi4py"),
+    "mpich": ("mpich", "python3-mpi4py"),
+}
+
+
+def mpi_rootfs_tar(flavour: str) -> Path:
+    return debian_rootfs_tar(packages=MPI_FLAVOURS[flavour], flavour=flavour)

@@ -251,3 +251,22 @@ def devices(ctx: HookContext) -> None:
         link = dev / name
         if not link.exists() and not link.is_symlink():
             link.symlink_to(target)
+
+
+# ---------------------------------------------------------------- slurm-pmi
+
+
+def slurm_pmi(ctx: HookContext) -> None:
+    """In a Slurm step: the step's PMIx/PMI variables, and the PMIx server's directories at the same paths (the
+    task's PMI_FD and ranks stay the task's own: see pyenroot.runtime.pmi)."""
+    from pyenroot.runtime import pmi
+
+    app_dir = pmi.app_directory(ctx.host_environ, ctx.outer_uid)
+    setup = pmi.pmi_setup(ctx.host_environ, app_dir if app_dir and os.path.isdir(app_dir) else None)
+    if setup is None:
+        return
+    for name, value in setup.environ.items():
+        ctx.set_env(name, value)
+    for directory in setup.directories:
+        if os.path.isdir(directory):  # a variable naming what this node lacks is the client's problem to report
+            ctx.add_mount(format_line(directory, directory, "none", "x-create=dir,rbind,rw,nosuid,nodev"))

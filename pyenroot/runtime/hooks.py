@@ -26,6 +26,7 @@ BUILTIN_HOOKS: tuple[tuple[str, str], ...] = (
     ("10-home", "pyenroot.runtime.builtin_hooks:home"),
     ("10-localtime", "pyenroot.runtime.builtin_hooks:localtime"),
     ("10-shadow", "pyenroot.runtime.builtin_hooks:shadow"),
+    ("50-slurm-pmi", "pyenroot.runtime.builtin_hooks:slurm_pmi"),
     ("98-nvidia", "pyenroot.gpu.hook:nvidia_hook"),
 )
 
@@ -35,8 +36,12 @@ def _wants_gpu(ctx: HookContext) -> bool:
     return bool(value) and value != "void"
 
 
+def _in_slurm_step(ctx: HookContext) -> bool:
+    return bool(ctx.host_environ.get("SLURM_STEP_ID"))
+
+
 # Cheap checks that save importing a hook that would do nothing.
-_GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu}
+_GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu, "50-slurm-pmi": _in_slurm_step}
 
 
 @dataclass

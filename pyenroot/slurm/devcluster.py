@@ -1,7 +1,8 @@
 """`pyenroot-cluster up|down|status`: a real Slurm cluster on this machine, for development, tests and demos.
 
 As root and without systemd: a munge key and munged, slurmctld and N slurmd (each in its own UTS and mount
-namespace, with its own hostname and a node-local runtime directory) on loopback, all state under one directory.
+namespace, with its own hostname, a node-local runtime directory and its own /tmp and /run) on loopback, all
+state under one directory.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class ClusterSpec:
     debug_level: str = "info"
     controller_port: int = CONTROLLER_PORT
     first_node_port: int = FIRST_NODE_PORT
+    # Each node gets its own /tmp and /run, as real nodes have (Slurm's PMIx plugin makes per-step directories
+    # in TmpFS=/tmp that two nodes on one host would share). These directories of the host's /tmp stay
+    # visible on every node (the cluster directory always does): a test's files, a user's work directory.
+    private_tmp: bool = True
+    shared_tmp_paths: tuple[Path, ...] = ()
 
     @property
     def nodes(self) -> list[Node]:
@@ -156,9 +162,39 @@ def _start_controller(spec: ClusterSpec) -> None:
     _run(["slurmctld", "-i", "-f", str(spec.slurm_conf)], "slurmctld")
 
 
+HOST_TMP_VIEW = "/run/pyenroot-host-tmp"  # where a node sees the host's /tmp while it builds its own
+
+
+def _kept_under_tmp(spec: ClusterSpec) -> list[str]:
+    """The host /tmp paths a node keeps seeing, relative to /tmp, outermost first (inner ones are inside)."""
+    kept: list[str] = []
+    for path in sorted({spec.directory, *spec.shared_tmp_paths}, key=lambda p: len(p.parts)):
+        inside_tmp = path.is_relative_to("/tmp") and path != Path("/tmp")
+        if inside_tmp and not any(path.is_relative_to(Path("/tmp") / outer) for outer in kept):
+            kept.append(str(path.relative_to("/tmp")))
+    return kept
+
+
+def _private_tmp_script(spec: ClusterSpec) -> str:
+    """Shell lines (run in the node's mount namespace) giving it a fresh /run and /tmp; the kept paths of the
+    host's /tmp are bound back at their places. Only names from the spec appear, each quoted."""
+    import shlex
+
+    view = HOST_TMP_VIEW
+    lines = ["mount -t tmpfs -o mode=755,size=64m pyenroot-run /run", f"mkdir -p {view}",
+             f"mount --rbind /tmp {view}", "mount -t tmpfs -o mode=1777,size=1g pyenroot-tmp /tmp"]
+    for relative in _kept_under_tmp(spec):
+        inside = shlex.quote(f"/tmp/{relative}")
+        lines += [f"mkdir -p {inside}", f"mount --rbind {shlex.quote(f'{view}/{relative}')} {inside}"]
+    lines.append(f"umount -l {view}")
+    return " && ".join(lines)
+
+
 def _node_command(spec: ClusterSpec, node: Node) -> list[str]:
-    """slurmd in a private UTS + mount namespace: own hostname, own tmpfs for the node-local runtime directory."""
-    script = (f'hostname {node.name} && mount -t tmpfs -o mode=755,size=1g pyenroot-{node.name} "$1" && '
+    """slurmd in a private UTS + mount namespace: own hostname, own tmpfs for the node-local runtime directory
+    (and with private_tmp its own /tmp and /run)."""
+    private = f"{_private_tmp_script(spec)} && " if spec.private_tmp else ""
+    script = (f'hostname {node.name} && {private}mount -t tmpfs -o mode=755,size=1g pyenroot-{node.name} "$1" && '
               f'exec slurmd -f "$2" -N {node.name}')
     return ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
             str(spec.node_runtime), str(spec.slurm_conf)]
@@ -315,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plugin", action="store_true", help="load no SPANK plugin")
     parser.add_argument("--plugin-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="plugstack argument of the plugin, e.g. pyenroot=/path/to/pyenroot (repeatable)")
+    parser.add_argument("--share-tmp", action="append", default=[], type=Path, metavar="PATH",
+                        help="a directory under the host's /tmp that jobs must see (each node has its own /tmp; "
+                             "the cluster directory is always shared; repeatable)")
+    parser.add_argument("--shared-tmp", action="store_true",
+                        help="let every node use the host's /tmp and /run (PMIx steps across nodes then fail)")
     return parser
 
 
@@ -325,7 +366,9 @@ def spec_from_args(args: argparse.Namespace) -> ClusterSpec:
         plugin_args["pyenroot"] = str(shutil.which("pyenroot"))
     first_node_port = FIRST_NODE_PORT if args.port == CONTROLLER_PORT else args.port + 1
     return ClusterSpec(directory=args.dir.resolve(), node_count=args.nodes, cpus=args.cpus, plugin=plugin,
-                       plugin_args=plugin_args, controller_port=args.port, first_node_port=first_node_port)
+                       plugin_args=plugin_args, controller_port=args.port, first_node_port=first_node_port,
+                       private_tmp=not args.shared_tmp,
+                       shared_tmp_paths=tuple(path.resolve() for path in args.share_tmp))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

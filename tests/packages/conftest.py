@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import Slurm, running_cluster
+from tests.slurm.conftest import Slurm, running_cluster, shared_tmp
 
 PACKAGES = ("pyenroot", "pyenroot-slurm-plugin")
 PACKAGED_CLI = Path("/usr/bin/pyenroot")
@@ -53,9 +53,10 @@ def packaged_plugin(installed) -> Path:
 
 
 @pytest.fixture(scope="session")
-def packaged_cluster(session_dir, host_setup, packaged_plugin, account):
+def packaged_cluster(session_dir, host_setup, packaged_plugin, account, tmp_path_factory):
     """A two-node local cluster whose plugstack loads the packaged plugin, which runs the packaged CLI."""
-    with running_cluster(session_dir / "cluster-packaged", packaged_plugin, {"pyenroot": str(PACKAGED_CLI)}) as spec:
+    with running_cluster(session_dir / "cluster-packaged", packaged_plugin, {"pyenroot": str(PACKAGED_CLI)},
+                         shared_tmp(session_dir, tmp_path_factory)) as spec:
         yield spec
 
 

@@ -50,14 +50,21 @@ def spank_plugin(session_dir) -> Path:
     return plugin
 
 
+def shared_tmp(session_dir: Path, tmp_path_factory) -> tuple[Path, ...]:
+    """What the nodes keep of the host's /tmp (each has its own): the session's files and pytest's tmp_path."""
+    return (session_dir, tmp_path_factory.getbasetemp())
+
+
 @contextlib.contextmanager
-def running_cluster(directory: Path, plugin: Path, plugin_args: dict[str, str]) -> Iterator[devcluster.ClusterSpec]:
-    """A two-node cluster on free ports whose plugstack loads `plugin` with `plugin_args`; down afterwards."""
+def running_cluster(directory: Path, plugin: Path, plugin_args: dict[str, str],
+                    shared_tmp_paths: tuple[Path, ...]) -> Iterator[devcluster.ClusterSpec]:
+    """A two-node cluster on free ports whose plugstack loads `plugin` with `plugin_args`; down afterwards.
+    Each node has its own /tmp, except for `shared_tmp_paths` (the session's files, pytest's tmp_path)."""
     if not shutil.which("slurmd") or not shutil.which("munged"):
         pytest.skip("slurmd/munge are not installed")
     base = _free_port_block(4)
     spec = devcluster.ClusterSpec(directory=directory, node_count=2, cpus=8, plugin=plugin, plugin_args=plugin_args,
-                                  controller_port=base, first_node_port=base + 1)
+                                  controller_port=base, first_node_port=base + 1, shared_tmp_paths=shared_tmp_paths)
     devcluster.up(spec)
     try:
         yield spec
@@ -66,16 +73,18 @@ def running_cluster(directory: Path, plugin: Path, plugin_args: dict[str, str]) 
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
-    with running_cluster(session_dir / "cluster", spank_plugin, {"pyenroot": str(pyenroot_wrapper)}) as spec:
+def slurm_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account, tmp_path_factory):
+    with running_cluster(session_dir / "cluster", spank_plugin, {"pyenroot": str(pyenroot_wrapper)},
+                         shared_tmp(session_dir, tmp_path_factory)) as spec:
         yield spec
 
 
 @pytest.fixture(scope="session")
-def job_scope_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account):
+def job_scope_cluster(session_dir, host_setup, pyenroot_wrapper, spank_plugin, account, tmp_path_factory):
     """A second cluster whose plugin has container_scope=job (slurmd reads plugstack.conf only at start)."""
     arguments = {"pyenroot": str(pyenroot_wrapper), "container_scope": "job"}
-    with running_cluster(session_dir / "cluster-job-scope", spank_plugin, arguments) as spec:
+    with running_cluster(session_dir / "cluster-job-scope", spank_plugin, arguments,
+                         shared_tmp(session_dir, tmp_path_factory)) as spec:
         yield spec
 
 
