@@ -177,8 +177,8 @@ class StartRequest:
     mount_files: tuple[tuple[str, str], ...] = ()
     script_environ: str = ""  # output of the config script's environ()
     script_mounts: str = ""  # output of the config script's mounts()
-    cli_env: tuple[str, ...] = ()
-    cli_mounts: tuple[str, ...] = ()
+    env: tuple[envdialect.EnvEntry, ...] = ()  # --env (a start's own variables)
+    mounts: tuple[Mount, ...] = ()  # --mount (a start's own mounts), after every other source
     rc_text: str | None = None  # --rc file or the config script's rc() body
 
 
@@ -219,7 +219,6 @@ def _fstab_entries(request: StartRequest, image: ImageFacts) -> list[fstab.Fstab
     if request.unshare_net:
         entries += fstab.parse(NET_MOUNTS, "--net")
     entries += fstab.parse(request.script_mounts, "mounts()")
-    entries += [fstab.from_cli(spec) for spec in request.cli_mounts]
     return entries
 
 
@@ -228,7 +227,7 @@ def _environment(request: StartRequest, image: ImageFacts) -> dict[str, str]:
     layers = [envdialect.parse(envdialect.substitute(image.environment, env))]
     layers += [envdialect.parse(envdialect.substitute(text, env)) for _, text in request.environ_files]
     layers.append(envdialect.parse(request.script_environ))
-    layers.append(envdialect.from_cli(request.cli_env, env))
+    layers.append(envdialect.with_host_values(request.env, env))
     return envdialect.merge(layers)
 
 
@@ -262,7 +261,7 @@ def namespace_stage(request: StartRequest) -> NamespaceStage:
 
 
 def build_plan(request: StartRequest, image: ImageFacts) -> StartPlan:
-    mounts = [mount_from_entry(e) for e in _fstab_entries(request, image)]
+    mounts = [*(mount_from_entry(e) for e in _fstab_entries(request, image)), *request.mounts]
     # A stable sort keeps file order within one pass.
     early = tuple(m for m in mounts if m.passno < 0)
     late = tuple(sorted((m for m in mounts if m.passno >= 0), key=lambda m: m.passno))

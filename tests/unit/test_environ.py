@@ -33,12 +33,14 @@ def test_later_layers_win():
 
 
 def test_cli_entries():
-    assert environ.from_cli(["A=1", "B", "C=", "D"], {"B": "host", "X": "y"}) == [
+    entries = [environ.cli_entry(e) for e in ["A=1", "B", "C=", "D"]]
+    assert environ.with_host_values(entries, {"B": "host", "X": "y"}) == [
         ("A", "1"), ("B", "host"), ("C", ""), ("D", "")]
     with pytest.raises(UsageError):
-        environ.from_cli(["1A=2"], {})
+        environ.cli_entry("1A=2")
     with pytest.raises(UsageError):
-        environ.from_cli(["A-B=2"], {})
+        environ.cli_entry("A-B=2")
+    assert environ.is_name("A_1") and not environ.is_name("BAD;NAME") and not environ.is_name("1A")
 
 
 def test_substitution():
