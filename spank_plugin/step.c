@@ -37,12 +37,9 @@ static void start_arguments(spank_t sp, struct argv_builder *a)
 	uint32_t total = 0;
 
 	command(a, "start", 1);
-	if (spank_getenv(sp, "SLURMD_NODENAME", buf, sizeof(buf)) == ESPANK_SUCCESS || gethostname(buf, sizeof(buf)) == 0)
-		argv_push_opt(a, "--node", buf);
 	if (spank_get_item(sp, S_JOB_TOTAL_TASK_COUNT, &total) != ESPANK_SUCCESS)
 		total = 0;
 	argv_push_num(a, "--total-tasks", total);
-	argv_push_num(a, "--local-tasks", st.local_tasks);
 	argv_push_opt(a, "--scope", cfg.container_scope);
 	argv_push_bool(a, "--squashfuse", cfg.use_squashfuse);
 	if (cfg.importer[0])
@@ -58,7 +55,6 @@ static void start_arguments(spank_t sp, struct argv_builder *a)
 	argv_push_opt(a, "--image", opt.image);
 	argv_push_opt(a, "--name", opt.name);
 	argv_push_opt(a, "--mounts", opt.mounts);
-	argv_push_opt(a, "--workdir", opt.workdir);
 	argv_push_opt(a, "--save", opt.save);
 	argv_push_opt(a, "--env-names", opt.env_names);
 	argv_push_opt(a, "--unshare", opt.unshare);
@@ -66,9 +62,9 @@ static void start_arguments(spank_t sp, struct argv_builder *a)
 		argv_push_bool(a, "--mount-home", opt.mount_home);
 	if (opt.remap_root != -1 || cfg.remap_root != -1)
 		argv_push_bool(a, "--remap-root", opt.remap_root != -1 ? opt.remap_root : cfg.remap_root);
+	/* --container-workdir and --container-entrypoint-log stay here: each task enters the directory
+	 * (join.c), and start_container shows the log. */
 	argv_push_bool(a, "--entrypoint", opt.entrypoint != -1 ? opt.entrypoint : cfg.execute_entrypoint);
-	if (opt.entrypoint_log == 1)
-		argv_push(a, "--entrypoint-log");
 	if (opt.writable != -1)
 		argv_push_bool(a, "--writable", opt.writable);
 }
@@ -151,18 +147,16 @@ void start_container(spank_t sp)
 	close(logfd);
 }
 
-/* The per-step files `pyenroot spank start` leaves in the node-local runtime directory (config script, state):
- * without "cleanup 1" the plugin deletes them itself instead of a second Python start at the end of every step. */
+/* The per-step file `pyenroot spank start` leaves in the node-local runtime directory (its state): without
+ * "cleanup 1" the plugin deletes it itself instead of a second Python start at the end of every step. */
 static void remove_step_files(void)
 {
-	static const char *const suffixes[] = { "conf", "json" };
-	char paths[2][700];
-	const char *const list[] = { paths[0], paths[1] };
+	char path[700];
+	const char *const list[] = { path };
 
-	for (int i = 0; i < 2; i++)
-		snprintf(paths[i], sizeof(paths[i]), "%s/%u/step-%u.%u.%s", cfg.runtime_path, (unsigned)st.uid,
-			 (unsigned)st.jobid, (unsigned)st.stepid, suffixes[i]);
-	unlink_as_user(list, 2);
+	snprintf(path, sizeof(path), "%s/%u/step-%u.%u.json", cfg.runtime_path, (unsigned)st.uid, (unsigned)st.jobid,
+		 (unsigned)st.stepid);
+	unlink_as_user(list, 1);
 }
 
 /* When the step's last local task ends (or the step ends): stop the anchor, then clean up as the user. */

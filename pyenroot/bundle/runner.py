@@ -152,8 +152,9 @@ def run_container(args, settings: Settings, rootfs: Path) -> int:
     if child == 0:
         code = 1
         try:
-            code = cli.run_guarded(lambda: start.run(args, settings, target=launcher.Target("dir", rootfs)),
-                                   lambda: False)
+            code = cli.run_guarded(
+                lambda: start.start_container(start.start_options(args, launcher.Target("dir", rootfs)), settings),
+                lambda: False)
         finally:
             os._exit(code)
     return launcher.supervise(child)

@@ -1,7 +1,8 @@
 """`pyenroot batch CONFIG [COMMAND [ARG...]]`; usable as a `#!` interpreter.
 
 A batch file is a start configuration script whose `#ENROOT_*` comment lines are settings; the container
-to start comes from `#ENROOT_ROOTFS=NAME|IMAGE`. The rest is `pyenroot start -c CONFIG ROOTFS COMMAND...`.
+to start comes from `#ENROOT_ROOTFS=NAME|IMAGE`. The rest is what `pyenroot start -c CONFIG ROOTFS COMMAND...`
+does, asked with the same StartOptions.
 """
 
 from __future__ import annotations
@@ -33,18 +34,12 @@ def read_directives(path: Path, lookup: Mapping[str, str]) -> dict[str, str]:
     return configscript.directives(text, lookup)
 
 
-def start_arguments(args, rootfs: str) -> argparse.Namespace:
-    """The arguments `start` would get for `start -c CONFIG ROOTFS COMMAND...`, with start's own defaults."""
-    from pyenroot.commands import start
+def start_options(args, rootfs: str):
+    """What `start -c CONFIG ROOTFS COMMAND...` would be asked, with start's own defaults."""
+    from pyenroot.commands.start import command_of
+    from pyenroot.runtime.options import StartOptions
 
-    parser = argparse.ArgumentParser(prog="pyenroot start", add_help=False)
-    start.add_arguments(parser)
-    namespace = parser.parse_args(["-c", args.config, "--", rootfs])
-    namespace.command = list(args.command)
-    for common in ("debug", "verbose"):
-        setattr(namespace, common, getattr(args, common, None))
-    namespace.verb = "start"
-    return namespace
+    return StartOptions(target=rootfs, command=command_of(args.command), conf=Path(args.config))
 
 
 def run(args, settings) -> int:
@@ -60,4 +55,5 @@ def run(args, settings) -> int:
         raise ConfigError(f"missing directive ENROOT_ROOTFS in {args.config}",
                           hint="add a line '#ENROOT_ROOTFS=NAME' (a container name or a .sqsh image)")
     # start reads the directives again from -c; applying them here too keeps batch right whatever start does.
-    return start.run(start_arguments(args, rootfs), settings.overridden(**directives))
+    return start.start_container(start_options(args, rootfs), settings.overridden(**directives),
+                                 verbose=getattr(args, "verbose", 0) > 0)

@@ -20,9 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("action", choices=("start", "cleanup", "epilog"))
     parser.add_argument("--job", type=int, required=True)
     parser.add_argument("--step", type=int, default=0)
-    parser.add_argument("--node", default="")
     parser.add_argument("--total-tasks", type=int, default=1)
-    parser.add_argument("--local-tasks", type=int, default=1)
     parser.add_argument("--scope", choices=("job", "global"), default="global")
     parser.add_argument("--runtime-path", default="/run/pyenroot")
     parser.add_argument("--squashfuse", type=is_true, default=True)
@@ -32,14 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image")
     parser.add_argument("--name")
     parser.add_argument("--mounts")
-    parser.add_argument("--workdir")
     parser.add_argument("--save")
     parser.add_argument("--env-names", type=_names, default=())
     parser.add_argument("--unshare", type=_names, default=())
     parser.add_argument("--mount-home", type=is_true)
     parser.add_argument("--remap-root", type=is_true)
     parser.add_argument("--entrypoint", type=is_true, default=False)
-    parser.add_argument("--entrypoint-log", action="store_true")
     parser.add_argument("--writable", type=is_true)
     parser.add_argument("--incomplete", action="store_true", help=argparse.SUPPRESS)
 
@@ -51,12 +47,11 @@ def run(args, settings) -> int:
     if args.action == "epilog":
         return step.epilog(args.job, args.runtime_path, os.environ, report)
     request = step.StepRequest(
-        job=args.job, step=args.step, node=args.node, total_tasks=args.total_tasks, local_tasks=args.local_tasks,
-        scope=args.scope, runtime_path=args.runtime_path, squashfuse=args.squashfuse, importer=args.importer,
-        cwd=args.cwd, batch_script=args.batch_script, image=args.image, name=args.name, mounts=args.mounts,
-        workdir=args.workdir, save=args.save, env_names=args.env_names, unshare=args.unshare,
-        mount_home=args.mount_home, remap_root=args.remap_root, entrypoint=args.entrypoint,
-        entrypoint_log=args.entrypoint_log, writable=args.writable)
+        job=args.job, step=args.step, total_tasks=args.total_tasks, scope=args.scope, runtime_path=args.runtime_path,
+        squashfuse=args.squashfuse, importer=args.importer, cwd=args.cwd, batch_script=args.batch_script,
+        image=args.image, name=args.name, mounts=args.mounts, save=args.save, env_names=args.env_names,
+        unshare=args.unshare, mount_home=args.mount_home, remap_root=args.remap_root, entrypoint=args.entrypoint,
+        writable=args.writable)
     if args.action == "cleanup":
         return step.cleanup_step(request, settings, report, incomplete=args.incomplete)
     try:

@@ -31,21 +31,49 @@ def add_command_argument(parser) -> None:
     command.required = False  # it may be empty; argparse lists every positional as required when one is missing
 
 
-def run(args, settings, target=None) -> int:
-    """`target`: a launcher.Target to start instead of args.target (a bundle's unpacked image)."""
+def command_of(words) -> tuple[str, ...]:
+    """The command after the options: a leading `--` only ends them."""
+    command = tuple(words or ())
+    return command[1:] if command[:1] == ("--",) else command
+
+
+def start_options(args, target=None):
+    """What `start` (or a bundle's runtime, with `target`: a launcher.Target) was asked, as StartOptions; a
+    malformed --mount or --env is a usage error before anything starts."""
+    from pathlib import Path
+
+    from pyenroot.runtime import environ, fstab, plan
+    from pyenroot.runtime.options import StartOptions
+
+    mounts = tuple(plan.mount_from_entry(fstab.from_cli(spec)) for spec in args.mount)
+    return StartOptions(
+        target=target if target is not None else args.target,
+        command=command_of(args.command),
+        conf=Path(args.conf) if args.conf else None,
+        rc=Path(args.rc) if args.rc else None,
+        env=tuple(environ.cli_entry(entry) for entry in args.env),
+        mounts=mounts,
+        remap_root=True if args.root else None,
+        writable=True if args.rw else None,
+        namespaces=frozenset(ns for ns, wanted in (("pid", args.pid), ("net", args.net), ("ipc", args.ipc),
+                                                   ("uts", args.uts)) if wanted),
+    )
+
+
+def start_container(options, settings, *, verbose: bool = False) -> int:
+    """Start as the command line does: warnings on stderr and, with -v, the time of each step."""
     import sys
     import time
 
     from pyenroot.runtime import startup
-
-    def warn(message: str) -> None:
-        print(f"pyenroot: warning: {message}", file=sys.stderr)
 
     started = time.perf_counter()
 
     def trace(step: str) -> None:
         print(f"pyenroot: {(time.perf_counter() - started) * 1000:7.1f} ms  {step}", file=sys.stderr, flush=True)
 
-    verbose = getattr(args, "verbose", 0) > 0
-    return startup.start(args, settings, warn=warn, trace=trace if verbose else lambda step: None,
-                         target=target)
+    return startup.start(options, settings, trace=trace if verbose else lambda step: None)
+
+
+def run(args, settings) -> int:
+    return start_container(start_options(args), settings, verbose=getattr(args, "verbose", 0) > 0)

@@ -240,11 +240,8 @@ def devices(ctx: HookContext) -> None:
     new_ipc = is_true(ctx.host_environ.get("ENROOT_UNSHARE_IPC"))
     if not (restrict or new_ipc):
         return
-    mount_now = getattr(ctx, "mount_now", None)
-    if mount_now is None:
-        return
     for line in _device_lines(ctx, new_ipc):
-        mount_now(line)
+        ctx.mount_now(line)
     dev = inside(ctx, "/dev")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Mapping
 from pyenroot.errors import UsageError
 from pyenroot.runtime.fstab import substitute
 
-__all__ = ["from_cli", "ignored_lines", "login_defaults", "merge", "parse", "render", "source_warnings",
-           "substitute"]
+__all__ = ["EnvEntry", "cli_entry", "ignored_lines", "is_name", "login_defaults", "merge", "parse", "render",
+           "source_warnings", "substitute", "with_host_values"]
 
 _LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=|$)")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -62,12 +63,12 @@ def _file_warning(origin: str, ignored: list[tuple[int, str]]) -> str:
     return f"{origin}: ignored {lines} ({why})"
 
 
-def source_warnings(files: Iterable[tuple[str, str]], cli_entries: Iterable[str],
+def source_warnings(files: Iterable[tuple[str, str]], cli_entries: Iterable[EnvEntry],
                     host_environ: Mapping[str, str]) -> list[str]:
     """What a start should warn about before it runs: one message per environment file (origin, text) with the
     lines it ignores, one per `--env NAME` whose NAME the host does not set (the container gets it empty)."""
     messages = [_file_warning(origin, ignored) for origin, text in files if (ignored := ignored_lines(text))]
-    for name in dict.fromkeys(e for e in cli_entries if "=" not in e and e not in host_environ):
+    for name in dict.fromkeys(name for name, value in cli_entries if value is None and name not in host_environ):
         messages.append(f"--env {name}: {name} is not set here, so the container gets it empty")
     return messages
 
@@ -81,15 +82,25 @@ def merge(layers: Iterable[Iterable[tuple[str, str]]]) -> dict[str, str]:
     return result
 
 
-def from_cli(entries: Iterable[str], host_environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    """`--env NAME=VALUE`, or `--env NAME` for the host's value (empty when the host has none)."""
-    pairs = []
-    for entry in entries:
-        if not _CLI.match(entry):
-            raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
-        name, sep, value = entry.partition("=")
-        pairs.append((name, value if sep else host_environ.get(name, "")))
-    return pairs
+EnvEntry = tuple[str, str | None]
+"""A variable to set: (NAME, VALUE), or (NAME, None) for the host's value (empty when the host has none)."""
+
+
+def is_name(name: str) -> bool:
+    return bool(_NAME.fullmatch(name))
+
+
+def cli_entry(entry: str) -> EnvEntry:
+    """`--env NAME=VALUE`, or `--env NAME` for the host's value; a malformed one is a usage error."""
+    if not _CLI.match(entry):
+        raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
+    name, sep, value = entry.partition("=")
+    return name, value if sep else None
+
+
+def with_host_values(entries: Iterable[EnvEntry], host_environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (name, value) pairs of `entries`, a missing value taken from the host (empty when it has none)."""
+    return [(name, host_environ.get(name, "") if value is None else value) for name, value in entries]
 
 
 def render(environ: Mapping[str, str]) -> str:

@@ -146,11 +146,11 @@ def parse_line(line: str, origin: str) -> FstabEntry | None:
     if target == "none":
         target = source
     words = tuple(o for o in options.split(",") if o)
-    _check_create(words, origin)
+    check_create(words, origin)
     return FstabEntry(source, target, fstype, words, _passno(fields, origin), origin)
 
 
-def _check_create(options: tuple[str, ...], origin: str) -> None:
+def check_create(options: tuple[str, ...], origin: str) -> None:
     for option in options:
         key, _, value = option.partition("=")
         if key in CREATE_KEYS and value not in CREATE_KINDS:

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _no_mounting(fstab_line: str) -> None:
+    raise RuntimeError("mount_now: this hook context mounts nothing (only the launcher's does)")
+
+
 @dataclass
 class HookContext:
     rootfs: Path  # the container's root, seen from the host side before pivot_root
@@ -19,6 +23,9 @@ class HookContext:
     remap_root: bool  # the caller is uid 0 inside
     pid: int  # ENROOT_PID
     mounts: list[str] = field(default_factory=list)  # fstab lines to mount after the hooks (pass 0)
+    # Mount one fstab line at once, before the next hook runs (the launcher's Mounter; a /dev replaced in
+    # place must be there for later hooks).
+    mount_now: Callable[[str], None] = _no_mounting
 
     def add_mount(self, fstab_line: str) -> None:
         self.mounts.append(fstab_line)

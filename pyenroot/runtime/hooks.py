@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyenroot.errors import PyenrootError, RuntimeStartError
@@ -42,14 +42,6 @@ def _in_slurm_step(ctx: HookContext) -> bool:
 
 # Cheap checks that save importing a hook that would do nothing.
 _GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu, "50-slurm-pmi": _in_slurm_step}
-
-
-@dataclass
-class LaunchHookContext(HookContext):
-    """HookContext plus what the launcher offers built-in hooks: mounting at once (before pass 0)."""
-
-    mount_now: Callable[[str], None] | None = None
-    settings_environ: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def _run_hooks(launch: Launch, start_plan: StartPlan, root: Path, pid: int, moun
                workdir: Callable[[], Path]) -> tuple[dict[str, str], list[str]]:
     from pyenroot.runtime import hooks
 
-    ctx = hooks.LaunchHookContext(
+    ctx = hooks.HookContext(
         rootfs=root, environ=dict(start_plan.environ), host_environ=launch.host_environ,
         outer_uid=launch.request.outer_uid, outer_gid=launch.request.outer_gid,
         remap_root=launch.request.remap_root, pid=pid, mount_now=mounter.perform_line,

@@ -132,8 +132,8 @@ class StartRequest:
     mount_files: tuple[tuple[str, str], ...] = ()
     script_environ: str = ""  # output of the config script's environ()
     script_mounts: str = ""  # output of the config script's mounts()
-    cli_env: tuple[str, ...] = ()
-    cli_mounts: tuple[str, ...] = ()
+    env: tuple[envdialect.EnvEntry, ...] = ()  # --env (a start's own variables)
+    mounts: tuple[Mount, ...] = ()  # --mount (a start's own mounts), after every other source
     rc_text: str | None = None  # --rc file or the config script's rc() body
 
 
@@ -178,7 +178,6 @@ def _fstab_entries(request: StartRequest, image: ImageFacts) -> list[fstab.Fstab
     if request.unshare_net:
         entries += fstab.parse(NET_MOUNTS, "--net")
     entries += fstab.parse(request.script_mounts, "mounts()")
-    entries += [fstab.from_cli(spec) for spec in request.cli_mounts]
     return entries
 
 
@@ -187,7 +186,7 @@ def _environment(request: StartRequest, image: ImageFacts) -> dict[str, str]:
     layers = [envdialect.parse(envdialect.substitute(image.environment, env))]
     layers += [envdialect.parse(envdialect.substitute(text, env)) for _, text in request.environ_files]
     layers.append(envdialect.parse(request.script_environ))
-    layers.append(envdialect.from_cli(request.cli_env, env))
+    layers.append(envdialect.with_host_values(request.env, env))
     return envdialect.merge(layers)
 
 
@@ -245,7 +244,7 @@ def with_image(start_plan: StartPlan, request: StartRequest, image: ImageFacts,
     them) join the host environment that `${...}` and `--env NAME` take values from."""
     if variables:
         request = replace(request, host_environ={**request.host_environ, **variables})
-    mounts = [mount_from_entry(e) for e in _fstab_entries(request, image)]
+    mounts = [*(mount_from_entry(e) for e in _fstab_entries(request, image)), *request.mounts]
     # A stable sort keeps file order within one pass.
     early = tuple(m for m in mounts if m.passno < 0)
     late = tuple(sorted((m for m in mounts if m.passno >= 0), key=lambda m: m.passno))

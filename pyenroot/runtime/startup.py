@@ -1,14 +1,13 @@
-"""From `start`'s options and the settings to a `Launch`: target, config dirs, config script, hooks.
+"""From a start's options and the settings to a `Launch`: target, config dirs, config script, hooks.
 
-`start(args, settings)` is what `pyenroot start` (and `batch`) call; `args` carries the attributes of start's
-parser (conf, env, rc, root, rw, mount, pid, net, ipc, uts, target, command).
+`start(options, settings)` is what every start calls (`pyenroot start`, `batch`, a bundle, a Slurm step), with
+a typed `options.StartOptions`.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import re
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from pyenroot import trust
 from pyenroot.errors import ConfigError, UsageError
 from pyenroot.names import is_valid_name
-from pyenroot.runtime import fstab
+from pyenroot.runtime.options import StartOptions
 from pyenroot.runtime.plan import StartRequest, config_files
 
 
@@ -52,13 +51,15 @@ def _plain_container(settings, name: str) -> Path | None:
     return path if not os.path.islink(path) and os.path.isdir(path) else None
 
 
-def _settings_with_options(settings, args, directives: dict[str, str]):
-    """Command-line flags beat configuration-script directives, which beat everything else."""
+def _settings_with_options(settings, options: StartOptions, directives: dict[str, str]):
+    """The options beat configuration-script directives, which beat everything else."""
+    yes_no = {True: "y", False: "n"}
     changes: dict[str, str | None] = dict(directives)
-    for flag, name in (("root", "ENROOT_REMAP_ROOT"), ("rw", "ENROOT_ROOTFS_WRITABLE"), ("pid", "ENROOT_UNSHARE_PID"),
-                       ("net", "ENROOT_UNSHARE_NET"), ("ipc", "ENROOT_UNSHARE_IPC"), ("uts", "ENROOT_UNSHARE_UTS")):
-        if getattr(args, flag, False):
-            changes[name] = "y"
+    for switch, name in ((options.remap_root, "ENROOT_REMAP_ROOT"), (options.writable, "ENROOT_ROOTFS_WRITABLE")):
+        if switch is not None:
+            changes[name] = yes_no[switch]
+    for namespace in options.namespaces:
+        changes[f"ENROOT_UNSHARE_{namespace.upper()}"] = "y"
     return settings.overridden(**changes) if changes else settings
 
 
@@ -107,12 +108,32 @@ def _read_rc(path: str) -> str:
         raise UsageError(f"cannot read rc script {path}: {exc.strerror}") from None
 
 
-def _check_options(args) -> None:
-    for spec in args.mount:
-        fstab.from_cli(spec)  # a malformed value is a usage error before anything starts
-    for entry in args.env:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(=|$)", entry):
-            raise UsageError(f"invalid environment variable: {entry!r}", hint="use --env NAME[=VALUE]")
+# The init script of a start without the image's entrypoint (a Slurm step's default, as with pyxis): the
+# command runs in the image's working directory, which the image's /etc/rc enters with a
+# `cd DIR && unset OLDPWD` line.
+WITHOUT_ENTRYPOINT_RC = """\
+__workdir=$(sed -n "s/^cd \\(.*\\) && unset OLDPWD.*/\\1/p" /etc/rc 2>/dev/null | head -1)
+if [ -n "$__workdir" ]; then eval "cd $__workdir" 2>/dev/null; fi
+unset __workdir OLDPWD
+exec "$@"
+"""
+
+
+def _rc_text(options: StartOptions, script) -> str | None:
+    """The init script: --rc, else the config script's rc(), else the one without the entrypoint; None: the
+    image's own (/etc/rc)."""
+    if options.rc is not None:
+        return _read_rc(str(options.rc))
+    if script is not None and script.rc is not None:
+        return script.rc
+    return None if options.entrypoint else WITHOUT_ENTRYPOINT_RC
+
+
+def warn_on_stderr(message: str) -> None:
+    """How a start run from a command (the CLI, a bundle, a Slurm step) shows warnings."""
+    import sys
+
+    print(f"pyenroot: warning: {message}", file=sys.stderr)
 
 
 def _writable_sqsh(settings) -> str:
@@ -130,7 +151,7 @@ def _warn_about_environment(request: StartRequest, script_origin: str, warn: Cal
     from pyenroot.runtime import environ as envdialect
 
     files = [*request.environ_files, (script_origin, request.script_environ)]
-    for message in envdialect.source_warnings(files, request.cli_env, request.host_environ):
+    for message in envdialect.source_warnings(files, request.env, request.host_environ):
         warn(message)
 
 
@@ -146,26 +167,23 @@ def host_login_name(host_environ: Mapping[str, str], uid: int) -> str:
         return str(uid)
 
 
-def start(args, settings, *, warn: Callable[[str], None],
-          trace: Callable[[str], None] = lambda step: None, target=None) -> int:
-    """Start `args.target` (or `target`, a launcher.Target: a bundle's unpacked root filesystem)."""
-    _check_options(args)
-    command = list(args.command or [])
-    if command and command[0] == "--":
-        command = command[1:]
+def start(options: StartOptions, settings, *, warn: Callable[[str], None] = warn_on_stderr,
+          trace: Callable[[str], None] = lambda step: None) -> int:
+    """Start `options.target` (a name or an image, or a launcher.Target: a bundle's unpacked root filesystem)."""
+    command = list(options.command)
     script = None
     directives: dict[str, str] = {}
-    if args.conf:
+    if options.conf is not None:
         from pyenroot.runtime import configscript
 
-        conf = Path(args.conf)
+        conf = options.conf
         configscript.check_syntax(conf)
         directives = configscript.directives(conf.read_text(errors="replace"), os.environ)
-    settings = _settings_with_options(settings, args, directives)
+    settings = _settings_with_options(settings, options, directives)
     host_environ = {**os.environ, **settings.environ()}
-    if args.conf:
+    if options.conf is not None:
         script = configscript.evaluate(conf, command, host_environ)
-    target = target or resolve_target(settings, args.target)
+    target = options.target if not isinstance(options.target, str) else resolve_target(settings, options.target)
     euid = os.geteuid()
     request = StartRequest(
         command=tuple(command),
@@ -185,11 +203,11 @@ def start(args, settings, *, warn: Callable[[str], None],
         mount_files=read_config_files(settings, "mounts.d", ".fstab"),
         script_environ=script.environ if script else "",
         script_mounts=script.mounts if script else "",
-        cli_env=tuple(args.env),
-        cli_mounts=tuple(args.mount),
-        rc_text=_read_rc(args.rc) if args.rc else (script.rc if script else None),
+        env=options.env,
+        mounts=options.mounts,
+        rc_text=_rc_text(options, script),
     )
-    _warn_about_environment(request, f"environ() of {args.conf}", warn)
+    _warn_about_environment(request, f"environ() of {options.conf}", warn)
     from pyenroot.runtime import hooks, launcher
 
     sysconf, config = _config_dir(settings, "ENROOT_SYSCONF_PATH"), _config_dir(settings, "ENROOT_CONFIG_PATH")

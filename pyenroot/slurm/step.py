@@ -13,19 +13,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pyenroot import trust
 from pyenroot.atomic import write_atomically
 from pyenroot.errors import PyenrootError
-from pyenroot.runtime import fstab
+from pyenroot.runtime import environ as envdialect
+from pyenroot.runtime import fstab, plan
+from pyenroot.runtime.fstab import FstabEntry
+from pyenroot.runtime.options import StartOptions
 
 BATCH_STEP = 0xFFFFFFFB  # SLURM_BATCH_SCRIPT
 ANCHOR_COMMAND = ("sh", "-c", "kill -STOP $$ ; exit 0")
 NAME_FLAGS = ("auto", "create", "exec", "no_exec")
-UNSHARE_SETTINGS = {"net": "ENROOT_UNSHARE_NET", "ipc": "ENROOT_UNSHARE_IPC", "uts": "ENROOT_UNSHARE_UTS"}
+MOUNTS_ORIGIN = "--container-mounts"
 
 
 class StepError(PyenrootError):
@@ -40,13 +43,12 @@ class ReportedError(StepError):
 
 @dataclass(frozen=True)
 class StepRequest:
-    """Everything the plugin passes for one step on one node."""
+    """Everything the plugin passes for one step on one node (--container-workdir and
+    --container-entrypoint-log are the plugin's own: it enters the directory and shows the log)."""
 
     job: int
     step: int
-    node: str = ""
     total_tasks: int = 1
-    local_tasks: int = 1
     scope: str = "global"
     runtime_path: str = "/run/pyenroot"
     squashfuse: bool = True
@@ -56,14 +58,12 @@ class StepRequest:
     image: str | None = None
     name: str | None = None
     mounts: str | None = None
-    workdir: str | None = None
     save: str | None = None
     env_names: tuple[str, ...] = ()
     unshare: tuple[str, ...] = ()
     mount_home: bool | None = None
     remap_root: bool | None = None
     entrypoint: bool = False
-    entrypoint_log: bool = False
     writable: bool | None = None
 
     @property
@@ -87,7 +87,6 @@ class StepState:
     created: bool = False  # this step made the container filesystem (so an unnamed one is removed)
     squashfs: str | None = None  # a temporary image to delete
     save: str | None = None
-    config: str | None = None
     importer: str | None = None
     target: str | None = None  # what the anchor started: a container name, or a squashfs started directly
     anchor: int | None = None  # its PID (this node)
@@ -141,17 +140,18 @@ def _mount_entry(entry: str) -> tuple[str, str, str]:
     return src, dst, flags
 
 
-def mount_lines(spec: str | None, cwd: str | None, exists: Callable[[str], bool] = os.path.exists) -> list[str]:
-    """`--container-mounts` entries as fstab lines (pyxis semantics: defaults per source kind, '+' for ',').
+def mount_entries(spec: str | None, cwd: str | None,
+                  exists: Callable[[str], bool] = os.path.exists) -> list[FstabEntry]:
+    """`--container-mounts` entries as fstab entries (pyxis semantics: defaults per source kind, '+' for ',').
 
     The plugin passes the value on unchecked: this is the one place that validates it, before any import."""
     if spec is None:
         return []
     if not spec or spec.startswith(",") or spec.endswith(",") or ",," in spec:
         raise StepError(f"--container-mounts: invalid format: {spec}")
-    lines: list[str] = []
-    for entry in spec.split(","):
-        src, dst, flags = _mount_entry(entry)
+    entries: list[FstabEntry] = []
+    for item in spec.split(","):
+        src, dst, flags = _mount_entry(item)
         if src == "tmpfs":
             source, fstype, defaults = "tmpfs", "tmpfs", "x-create=dir"
         elif src == "umount":
@@ -161,51 +161,41 @@ def mount_lines(spec: str | None, cwd: str | None, exists: Callable[[str], bool]
             if not exists(source):
                 raise StepError(f"--container-mounts: source path does not exist: {source}")
         options = defaults + ("," + flags.replace("+", ",") if flags else "")
-        line = fstab.format_line(source, dst, fstype, options)
-        if line not in lines:
-            lines.append(line)
-    return lines
-
-
-def _shell_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def config_script(mounts: Sequence[str], env_names: Sequence[str], entrypoint: bool) -> str:
-    """An enroot configuration script: mounts(), environ() for --container-env, rc() to skip the entrypoint."""
-    parts = ["# Written by pyenroot for one Slurm step; removed when the step ends.\n"]
-    if mounts:
-        body = "".join(f"    printf '%s\\n' {_shell_quote(line)}\n" for line in mounts)
-        parts.append(f"mounts() {{\n{body}}}\n")
-    if env_names:
-        body = "".join(f'    [ -n "${{{n}-}}" ] && printf \'%s=%s\\n\' {n} "${n}"\n' for n in env_names
-                       if n.replace("_", "a").isalnum())
-        parts.append(f"environ() {{\n{body}    return 0\n}}\n")
-    if not entrypoint:
-        # The command runs without the image's entrypoint (what /etc/rc would start), but in the image's
-        # working directory, which /etc/rc enters with a `cd DIR && unset OLDPWD` line.
-        parts.append('rc() {\n'
-                     '    __workdir=$(sed -n "s/^cd \\(.*\\) && unset OLDPWD.*/\\1/p" /etc/rc 2>/dev/null | head -1)\n'
-                     '    if [ -n "$__workdir" ]; then eval "cd $__workdir" 2>/dev/null; fi\n'
-                     '    unset __workdir OLDPWD\n'
-                     '    exec "$@"\n'
-                     '}\n')
-    return "".join(parts)
+        entry = FstabEntry(source, dst, fstype, tuple(o for o in options.split(",") if o), 0, MOUNTS_ORIGIN)
+        fstab.check_create(entry.options, MOUNTS_ORIGIN)
+        if entry not in entries:
+            entries.append(entry)
+    return entries
 
 
 def setting_overrides(request: StepRequest) -> dict[str, str]:
-    """ENROOT_* switches the user asked for; unset options leave the node's configuration in charge."""
-    yes_no = {True: "y", False: "n"}
-    changes: dict[str, str] = {}
-    if request.mount_home is not None:
-        changes["ENROOT_MOUNT_HOME"] = yes_no[request.mount_home]
-    if request.remap_root is not None:
-        changes["ENROOT_REMAP_ROOT"] = yes_no[request.remap_root]
-    if request.writable is not None:
-        changes["ENROOT_ROOTFS_WRITABLE"] = yes_no[request.writable]
-    for ns in request.unshare:
-        changes[UNSHARE_SETTINGS[ns]] = "y"
-    return changes
+    """ENROOT_* settings the user asked for that are no start option; unset, the node's configuration rules."""
+    if request.mount_home is None:
+        return {}
+    return {"ENROOT_MOUNT_HOME": "y" if request.mount_home else "n"}
+
+
+def container_env(names: tuple[str, ...], host_environ: Mapping[str, str]) -> tuple[envdialect.EnvEntry, ...]:
+    """--container-env: the named host variables that are set and not empty, with their host values.
+    ENROOT_* names are reserved (as in environment files); a name no shell could have is skipped."""
+    return tuple((name, host_environ[name]) for name in names
+                 if envdialect.is_name(name) and not name.startswith("ENROOT_") and host_environ.get(name))
+
+
+def start_options(request: StepRequest, target: str, mounts: list[FstabEntry],
+                  host_environ: Mapping[str, str]) -> StartOptions:
+    """What the step's anchor starts: the target, stopped at once (the tasks join it), with the user's mounts,
+    environment and switches; a None switch leaves the node's settings in charge."""
+    return StartOptions(
+        target=target,
+        command=ANCHOR_COMMAND,
+        entrypoint=request.entrypoint,
+        env=container_env(request.env_names, host_environ),
+        mounts=tuple(plan.mount_from_entry(entry) for entry in [*mounts, *_batch_mount(request)]),
+        remap_root=request.remap_root,
+        writable=request.writable,
+        namespaces=frozenset(request.unshare),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -308,18 +298,11 @@ def remember_job_container(request: StepRequest, data_path: Path, name: str) -> 
 # ------------------------------------------------------------------------------------------------ actions
 
 
-def _run_cli(verb: str, argv: Sequence[str], settings) -> int:
-    """Run a pyenroot verb in this process (no second interpreter start), with only its own parser."""
-    import argparse
+def _import_to(uri: str, output: Path, settings) -> Path:
+    """Import `uri` into the squashfs file `output`, in this process (no second interpreter start)."""
+    from pyenroot.image.importer import import_image
 
-    from pyenroot import cli
-
-    module = cli._command_module(verb)
-    parser = argparse.ArgumentParser(prog=f"pyenroot {verb}")
-    module.add_arguments(parser)
-    args = parser.parse_args(list(argv))
-    args.verb, args.verbose, args.debug = verb, 0, False
-    return int(module.run(args, settings) or 0)
+    return import_image(uri, str(output), None, settings)
 
 
 def squashfs_cache_dir(settings) -> Path:
@@ -354,7 +337,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         if output is None:
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
-            _run_cli("import", ["-o", str(temp_output), uri], settings)
+            _import_to(uri, temp_output, settings)
             output = temp_output
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
@@ -379,7 +362,7 @@ def _cached_import(settings, report: Reporter, uri: str, digest: str) -> Path | 
         with open(output.with_name(output.name + ".lock"), "a") as lock:
             fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
             if not output.is_file():
-                _run_cli("import", ["-o", str(output), uri], settings)
+                _import_to(uri, output, settings)
     return output if _trusted_cache_entry(output, owners, report) else None
 
 
@@ -486,7 +469,7 @@ def running_step(request: StepRequest, cname: ContainerName, settings) -> StepSt
     return state if anchor_mnt in containers and on_this_node(state.anchor) else None
 
 
-def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[str]]:
+def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[FstabEntry]]:
     """Make sure the container filesystem exists; return the start target, the cleanup state and mounts."""
     from pyenroot import storage
 
@@ -501,7 +484,7 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
     if other_step is not None:  # this step's anchor starts the same image; the tasks join the running one
         exists, running, target = True, [other_step.anchor or 0], other_step.target or ""
     _check_flags(cname, exists, running, request)
-    mounts = mount_lines(request.mounts, request.cwd)
+    mounts = mount_entries(request.mounts, request.cwd)
     if running:
         report.log("reusing existing container namespaces")
         report.join(running[0])
@@ -542,11 +525,13 @@ def _save_target(request: StepRequest) -> str | None:
     return resolve_path(request.save, request.cwd, "--container-save")
 
 
-def _batch_mount(request: StepRequest) -> list[str]:
+def _batch_mount(request: StepRequest) -> list[FstabEntry]:
+    """The batch script, read-only at its own path, for the batch step (as pyxis does)."""
     if request.step != BATCH_STEP or not request.batch_script:
         return []
     path = request.batch_script
-    return [fstab.format_line(path, path, "none", "x-create=file,bind,ro,nosuid,nodev,private")]
+    return [FstabEntry(path, path, "none", ("x-create=file", "bind", "ro", "nosuid", "nodev", "private"), 0,
+                       "--container-image (batch script)")]
 
 
 def _unprivileged(settings) -> bool:
@@ -555,12 +540,11 @@ def _unprivileged(settings) -> bool:
 
 def start_step(request: StepRequest, settings, report: Reporter) -> int:
     """Prepare, report, then become the container's anchor (this process execs into it)."""
-    from pyenroot.runtime import seccomp
+    from pyenroot.runtime import seccomp, startup
 
     target, state, mounts = prepare(request, settings, report)
-    conf = user_runtime(request) / f"step-{request.step_label}.conf"
-    write_atomically(conf, config_script([*mounts, *_batch_mount(request)], request.env_names, request.entrypoint))
-    state.config = str(conf)
+    settings = settings.overridden(**setting_overrides(request))
+    options = start_options(request, target, mounts, {**os.environ, **settings.environ()})
     state.target, state.anchor = target, os.getpid()  # this process becomes the anchor (start execs)
     save_state(request, state)
     if _unprivileged(settings):
@@ -570,16 +554,11 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
         report.cleanup()
     report.info(f"starting container: {target}")
     report.close()
-    overrides = setting_overrides(request)
-    argv = ["--conf", str(conf)]
-    argv += ["-r"] if request.remap_root else []
-    argv += ["-w"] if request.writable else []
-    argv += [f"--{ns}" for ns in request.unshare]
-    return _run_cli("start", [*argv, target, *ANCHOR_COMMAND], settings.overridden(**overrides))
+    return startup.start(options, settings)
 
 
 def needs_cleanup(state: StepState) -> bool:
-    """Whether step end needs `spank cleanup`; the plugin itself deletes the per-step config and state."""
+    """Whether step end needs `spank cleanup`; the plugin itself deletes the per-step state."""
     return bool(state.save or (state.created and not state.named) or state.importer or state.squashfs)
 
 
@@ -606,7 +585,7 @@ def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete
             report.info(f"couldn't remove container {state.name}: {exc.message}")
     if state.importer:
         subprocess.run([state.importer, "release"], stdin=subprocess.DEVNULL, capture_output=True)
-    for leftover in (state.squashfs, state.config, str(state_path(request))):
+    for leftover in (state.squashfs, str(state_path(request))):
         if leftover:
             with contextlib.suppress(OSError):
                 os.unlink(leftover)

@@ -270,7 +270,9 @@ IMPORT_THEN_START = """
 import os, sys, threading
 from pyenroot.config import load_settings
 from pyenroot.runtime import syscalls
-from pyenroot.slurm.step import _run_cli
+from pyenroot.image.importer import import_image
+from pyenroot.runtime import startup
+from pyenroot.runtime.options import StartOptions
 
 real_unshare = syscalls.unshare
 
@@ -282,8 +284,8 @@ def checked_unshare(flags):
 
 syscalls.unshare = checked_unshare
 settings = load_settings(dict(os.environ))
-_run_cli("import", ["-o", sys.argv[2], sys.argv[1]], settings)
-_run_cli("start", [sys.argv[2], "cat", "/etc/pyenroot-test"], settings)
+image = import_image(sys.argv[1], sys.argv[2], None, settings)
+sys.exit(startup.start(StartOptions(target=str(image), command=("cat", "/etc/pyenroot-test")), settings))
 """
 
 

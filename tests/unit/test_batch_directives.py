@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -75,14 +76,14 @@ def test_missing_rootfs_directive(tmp_path):
         batch.run(args, Settings({}))
 
 
-def test_start_arguments():
+def test_start_options():
     args = argparse.Namespace(config="/jobs/job.batch", command=["sh", "-c", "echo --rw"], debug=False, verbose=1)
-    start_args = batch.start_arguments(args, "busybox")
-    assert start_args.conf == "/jobs/job.batch"
-    assert start_args.target == "busybox"
-    assert start_args.command == ["sh", "-c", "echo --rw"]
-    assert not start_args.rw and not start_args.root and start_args.env == []
-    assert batch.start_arguments(args, "-odd-name").target == "-odd-name"
+    options = batch.start_options(args, "busybox")
+    assert options.conf == Path("/jobs/job.batch")
+    assert options.target == "busybox"
+    assert options.command == ("sh", "-c", "echo --rw")
+    assert options.writable is None and options.remap_root is None and options.env == () and options.mounts == ()
+    assert batch.start_options(args, "-odd-name").target == "-odd-name"
 
 
 @pytest.mark.parametrize(("stderr", "line"), [

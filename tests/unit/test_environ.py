@@ -33,12 +33,14 @@ def test_later_layers_win():
 
 
 def test_cli_entries():
-    assert environ.from_cli(["A=1", "B", "C=", "D"], {"B": "host", "X": "y"}) == [
+    entries = [environ.cli_entry(e) for e in ["A=1", "B", "C=", "D"]]
+    assert environ.with_host_values(entries, {"B": "host", "X": "y"}) == [
         ("A", "1"), ("B", "host"), ("C", ""), ("D", "")]
     with pytest.raises(UsageError):
-        environ.from_cli(["1A=2"], {})
+        environ.cli_entry("1A=2")
     with pytest.raises(UsageError):
-        environ.from_cli(["A-B=2"], {})
+        environ.cli_entry("A-B=2")
+    assert environ.is_name("A_1") and not environ.is_name("BAD;NAME") and not environ.is_name("1A")
 
 
 def test_substitution():
@@ -68,7 +70,8 @@ def test_ignored_lines_name_what_was_meant():
 
 def test_source_warnings_once_per_file_and_unset_name():
     files = [("/a.env", "export X=1\nY = 2\n"), ("/b.env", "OK=1\n"), ("environ() of c.sh", "")]
-    assert environ.source_warnings(files, ["SET", "UNSET", "UNSET", "V=1"], {"SET": ""}) == [
+    entries = [("SET", None), ("UNSET", None), ("UNSET", None), ("V", "1")]
+    assert environ.source_warnings(files, entries, {"SET": ""}) == [
         "/a.env: ignored line 1 'export X=1', line 2 'Y = 2' (NAME=value expected)",
         "--env UNSET: UNSET is not set here, so the container gets it empty",
     ]

@@ -3,7 +3,7 @@
 import pytest
 
 from pyenroot.errors import ConfigError
-from pyenroot.runtime import flags, plan
+from pyenroot.runtime import flags, fstab, plan
 from pyenroot.runtime.plan import ImageFacts, StartRequest, build_plan
 
 
@@ -42,7 +42,7 @@ def test_environment_precedence():
     p = build_plan(request(
         environ_files=(("system.env", "B=system\nC=system\nD=system\nE=system\n"), ("user.env", "C=user\nD=user\n")),
         script_environ="D=script\nE=script\n",
-        cli_env=("E=cli", "HOSTVAR"),
+        env=(("E", "cli"), ("HOSTVAR", None)),
     ), image)
     assert p.environ == {"A": "image", "B": "system", "C": "user", "D": "script", "E": "cli", "T": "xterm",
                          "HOSTVAR": "h"}
@@ -57,7 +57,7 @@ def test_mount_order_and_passes():
         mount_files=(("10-system.fstab", "/proc /proc none rbind 0 -1\n/late1 /l1 none bind\n"),
                      ("user.fstab", "/sys /sys none rbind 0 -1\n/late2 /l2 none bind 0 1\n")),
         script_mounts="/late3 /l3 none bind\n",
-        cli_mounts=("/late4:/l4",),
+        mounts=(plan.mount_from_entry(fstab.from_cli("/late4:/l4")),),
     ), ImageFacts(fstab="/img /i none bind\n"))
     assert [m.target for m in p.early_mounts] == ["/proc", "/sys"]
     assert [m.target for m in p.late_mounts] == ["/i", "/l1", "/l3", "/l4", "/l2"]

@@ -1,10 +1,13 @@
-"""The pure half of the SPANK plugin's Python side: names, mounts, config scripts, settings; cluster JSON."""
+"""The pure half of the SPANK plugin's Python side: names, mounts, start options, settings; cluster JSON."""
 
 import json
 import os
 
 import pytest
 
+from pyenroot.config import Settings
+from pyenroot.errors import PyenrootError
+from pyenroot.runtime import flags, startup
 from pyenroot.slurm import cluster, devcluster, step
 
 
@@ -36,20 +39,26 @@ def test_docker_uri_and_path_images():
     assert step.is_path_image("./a.sqsh") and step.is_path_image("/a.sqsh") and not step.is_path_image("a")
 
 
-def test_mount_lines_follow_pyxis_defaults():
-    lines = step.mount_lines("/data:/mnt/d:ro+rprivate,tmpfs:/scratch,umount:/root,./rel,/data:/mnt/d:ro+rprivate",
-                             "/home/u", exists=lambda p: True)
-    assert lines == [
-        "/data /mnt/d none x-create=auto,rbind,ro,rprivate 0 0",
-        "tmpfs /scratch tmpfs x-create=dir 0 0",
-        "none /root none x-detach 0 0",
-        "/home/u/rel ./rel none x-create=auto,rbind 0 0",
+def _fields(entries) -> list[tuple[str, str, str, str]]:
+    return [(e.source, e.target, e.fstype, ",".join(e.options)) for e in entries]
+
+
+def test_mount_entries_follow_pyxis_defaults():
+    entries = step.mount_entries("/data:/mnt/d:ro+rprivate,tmpfs:/scratch,umount:/root,./rel,/data:/mnt/d:ro+rprivate",
+                                 "/home/u", exists=lambda p: True)
+    assert _fields(entries) == [
+        ("/data", "/mnt/d", "none", "x-create=auto,rbind,ro,rprivate"),
+        ("tmpfs", "/scratch", "tmpfs", "x-create=dir"),
+        ("none", "/root", "none", "x-detach"),
+        ("/home/u/rel", "./rel", "none", "x-create=auto,rbind"),
     ]
+    assert {(e.passno, e.origin) for e in entries} == {(0, "--container-mounts")}
 
 
-def test_mount_paths_are_escaped():
-    got = step.mount_lines("/a b:/c\td", None, exists=lambda p: True)
-    assert got == ["/a\\040b /c\\011d none x-create=auto,rbind 0 0"]
+def test_mount_paths_keep_blanks():
+    """Mounts travel as values: blanks in paths need no escaping to survive."""
+    got = step.mount_entries("/a b:/c\td", None, exists=lambda p: True)
+    assert _fields(got) == [("/a b", "/c\td", "none", "x-create=auto,rbind")]
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -67,13 +76,13 @@ def test_mount_paths_are_escaped():
 def test_bad_mounts_get_pyxis_messages(spec, message):
     """The plugin passes --container-mounts on unchecked: these are the only checks, with pyxis's words."""
     with pytest.raises(step.StepError) as caught:
-        step.mount_lines(spec, "/home/u", exists=lambda p: True)
+        step.mount_entries(spec, "/home/u", exists=lambda p: True)
     assert message in caught.value.message
 
 
 def test_missing_mount_source():
     with pytest.raises(step.StepError, match="source path does not exist: /nope"):
-        step.mount_lines("/nope:/x", None, exists=lambda p: False)
+        step.mount_entries("/nope:/x", None, exists=lambda p: False)
 
 
 def test_relative_path_needs_cwd():
@@ -82,23 +91,42 @@ def test_relative_path_needs_cwd():
     assert step.resolve_path("../out.sqsh", "/home/u/w", "--container-save") == "/home/u/out.sqsh"
 
 
-def test_config_script(tmp_path):
-    text = step.config_script(["/a /b none rbind 0 0"], ["FOO", "BAD;NAME"], entrypoint=False)
-    assert "mounts() {" in text and "'/a /b none rbind 0 0'" in text
-    assert "FOO" in text and "BAD;NAME" not in text
-    assert 'exec "$@"' in text
-    assert "rc()" not in step.config_script([], [], entrypoint=True)
-    script = tmp_path / "conf"
-    script.write_text(text)
-    out = os.popen(f"FOO=bar bash -c 'source {script}; mounts; environ'").read()
-    assert out == "/a /b none rbind 0 0\nFOO=bar\n"
+def test_start_options():
+    """The anchor's start: mounts as values, the named host variables that are set, no entrypoint."""
+    mounts = step.mount_entries("/a:/b", None, exists=lambda p: True)
+    options = step.start_options(request(env_names=("FOO", "BAD;NAME", "UNSET", "EMPTY")), "pyxis_42.3", mounts,
+                                 {"FOO": "bar", "BAD;NAME": "x", "EMPTY": ""})
+    assert options.target == "pyxis_42.3" and options.command == step.ANCHOR_COMMAND
+    assert [(m.source, m.target, m.is_bind, m.create) for m in options.mounts] == [("/a", "/b", True, "auto")]
+    assert options.env == (("FOO", "bar"),)
+    assert not options.entrypoint
+    assert step.start_options(request(entrypoint=True), "x", [], {}).entrypoint
+    assert startup.WITHOUT_ENTRYPOINT_RC.rstrip().endswith('exec "$@"')
+
+
+def test_batch_script_is_mounted_read_only_in_the_batch_step():
+    batch = step.StepRequest(job=42, step=step.BATCH_STEP, batch_script="/spool/job42/slurm_script")
+    options = step.start_options(batch, "x", [], {})
+    [mount] = options.mounts
+    assert (mount.source, mount.target, mount.create) == ("/spool/job42/slurm_script",) * 2 + ("file",)
+    assert mount.flags & flags.MS_RDONLY and mount.propagation == flags.MS_PRIVATE
+
+
+def _settings_for(req, node: Settings):
+    settings = node.overridden(**step.setting_overrides(req))
+    return startup._settings_with_options(settings, step.start_options(req, "x", [], {}), {})
 
 
 def test_setting_overrides():
     assert step.setting_overrides(request()) == {}
-    got = step.setting_overrides(request(mount_home=False, remap_root=True, writable=False, unshare=("net", "uts")))
-    assert got == {"ENROOT_MOUNT_HOME": "n", "ENROOT_REMAP_ROOT": "y", "ENROOT_ROOTFS_WRITABLE": "n",
-                   "ENROOT_UNSHARE_NET": "y", "ENROOT_UNSHARE_UTS": "y"}
+    node = Settings({"ENROOT_MOUNT_HOME": "y", "ENROOT_ROOTFS_WRITABLE": "y"})
+    assert _settings_for(request(), node) == node  # unset options leave the node's configuration in charge
+    got = _settings_for(request(mount_home=False, remap_root=True, writable=False, unshare=("net", "uts")), node)
+    names = ("ENROOT_MOUNT_HOME", "ENROOT_REMAP_ROOT", "ENROOT_ROOTFS_WRITABLE", "ENROOT_UNSHARE_NET",
+             "ENROOT_UNSHARE_UTS")
+    assert {name: got.flag(name) for name in names} == {
+        "ENROOT_MOUNT_HOME": False, "ENROOT_REMAP_ROOT": True, "ENROOT_ROOTFS_WRITABLE": False,
+        "ENROOT_UNSHARE_NET": True, "ENROOT_UNSHARE_UTS": True}
 
 
 def test_state_round_trip(tmp_path):
@@ -200,14 +228,14 @@ class FakeSettings:
 def test_imports_are_cached_by_digest(tmp_path, monkeypatch):
     calls = []
 
-    def fake_cli(verb, argv, settings):
-        calls.append((verb, list(argv)))
-        os.makedirs(os.path.dirname(argv[1]), exist_ok=True)
-        with open(argv[1], "w") as handle:
+    def fake_import(uri, output, settings):
+        calls.append(("import", ["-o", str(output), uri]))
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        with open(output, "w") as handle:
             handle.write("sqsh")
-        return 0
+        return output
 
-    monkeypatch.setattr(step, "_run_cli", fake_cli)
+    monkeypatch.setattr(step, "_import_to", fake_import)
     settings = FakeSettings(tmp_path / "cache")
     report = step.Reporter(None)
     first = step._cached_import(settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
@@ -233,7 +261,7 @@ def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
 def test_cache_files_are_trusted_by_owner_and_mode(tmp_path, monkeypatch, uid, mode, owners):
     """A cache entry someone else could have written is not used (the step imports its own, elsewhere);
     one of a configured owner (PYENROOT_CACHE_OWNERS) is."""
-    monkeypatch.setattr(step, "_run_cli", lambda verb, argv, settings: pytest.fail("imported into the cache"))
+    monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: pytest.fail("imported into the cache"))
     settings = FakeSettings(tmp_path / "cache")
     settings.owners = owners
     planted = tmp_path / "cache" / "squashfs" / "sha256-abc.sqsh"
@@ -249,3 +277,8 @@ def test_cache_files_are_trusted_by_owner_and_mode(tmp_path, monkeypatch, uid, m
         assert found == planted and lines == []
     else:
         assert found is None and lines[0].startswith(f"not using the squashfs cache: {planted}")
+
+
+def test_container_mounts_check_x_create():
+    with pytest.raises(PyenrootError, match="x-create must be dir, file or auto"):
+        step.mount_entries("/tmp:/d:x-create=bogus", "/", exists=lambda path: True)
