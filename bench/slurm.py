@@ -23,12 +23,14 @@ under 0.1 s per step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +77,31 @@ def writable_cases(images: dict[str, str]) -> dict[str, Case]:
     return cases
 
 
+@contextlib.contextmanager
+def bench_cluster(prefix: str, controller_port: int) -> Iterator[tuple[Path, LocalRegistry, users.TestUser,
+                                                                       devcluster.ClusterSpec]]:
+    """A scratch directory, a loopback registry, the test account with a private home and a two-node cluster
+    with the plugin from this tree (its nodes see the scratch directory); all gone afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    workdir.chmod(0o755)
+    registry = LocalRegistry(workdir / "registry").start()
+    spec = None
+    try:
+        wrapper = users.install_wrapper(workdir / "install")
+        account = users.ensure_user()
+        user = users.make_private_home(workdir, account, wrapper, "home")
+        spec = devcluster.ClusterSpec(directory=workdir / "cluster", plugin=build_plugin(workdir),
+                                      plugin_args={"pyenroot": str(wrapper)}, controller_port=controller_port,
+                                      first_node_port=controller_port + 1, shared_tmp_paths=(workdir,))
+        devcluster.up(spec)
+        yield workdir, registry, user, spec
+    finally:
+        if spec is not None:
+            devcluster.down(spec)
+        registry.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def timed(user: users.TestUser, argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = user.run(argv, env=env, timeout=600)
@@ -90,18 +117,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="only bare srun and the writable unnamed cases")
     args = parser.parse_args()
     repeat = args.repeat or (5 if args.quick else 20)
-    workdir = Path(tempfile.mkdtemp(prefix="pyenroot-bench-slurm-", dir="/tmp"))
-    workdir.chmod(0o755)
-    registry = LocalRegistry(workdir / "registry").start()
-    spec = None
-    try:
-        wrapper = users.install_wrapper(workdir / "install")
-        account = users.ensure_user()
-        user = users.make_private_home(workdir, account, wrapper, "home")
-        spec = devcluster.ClusterSpec(directory=workdir / "cluster", plugin=build_plugin(workdir),
-                                      plugin_args={"pyenroot": str(wrapper)}, controller_port=26817,
-                                      first_node_port=26818)
-        devcluster.up(spec)
+    with bench_cluster("pyenroot-bench-slurm-", 26817) as (workdir, registry, user, spec):
         image = push_busybox(workdir, registry)
         debian = push_debian(registry)
         env = {"SLURM_CONF": str(spec.slurm_conf), "ENROOT_ALLOW_HTTP": "y"}
@@ -123,11 +139,6 @@ def main() -> int:
             for name, (argv, extra) in cases.items():
                 times[name].append(timed(user, argv, env | extra))
         report(times)
-    finally:
-        if spec is not None:
-            devcluster.down(spec)
-        registry.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

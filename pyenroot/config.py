@@ -113,6 +113,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PYENROOT_REGISTRY_MIRRORS", None, "mirrors: 'REGISTRY=MIRROR[,MIRROR...]' entries separated by ';'"),
     Setting("PYENROOT_NVIDIA_ROOT", "/", "where the NVIDIA driver is looked up (/proc, /dev, libraries; tests use"
             " a fake tree)"),
+    Setting("PYENROOT_MPI", None, "host: give containers the site's MPI and fabric from SYSCONF/mpi.conf (the "
+            "60-mpi hook; docs/mpi.md); none or empty: the image's own"),
     Setting("PYENROOT_CACHE_OWNERS", None, "users (names or uids) besides you and root whose files in a shared"
             " ENROOT_CACHE_PATH are trusted"),
 )

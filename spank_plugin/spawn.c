@@ -10,7 +10,8 @@
  *     that real, effective and saved uid and gid and the group list are exactly the job's. Any failure ends the
  *     child with 126 and a message in its log; it never runs pyenroot with other credentials. The short child
  *     that deletes a step's two files (remove_step_files) switches the same way.
- *   - The child's environment is the job's minus node and Python settings (job_variable_denied) and gets
+ *   - The child's environment is the job's minus node and Python settings (job_variable_denied), plus the PMIx
+ *     server's PMIX_* variables from slurmstepd's own environment (step_pmix_variable), and gets
  *     stdin /dev/null, stdout/stderr in a memfd (the log), fd 3 the result pipe; every other fd is closed.
  *   - The parent stays root and reads what the user's process produced: the result lines (at most MAX_RESULTS
  *     bytes, values checked by parse_pid/parse_hex), the anchor's /proc/PID/environ (at most MAX_ENVIRON bytes)

@@ -160,3 +160,25 @@ def debian_image(registry, pusher, debian_rootfs_tar) -> PushedImage:
     image = imagebuilder.build_image([debian_rootfs_tar.read_bytes()], cmd=["/bin/bash"])
     pusher.image("test/debian", "bookworm", image)
     return PushedImage(registry, "test/debian", "bookworm", image)
+
+
+def _mpi_image(flavour: str, registry, pusher) -> PushedImage:
+    try:
+        tar = rootfs.mpi_rootfs_tar(flavour)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"mmdebstrap failed: {exc.stderr[-2000:]!r}")
+    image = imagebuilder.build_image([tar.read_bytes()], cmd=["/bin/bash"])
+    pusher.image(f"test/{flavour}", "bookworm", image)
+    return PushedImage(registry, f"test/{flavour}", "bookworm", image)
+
+
+@pytest.fixture(scope="session")
+def openmpi_image(registry, pusher) -> PushedImage:
+    """Debian bookworm with Open MPI and mpi4py (test/openmpi:bookworm; built once, cached like debian_image)."""
+    return _mpi_image("openmpi", registry, pusher)
+
+
+@pytest.fixture(scope="session")
+def mpich_image(registry, pusher) -> PushedImage:
+    """Debian bookworm with MPICH and mpi4py (test/mpich:bookworm)."""
+    return _mpi_image("mpich", registry, pusher)

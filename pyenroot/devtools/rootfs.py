@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -37,9 +38,10 @@ def busybox_rootfs(target: Path) -> Path:
 
 def debian_rootfs_tar(suite: str = "bookworm", packages: tuple[str, ...] = (), flavour: str = "minbase") -> Path:
     """A Debian minbase root filesystem (plus `packages`, e.g. an MPI) as a tar, built once with mmdebstrap and
-    cached between runs as debian-SUITE-FLAVOUR.tar."""
+    cached between runs as debian-SUITE-FLAVOUR[-DIGEST of the package list].tar."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    tar = CACHE / f"debian-{suite}-{flavour}.tar"
+    digest = f"-{hashlib.sha256(' '.join(packages).encode()).hexdigest()[:8]}" if packages else ""
+    tar = CACHE / f"debian-{suite}-{flavour}{digest}.tar"
     if tar.exists():
         return tar
     with tempfile.NamedTemporaryFile(dir=CACHE, suffix=".tar", delete=False) as tmp:
@@ -54,10 +56,11 @@ def debian_rootfs_tar(suite: str = "bookworm", packages: tuple[str, ...] = (), f
     return tar
 
 
-# The MPI test images: Open MPI (PMIx, and PMI2 through its s2 component) and MPICH (PMI2), each with mpi4py.
+# The MPI test images: Open MPI (PMIx) with mpi4py, and MPICH (PMI2) with Python, whose tests call libmpich
+# through ctypes (Debian builds its one mpi4py against Open MPI).
 MPI_FLAVOURS: dict[str, tuple[str, ...]] = {
     "openmpi": ("openmpi-bin", "python3-mpi4py"),
-    "mpich": ("mpich", "python3-mpi4py"),
+    "mpich": ("libmpich12", "python3"),
 }
 
 

@@ -25,12 +25,14 @@ def driver_root(host_environ: dict[str, str]) -> Path:
     return Path(host_environ.get(ROOT_SETTING) or "/")
 
 
-def cache_dir(host_environ: dict[str, str], uid: int) -> Path:
+def cache_dir(host_environ: dict[str, str], uid: int, name: str = "nvidia", what: str = "the GPU cache directory"
+              ) -> Path:
     """Where the private ld.so.cache files live: the per-user runtime directory, made and checked, since its
     files are reused by name and nobody else may write there. The hook runs in the user namespace, where the
-    user's files show as the current uid; the directories above were checked before it was entered."""
+    user's files show as the current uid; the directories above were checked before it was entered. (The MPI
+    hook keeps its files the same way, in another subdirectory.)"""
     runtime = host_environ.get("ENROOT_RUNTIME_PATH") or os.path.join(tempfile.gettempdir(), f"pyenroot-run-{uid}")
-    return trust.private_dir(Path(runtime) / "nvidia", "the GPU cache directory", ancestors=False)
+    return trust.private_dir(Path(runtime) / name, what, ancestors=False)
 
 
 def _read_container_cache(rootfs: Path) -> bytes | None:

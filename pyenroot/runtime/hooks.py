@@ -27,6 +27,7 @@ BUILTIN_HOOKS: tuple[tuple[str, str], ...] = (
     ("10-localtime", "pyenroot.runtime.builtin_hooks:localtime"),
     ("10-shadow", "pyenroot.runtime.builtin_hooks:shadow"),
     ("50-slurm-pmi", "pyenroot.runtime.builtin_hooks:slurm_pmi"),
+    ("60-mpi", "pyenroot.mpi.hook:mpi_hook"),
     ("98-nvidia", "pyenroot.gpu.hook:nvidia_hook"),
 )
 
@@ -40,8 +41,13 @@ def _in_slurm_step(ctx: HookContext) -> bool:
     return bool(ctx.host_environ.get("SLURM_STEP_ID"))
 
 
+def _wants_host_mpi(ctx: HookContext) -> bool:
+    return bool(ctx.environ.get("PYENROOT_MPI") or ctx.host_environ.get("PYENROOT_MPI"))
+
+
 # Cheap checks that save importing a hook that would do nothing.
-_GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu, "50-slurm-pmi": _in_slurm_step}
+_GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu, "50-slurm-pmi": _in_slurm_step,
+                                                     "60-mpi": _wants_host_mpi}
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,9 @@ def run_slurm_demo(image: str, user: pwd.struct_passwd, cluster_dir: Path = devc
     """Run IMAGE (`HOST:PORT#repository:tag`) through srun as `user`; returns and prints its os-release."""
     workdir = Path(tempfile.mkdtemp(prefix="pyenroot-slurm-demo-", dir="/tmp"))
     workdir.chmod(0o755)
+    # The nodes have their own /tmp: they must still see the plugin built in workdir.
     spec = devcluster.ClusterSpec(directory=cluster_dir, plugin=_plugin(workdir),
-                                  plugin_args={"pyenroot": _pyenroot_cli()})
+                                  plugin_args={"pyenroot": _pyenroot_cli()}, shared_tmp_paths=(workdir,))
     already_running = devcluster.is_running(spec)  # then it is someone's cluster: use it as it is
     if already_running:
         _say(f"using the local Slurm cluster running in {cluster_dir}")
