@@ -23,6 +23,14 @@ from pyenroot import storage
 from pyenroot.config import Settings
 from pyenroot.errors import ImageError, StorageError, UsageError
 from pyenroot.image import imagefiles, squash
+from pyenroot.image.built import (
+    BuildKey,
+    BuiltEntry,
+    BuiltImages,
+    builder_identity,
+    place_copy,
+    squash_description,
+)
 from pyenroot.image.cache import BlobCache
 from pyenroot.image.merge import Decompressor, MergeResult, write_merged
 from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
@@ -107,19 +115,22 @@ class TempOutput:
     def pass_fds(self) -> tuple[int, ...]:
         return () if self.fd is None else (self.fd,)
 
-    def commit(self) -> None:
-        """Give the file its final name; never replaces an existing file."""
+    def commit(self, *, replace: bool = False) -> None:
+        """Give the file its final name; never replaces an existing file unless `replace` (a cache entry)."""
+        name = self.final.with_name(f".{self.final.name}.{os.getpid()}.new") if replace else self.final
         try:
             if self.named is not None:
-                os.link(self.named, self.final)
+                os.link(self.named, name)
             else:
                 # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file; os.link only uses
                 # linkat (rather than link, which would link the /proc entry itself) when given a dir_fd.
                 parent = os.open(self.final.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    os.link(self.path, self.final.name, dst_dir_fd=parent, follow_symlinks=True)
+                    os.link(self.path, name.name, dst_dir_fd=parent, follow_symlinks=True)
                 finally:
                     os.close(parent)
+            if replace:
+                os.replace(name, self.final)
         except FileExistsError:
             raise StorageError(f"file already exists: {self.final}",
                                hint="remove it or choose another name with -o") from None
@@ -318,11 +329,14 @@ class _Stoppable:
         return getattr(self._progress, name)
 
 
-def _fetch(source: ImageSource, arch: str | None, settings: Settings,
-           progress: ImportProgress) -> tuple[ResolvedImage, LayerFetch]:
-    progress.phase("resolve")
-    image = source.resolve(arch)
+def _fetch(source: ImageSource, arch: str | None, settings: Settings, progress: ImportProgress,
+           hold: contextlib.ExitStack, image: ResolvedImage | None = None) -> tuple[ResolvedImage, LayerFetch]:
+    """Resolve (unless done) and start fetching the layers, which stay marked in use until `hold` closes."""
+    if image is None:
+        progress.phase("resolve")
+        image = source.resolve(arch)
     progress.phase("merge")
+    hold.enter_context(BlobCache.of(settings).reading(d.digest for d in image.layers))
     return image, LayerFetch(source, image, progress, settings.integer("ENROOT_MAX_CONNECTIONS"))
 
 
@@ -406,33 +420,209 @@ def _progress(verbose: int, stream: TextIO | None) -> ImportProgress:
     return ImportProgress(stream or sys.stderr, verbose=verbose)
 
 
+class _Recording:
+    """The progress a build sees: its warnings are also kept, for the cache entry to repeat on a later hit."""
+
+    def __init__(self, progress: ImportProgress):
+        self._progress = progress
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self._progress.warn(message)
+
+    def __getattr__(self, name: str):
+        return getattr(self._progress, name)
+
+
+@dataclass
+class BuiltImage:
+    """A squashfs in the built-image cache, held (a shared lock on `fd`) until the caller closes `fd`."""
+
+    path: Path
+    entry: BuiltEntry
+    fd: int
+    fresh: bool  # built now (its warnings were shown while building)
+    result: MergeResult | None = None
+
+
+def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
+    from pyenroot.registry.manifest import normalize_platform
+
+    platform = normalize_platform(arch)
+    mksquashfs = plan.use_mksquashfs or shutil.which("tar2sqfs") is None
+    tool = shutil.which("mksquashfs" if mksquashfs else "tar2sqfs")
+    return BuildKey(reference_digest=reference_digest, source_uri=source_uri,
+                    platform=f"{platform.os}/{platform.architecture}/{platform.variant or ''}",
+                    squash=squash_description(plan) + f" mksquashfs={mksquashfs}",
+                    builder=builder_identity(tool, os.environ.get("SOURCE_DATE_EPOCH")))
+
+
+def _cache_hit(images: BuiltImages, key: BuildKey) -> BuiltImage | None:
+    entry = images.lookup(key)
+    if entry is None:
+        return None
+    fd = images.hold(key.name)
+    if images.lookup(key) is None:  # pruned or replaced before we held it
+        os.close(fd)
+        return None
+    images.used(key.name)
+    return BuiltImage(images.image(key.name), entry, fd, fresh=False)
+
+
+def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, settings: Settings,
+                  progress: ImportProgress, scratch: Path, images: BuiltImages) -> BuiltImage:
+    """The cached squashfs of the image, built into the cache first when it is not there (or damaged). A
+    registry image costs one manifest request when it is there; an archive is read to find its digest."""
+    image: ResolvedImage | None = None
+    identity = getattr(opened.source, "identity", None)
+    if identity is not None:
+        progress.phase("resolve")
+        reference_digest, source_uri = identity()
+    else:
+        progress.phase("resolve")
+        image = opened.source.resolve(arch)
+        reference_digest, source_uri = image.reference_digest or image.manifest_digest, image.source_uri
+    key = _build_key(reference_digest, source_uri, arch, plan)
+    hit = _cache_hit(images, key)
+    if hit is not None:
+        return hit
+    with images.building(key):
+        hit = _cache_hit(images, key)  # built by whoever held the lock before us
+        if hit is not None:
+            return hit
+        if image is None:
+            image = opened.source.resolve(arch)
+        if image.reference_digest and image.reference_digest != reference_digest:
+            key = _build_key(image.reference_digest, image.source_uri, arch, plan)  # the tag moved meanwhile
+        images.discard(key.name)
+        recording = _Recording(progress)
+        out = TempOutput(images.image(key.name))
+        try:
+            with contextlib.ExitStack() as hold:
+                image, fetch = _fetch(opened.source, arch, settings, recording, hold, image)
+                try:
+                    result = _build_squashfs(image, fetch.layers, settings, arch, recording, out, plan, scratch)
+                finally:
+                    fetch.close()
+            out.commit(replace=True)
+        finally:
+            out.discard()
+        entry = BuiltEntry(key=key, size=images.image(key.name).stat().st_size, entries=result.entries,
+                           warnings=[*recording.warnings, *result.warnings],
+                           blobs=list(dict.fromkeys(d.digest for d in image.layers)))
+        images.add(key, entry)
+        fd = images.hold(key.name)
+    return BuiltImage(images.image(key.name), entry, fd, fresh=True, result=result)
+
+
+def _deliver(built: Path, out: TempOutput) -> None:
+    """The output gets the cached image's bytes: a hard link where the file is ours and on the same filesystem
+    (no bytes copied), else a reflink or a copy into the unnamed output file, named when complete."""
+    if os.stat(built).st_uid == os.getuid():
+        try:
+            os.link(built, out.final)
+            return
+        except FileExistsError:
+            raise StorageError(f"file already exists: {out.final}",
+                               hint="remove it or choose another name with -o") from None
+        except OSError:
+            pass  # another filesystem, or links not allowed here: copy
+    if out.fd is not None:
+        place_copy(built, out.fd)
+    else:
+        fd = os.open(out.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            place_copy(built, fd)
+        finally:
+            os.close(fd)
+    try:
+        out.commit()
+    except OSError as exc:
+        raise _output_error(exc, out.final) from None
+
+
+def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
+                     stream: TextIO | None = None, *, inheritable: bool = False) -> BuiltImage | None:
+    """The squashfs of URI in the built-image cache (built when missing), held until the caller closes its fd
+    (`inheritable`: by a container started from it, too). None when the cache cannot be trusted."""
+    from pyenroot.registry.uri import parse_uri
+
+    parse_uri(uri)
+    plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    progress = _progress(verbose, stream)
+    images = BuiltImages.of(settings)
+    problem = images.unusable()
+    if problem:
+        progress.warn(f"not using the image cache: {problem}")
+        return None
+    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+        built = _build_cached(opened, arch, plan, settings, progress, scratch, images)
+    if inheritable:
+        os.set_inheritable(built.fd, True)
+    progress.finish()
+    return built
+
+
 def import_image(uri: str, output: str | None, arch: str | None, settings: Settings, verbose: int = 0,
                  stream: TextIO | None = None) -> Path:
-    """Import URI into a squashfs file (default name from the URI); refuses to replace an existing file."""
+    """Import URI into a squashfs file (default name from the URI); refuses to replace an existing file. The
+    image is built in the built-image cache and placed from there (or taken from it, built before)."""
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)  # a bad URI or bad options fail before anything is created
     check_output_name(output)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
     progress = _progress(verbose, stream)
+    images = BuiltImages.of(settings)
+    problem = images.unusable()
+    if problem:
+        progress.warn(f"not using the image cache: {problem}")
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
         final = output_path(output, opened.default_name)
         if os.path.lexists(final):
             raise StorageError(f"file already exists: {final}", hint="remove it or choose another name with -o")
         out = TempOutput(final)  # before any download: an unwritable place fails at once
         try:
-            image, fetch = _fetch(opened.source, arch, settings, progress)
-            try:
-                result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
-            finally:
-                fetch.close()
-            out.commit()
+            if problem:
+                entries, warnings = _import_uncached(opened, arch, plan, settings, progress, scratch, out)
+            else:
+                built = _build_cached(opened, arch, plan, settings, progress, scratch, images)
+                try:
+                    _deliver(built.path, out)
+                finally:
+                    os.close(built.fd)
+                entries = built.entry.entries
+                warnings = built.result.warnings if built.result else built.entry.warnings
         finally:
             out.discard()
-    _report(result, progress)
+    for warning in warnings:
+        progress.warn(warning)
     progress.finish()
-    progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {result.entries} entries)")
+    progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {entries} entries)")
+    prune_to_limit(settings)
     return final
+
+
+def _import_uncached(opened, arch, plan, settings, progress, scratch, out: TempOutput) -> tuple[int, list[str]]:
+    """The build straight into the output (a cache nobody may trust is not written)."""
+    with contextlib.ExitStack() as hold:
+        image, fetch = _fetch(opened.source, arch, settings, progress, hold)
+        try:
+            result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
+        finally:
+            fetch.close()
+    out.commit()
+    return result.entries, result.warnings
+
+
+def prune_to_limit(settings: Settings) -> None:
+    """PYENROOT_CACHE_MAX_SIZE: after an import, the cache is pruned down to it (least recently used first)."""
+    limit = settings.get("PYENROOT_CACHE_MAX_SIZE")
+    if limit:
+        from pyenroot.image import prune
+
+        prune.prune(settings, prune.Limits(max_size=prune.parse_size(limit, "PYENROOT_CACHE_MAX_SIZE")))
 
 
 def load_image(uri: str, name: str | None, force: bool, arch: str | None, settings: Settings, verbose: int = 0,
@@ -451,18 +641,20 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
         target = storage.container_dir(settings, name)
         if os.path.lexists(target) and not force:
             raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
-        image, fetch = _fetch(opened.source, arch, settings, progress)
-        base = storage.data_path(settings)
-        storage.clean_stale_work(base)
-        try:
-            with storage.work_dir(base) as work:
-                rootfs = work.path / "rootfs"
-                rootfs.mkdir(mode=0o755)
-                result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
-                storage.install_rootfs(rootfs, target, force=force)
-        finally:
-            fetch.close()
+        with contextlib.ExitStack() as hold:
+            image, fetch = _fetch(opened.source, arch, settings, progress, hold)
+            base = storage.data_path(settings)
+            storage.clean_stale_work(base)
+            try:
+                with storage.work_dir(base) as work:
+                    rootfs = work.path / "rootfs"
+                    rootfs.mkdir(mode=0o755)
+                    result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
+                    storage.install_rootfs(rootfs, target, force=force)
+            finally:
+                fetch.close()
     _report(result, progress)
     progress.finish()
     progress.note(f"created container {name}")
+    prune_to_limit(settings)
     return target
