@@ -186,17 +186,23 @@ class BuiltImages:
     def used(self, name: str) -> None:
         touch(self.record(name))
 
-    def entries(self) -> list[tuple[str, BuiltEntry, os.stat_result]]:
-        """(name, record, stat of the record: its mtime is the last use) of every recorded entry."""
-        found = []
+    def entries(self) -> list[tuple[str, BuiltEntry | None, os.stat_result]]:
+        """(name, record, stat: its mtime is the last use) of every entry; an image without a record (being
+        recorded now, or left by a crash or an older version) has None and its own stat."""
+        found: list[tuple[str, BuiltEntry | None, os.stat_result]] = []
         if not self.dir.is_dir():
             return found
-        for record in sorted(self.dir.glob("*.json")):
-            name = record.name[:-len(".json")]
+        for image in sorted(self.dir.glob("[!.]*.sqsh")):
+            name = image.name[:-len(".sqsh")]
+            record: BuiltEntry | None = None
             try:
-                found.append((name, BuiltEntry.from_json(record.read_text()), record.stat()))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+                st = image.stat()
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    record = BuiltEntry.from_json(self.record(name).read_text())
+                    st = self.record(name).stat()
+            except OSError:
+                continue  # removed meanwhile
+            found.append((name, record, st))
         return found
 
     def remove_unused(self, name: str) -> bool:

@@ -554,7 +554,7 @@ def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: in
     images = BuiltImages.of(settings)
     problem = images.unusable()
     if problem:
-        progress.warn(f"not using the image cache: {problem}")
+        progress.warn(f"not using the squashfs cache: {problem}")
         return None
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
         built = _build_cached(opened, arch, plan, settings, progress, scratch, images)
@@ -577,7 +577,7 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
     images = BuiltImages.of(settings)
     problem = images.unusable()
     if problem:
-        progress.warn(f"not using the image cache: {problem}")
+        progress.warn(f"not using the squashfs cache: {problem}")
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
         final = output_path(output, opened.default_name)
         if os.path.lexists(final):

@@ -85,6 +85,9 @@ def list_entries(settings) -> list[CacheEntry]:
     users: dict[str, list[str]] = {}
     entries: list[CacheEntry] = []
     for name, record, st in images.entries():
+        if record is None:
+            entries.append(CacheEntry("squashfs", name, st.st_size, st.st_mtime))
+            continue
         for digest in record.blobs:
             users.setdefault(digest, []).append(record.key.source_uri)
         entries.append(CacheEntry("squashfs", name, record.size, st.st_mtime, (record.key.source_uri,)))

@@ -334,8 +334,13 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     if request.importer:
         return _run_importer(request, report, image), False
     uri = docker_uri(image)
+    from pyenroot.image.built import BuiltImages
+
+    problem = BuiltImages.of(settings).unusable()
+    if problem:
+        report.log(f"not using the squashfs cache: {problem}")
     try:
-        built = importer.build_into_cache(uri, None, settings, inheritable=True)
+        built = None if problem else importer.build_into_cache(uri, None, settings, inheritable=True)
         if built is not None:
             output, temporary = built.path, False
             importer.prune_to_limit(settings)
