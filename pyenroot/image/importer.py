@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pyenroot import storage
 from pyenroot.config import Settings
@@ -32,10 +32,12 @@ from pyenroot.image.built import (
     squash_description,
 )
 from pyenroot.image.cache import BlobCache
-from pyenroot.image.merge import Decompressor, MergeResult, write_merged
 from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
 from pyenroot.image.progress import ImportProgress
-from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource, save_from_engine
+
+if TYPE_CHECKING:  # the merge and the archive sources load only when an image is built (not for a cached one)
+    from pyenroot.image.merge import Decompressor, MergeResult
+    from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
 
@@ -65,6 +67,8 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
         return
     if ref.scheme in ("podman", "dockerd"):
         image = ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+        from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource, save_from_engine
+
         archive = save_from_engine(ref.scheme, image, workdir)
         source: OciArchiveSource | DockerArchiveSource
         if ref.scheme == "podman":
@@ -72,8 +76,12 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
         else:
             source = DockerArchiveSource(archive, cache, uri=ref.canonical())
     elif ref.scheme == "oci-archive":
+        from pyenroot.image.sources import OciArchiveSource
+
         source = OciArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
     else:
+        from pyenroot.image.sources import DockerArchiveSource
+
         source = DockerArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
     try:
         yield OpenedSource(source, name, None)
@@ -189,6 +197,8 @@ def read_ahead_plan(cpus: int) -> tuple[int, int]:
 
 
 def _decompressor(settings: Settings) -> Decompressor:
+    from pyenroot.image.merge import Decompressor
+
     return Decompressor(gzip=settings.get("ENROOT_GZIP_PROGRAM") or "gzip", threads=settings.max_processors())
 
 
@@ -207,6 +217,8 @@ def _generated(image: ResolvedImage, arch: str | None, progress: ImportProgress)
 
 def _stream_into(sink, image: ResolvedImage, layers: list[LocalLayer | Future], settings: Settings, arch: str | None,
                  progress: ImportProgress) -> MergeResult:
+    from pyenroot.image.merge import write_merged
+
     generated = _generated(image, arch, progress)
 
     def on_layer(index: int, total: int, layer: LocalLayer) -> None:
@@ -470,21 +482,26 @@ def _cache_hit(images: BuiltImages, key: BuildKey) -> BuiltImage | None:
     return BuiltImage(images.image(key.name), entry, fd, fresh=False)
 
 
-def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, settings: Settings,
-                  progress: ImportProgress, scratch: Path, images: BuiltImages) -> BuiltImage:
-    """The cached squashfs of the image, built into the cache first when it is not there (or damaged). A
-    registry image costs one manifest request when it is there; an archive is read to find its digest."""
+def _cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, progress: ImportProgress,
+            images: BuiltImages) -> tuple[BuildKey, ResolvedImage | None, BuiltImage | None]:
+    """(the key, the resolved image if that was needed to find the key, the held entry if it is there). A
+    registry image costs one manifest request (none when pinned by digest); an archive is read for its digest."""
     image: ResolvedImage | None = None
     identity = getattr(opened.source, "identity", None)
+    progress.phase("resolve")
     if identity is not None:
-        progress.phase("resolve")
         reference_digest, source_uri = identity()
     else:
-        progress.phase("resolve")
         image = opened.source.resolve(arch)
         reference_digest, source_uri = image.reference_digest or image.manifest_digest, image.source_uri
     key = _build_key(reference_digest, source_uri, arch, plan)
-    hit = _cache_hit(images, key)
+    return key, image, _cache_hit(images, key)
+
+
+def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, settings: Settings,
+                  progress: ImportProgress, scratch: Path, images: BuiltImages) -> BuiltImage:
+    """The cached squashfs of the image, built into the cache first when it is not there (or damaged)."""
+    key, image, hit = _cached(opened, arch, plan, progress, images)
     if hit is not None:
         return hit
     with images.building(key):
@@ -493,7 +510,7 @@ def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPla
             return hit
         if image is None:
             image = opened.source.resolve(arch)
-        if image.reference_digest and image.reference_digest != reference_digest:
+        if image.reference_digest and image.reference_digest != key.reference_digest:
             key = _build_key(image.reference_digest, image.source_uri, arch, plan)  # the tag moved meanwhile
         images.discard(key.name)
         recording = _Recording(progress)
@@ -625,6 +642,28 @@ def prune_to_limit(settings: Settings) -> None:
         prune.prune(settings, prune.Limits(max_size=prune.parse_size(limit, "PYENROOT_CACHE_MAX_SIZE")))
 
 
+def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings, progress: ImportProgress,
+                     name: str, force: bool) -> bool:
+    """`load` of an image built before: the container is unpacked from the cached squashfs, as `create` does
+    (no layer is read). False when the cache has no such image."""
+    images = BuiltImages.of(settings)
+    if images.unusable():
+        return False
+    plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    _, _, hit = _cached(opened, arch, plan, progress, images)
+    if hit is None:
+        return False
+    try:
+        storage.create_container(settings, hit.path, name, force=force)
+    finally:
+        os.close(hit.fd)
+    for warning in hit.entry.warnings:
+        progress.warn(warning)
+    progress.finish()
+    progress.note(f"created container {name}")
+    return True
+
+
 def load_image(uri: str, name: str | None, force: bool, arch: str | None, settings: Settings, verbose: int = 0,
                stream: TextIO | None = None) -> Path:
     """Import URI straight into the container root filesystem ENROOT_DATA_PATH/NAME (no squashfs in between)."""
@@ -641,6 +680,8 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
         target = storage.container_dir(settings, name)
         if os.path.lexists(target) and not force:
             raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
+        if _load_from_cache(opened, arch, settings, progress, name, force):
+            return target
         with contextlib.ExitStack() as hold:
             image, fetch = _fetch(opened.source, arch, settings, progress, hold)
             base = storage.data_path(settings)

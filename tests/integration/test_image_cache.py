@@ -100,3 +100,19 @@ def test_a_damaged_entry_is_detected_and_rebuilt(user, registry, cached_image, d
     assert result.returncode == 0, result.stderr
     assert second.read_bytes() == expected
     assert BuiltImages(user.home / ".cache/enroot").image(name).read_bytes() == expected
+
+
+def test_load_of_an_image_built_before_unpacks_the_cached_image(user, registry, cached_image):
+    source = uri(registry, cached_image, "v1")
+    result, _ = import_as(user, source, "first.sqsh")
+    assert result.returncode == 0, result.stderr
+    (name, _, _), = entries_of(user)
+    blobs = user.home / ".cache/enroot/blobs/sha256"
+    for blob in blobs.iterdir():  # the layers are not needed any more: the image is unpacked from the cache
+        blob.unlink()
+    done = user.pyenroot("load", "-n", "loaded", source, env={"ENROOT_ALLOW_HTTP": "y"})
+    assert done.returncode == 0, done.stderr
+    rootfs = user.home / ".local/share/enroot/loaded"
+    assert (rootfs / "data/top").read_bytes() == b"top" * 1000
+    assert (rootfs / "etc/rc").read_text().startswith(f"# enroot-provenance: {source}\n")
+    assert not list(blobs.iterdir())
