@@ -661,6 +661,7 @@ def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings,
         progress.warn(warning)
     progress.finish()
     progress.note(f"created container {name}")
+    prune_to_limit(settings)
     return True
 
 
