@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pyenroot import __version__, trust
 from pyenroot.atomic import write_atomically
-from pyenroot.image.cache import hold_lock, touch
+from pyenroot.image.cache import hold_lock, release_lock, touch
 
 # Bump when the merge writes different bytes for the same layers (so that older entries are not reused).
 BUILDER_VERSION = "1"
@@ -119,11 +119,24 @@ class BuiltImages:
 
     def unusable(self) -> str | None:
         """Why the cache directory cannot be used (someone else could add entries); it is created if missing."""
-        try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            return f"{self.dir}: {exc.strerror}"
+        if not os.path.lexists(self.dir):
+            return None  # made when the first image is built
         return trust.untrusted(self.dir, "dir", owners=self.owners)
+
+    def make(self) -> None:
+        """Create the directory (0700, whatever the umask, like missing parents)."""
+        from pyenroot.errors import StorageError
+
+        try:
+            for directory in (self.dir.parent, self.dir):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the cache directory {self.dir}: {exc.strerror}",
+                               hint="ENROOT_CACHE_PATH must be a directory you can read and write") from None
+
+    def writable(self) -> bool:
+        """Whether images can be built here (a cache that a site fills is only read by its users)."""
+        return not os.path.lexists(self.dir) or os.access(self.dir, os.W_OK)
 
     def lookup(self, key: BuildKey) -> BuiltEntry | None:
         """The entry of `key` if it is there, trusted and intact; a damaged one is removed (then rebuilt)."""
@@ -163,20 +176,23 @@ class BuiltImages:
     @contextlib.contextmanager
     def building(self, key: BuildKey) -> Iterator[None]:
         """Concurrent builders of one key (steps on many nodes) wait for the first instead of building again."""
-        fd = hold_lock(self.dir / f"{key.name}.build", exclusive=True)
+        self.make()
+        fd = hold_lock(self.build_lock(key.name), exclusive=True)
         try:
             yield
         finally:
-            os.close(fd or -1)
+            release_lock(fd, self.build_lock(key.name))
 
-    def hold(self, name: str, *, inheritable: bool = False) -> int:
-        """A shared lock on an entry (prune leaves it alone while the fd is open). `inheritable`: a container
-        started from the entry keeps it for as long as one of its processes lives."""
-        fd = hold_lock(self.use_lock(name), exclusive=False)
-        assert fd is not None
-        if inheritable:
-            os.set_inheritable(fd, True)
-        return fd
+    def build_lock(self, name: str) -> Path:
+        return self.dir / f"{name}.build"
+
+    def hold(self, name: str) -> int | None:
+        """A shared lock on an entry: prune leaves it alone until `release` (None: a cache we only read, where
+        we cannot lock)."""
+        return hold_lock(self.use_lock(name), exclusive=False)
+
+    def release(self, name: str, fd: int | None) -> None:
+        release_lock(fd, self.use_lock(name))
 
     def add(self, key: BuildKey, entry: BuiltEntry) -> None:
         """Record a complete image already under `image(key.name)` (written there atomically)."""
@@ -211,12 +227,13 @@ class BuiltImages:
         if use is None:
             return False
         try:
-            build = hold_lock(self.dir / f"{name}.build", exclusive=True, wait=False)
+            build = hold_lock(self.build_lock(name), exclusive=True, wait=False)
             if build is None:
                 return False
             try:
                 self.discard(name)
                 self.use_lock(name).unlink(missing_ok=True)
+                self.build_lock(name).unlink(missing_ok=True)
             finally:
                 os.close(build)
         finally:

@@ -53,14 +53,18 @@ def _hash_file(path: Path, hasher: hashlib._Hash) -> int:
 
 
 def hold_lock(path: Path, *, exclusive: bool, wait: bool = True) -> int | None:
-    """An open fd holding `flock` on `path` (created if missing; close it to release); None when `wait` is off
-    and someone else holds a conflicting lock. Prune removes a lock file while it holds it exclusively: a lock
-    taken on a file removed meanwhile protects nothing, so then the file is opened again."""
+    """An open fd holding `flock` on `path` (created if missing; close it to release). None when `wait` is off
+    and someone else holds a conflicting lock, or when a shared lock's file cannot be made (a cache that a site
+    fills and users only read): that reader goes without. Prune removes a lock file while it holds it
+    exclusively: a lock taken on a file removed meanwhile protects nothing, so then the file is opened again."""
     operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
     while True:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Readable by all: in a shared cache, readers of the owner's entries lock the owner's files.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if not exclusive and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None
             raise StorageError(f"cannot use the cache directory {path.parent}: {exc.strerror}",
                                hint="ENROOT_CACHE_PATH must be a directory you can read and write") from None
         try:
@@ -76,19 +80,29 @@ def hold_lock(path: Path, *, exclusive: bool, wait: bool = True) -> int | None:
         os.close(fd)
 
 
+def release_lock(fd: int | None, path: Path) -> None:
+    """Close a lock from `hold_lock`; its file goes too when nobody else holds it (`hold_lock` reopens a file
+    removed under a waiter), so that lock files do not pile up."""
+    if fd is not None:
+        os.close(fd)
+    last = hold_lock(path, exclusive=True, wait=False) if os.path.lexists(path) else None
+    if last is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(last)
+
+
 @contextmanager
 def shared_locks(paths: Iterable[Path]) -> Iterator[None]:
     """Hold shared locks on every path (an entry in use) until the block ends."""
-    fds: list[int] = []
+    held: list[tuple[int | None, Path]] = []
     try:
         for path in dict.fromkeys(paths):
-            fd = hold_lock(path, exclusive=False)
-            assert fd is not None
-            fds.append(fd)
+            held.append((hold_lock(path, exclusive=False), path))
         yield
     finally:
-        for fd in fds:
-            os.close(fd)
+        for fd, path in held:
+            release_lock(fd, path)
 
 
 def touch(path: Path) -> None:

@@ -449,13 +449,21 @@ class _Recording:
 
 @dataclass
 class BuiltImage:
-    """A squashfs in the built-image cache, held (a shared lock on `fd`) until the caller closes `fd`."""
+    """A squashfs in the built-image cache, held (a shared lock on `fd`) until the caller calls `release`."""
 
-    path: Path
+    images: BuiltImages
+    name: str
     entry: BuiltEntry
-    fd: int
-    fresh: bool  # built now (its warnings were shown while building)
-    result: MergeResult | None = None
+    fd: int | None  # None in a cache we only read (no lock can be taken there)
+    result: MergeResult | None = None  # when built now: its warnings were shown while building
+
+    @property
+    def path(self) -> Path:
+        return self.images.image(self.name)
+
+    def release(self) -> None:
+        self.images.release(self.name, self.fd)
+        self.fd = None
 
 
 def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
@@ -471,21 +479,31 @@ def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: s
 
 
 def _cache_hit(images: BuiltImages, key: BuildKey) -> BuiltImage | None:
-    entry = images.lookup(key)
-    if entry is None:
+    if images.lookup(key) is None:
         return None
     fd = images.hold(key.name)
-    if images.lookup(key) is None:  # pruned or replaced before we held it
-        os.close(fd)
+    entry = images.lookup(key)  # again: pruned or replaced before we held it?
+    if entry is None:
+        images.release(key.name, fd)
         return None
     images.used(key.name)
-    return BuiltImage(images.image(key.name), entry, fd, fresh=False)
+    return BuiltImage(images, key.name, entry, fd)
+
+
+@dataclass
+class _Lookup:
+    key: BuildKey
+    image: ResolvedImage | None  # when resolving was needed to find the key (archives)
+    hit: BuiltImage | None
 
 
 def _cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, progress: ImportProgress,
-            images: BuiltImages) -> tuple[BuildKey, ResolvedImage | None, BuiltImage | None]:
-    """(the key, the resolved image if that was needed to find the key, the held entry if it is there). A
-    registry image costs one manifest request (none when pinned by digest); an archive is read for its digest."""
+            images: BuiltImages) -> _Lookup:
+    """Find the image in the cache. A registry image costs one manifest request (none when pinned by digest);
+    an archive is read for its digest."""
+    from pyenroot.registry.manifest import normalize_platform
+
+    normalize_platform(arch)  # a bad -a is a usage error before any request
     image: ResolvedImage | None = None
     identity = getattr(opened.source, "identity", None)
     progress.phase("resolve")
@@ -495,15 +513,13 @@ def _cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, pro
         image = opened.source.resolve(arch)
         reference_digest, source_uri = image.reference_digest or image.manifest_digest, image.source_uri
     key = _build_key(reference_digest, source_uri, arch, plan)
-    return key, image, _cache_hit(images, key)
+    return _Lookup(key, image, _cache_hit(images, key))
 
 
 def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, settings: Settings,
-                  progress: ImportProgress, scratch: Path, images: BuiltImages) -> BuiltImage:
-    """The cached squashfs of the image, built into the cache first when it is not there (or damaged)."""
-    key, image, hit = _cached(opened, arch, plan, progress, images)
-    if hit is not None:
-        return hit
+                  progress: ImportProgress, scratch: Path, images: BuiltImages, found: _Lookup) -> BuiltImage:
+    """The image built into the cache (under the key's build lock: concurrent builders wait for the first)."""
+    key, image = found.key, found.image
     with images.building(key):
         hit = _cache_hit(images, key)  # built by whoever held the lock before us
         if hit is not None:
@@ -522,6 +538,7 @@ def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPla
                     result = _build_squashfs(image, fetch.layers, settings, arch, recording, out, plan, scratch)
                 finally:
                     fetch.close()
+            os.chmod(out.path, 0o644)  # whatever the umask: an entry others may write is never trusted
             out.commit(replace=True)
         finally:
             out.discard()
@@ -530,7 +547,7 @@ def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPla
                            blobs=list(dict.fromkeys(d.digest for d in image.layers)))
         images.add(key, entry)
         fd = images.hold(key.name)
-    return BuiltImage(images.image(key.name), entry, fd, fresh=True, result=result)
+    return BuiltImage(images, key.name, entry, fd, result=result)
 
 
 def _deliver(built: Path, out: TempOutput) -> None:
@@ -545,37 +562,42 @@ def _deliver(built: Path, out: TempOutput) -> None:
                                hint="remove it or choose another name with -o") from None
         except OSError:
             pass  # another filesystem, or links not allowed here: copy
-    if out.fd is not None:
-        place_copy(built, out.fd)
-    else:
-        fd = os.open(out.path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fd = out.fd if out.fd is not None else os.open(out.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             place_copy(built, fd)
         finally:
-            os.close(fd)
-    try:
-        out.commit()
+            if fd != out.fd:
+                os.close(fd)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(f"no space left on device writing {out.final}",
+                               hint="free some space there, or write the image elsewhere with -o") from None
         raise _output_error(exc, out.final) from None
+    out.commit()
 
 
 def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
                      stream: TextIO | None = None, *, inheritable: bool = False) -> BuiltImage | None:
-    """The squashfs of URI in the built-image cache (built when missing), held until the caller closes its fd
-    (`inheritable`: by a container started from it, too). None when the cache cannot be trusted."""
+    """The squashfs of URI in the built-image cache (built when missing), held until the caller releases it
+    (`inheritable`: by a container started from it, too). None when the cache cannot be trusted, or does not
+    have the image and cannot be written."""
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
     progress = _progress(verbose, stream)
     images = BuiltImages.of(settings)
-    problem = images.unusable()
-    if problem:
-        progress.warn(f"not using the squashfs cache: {problem}")
+    if images.unusable():
         return None
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
-        built = _build_cached(opened, arch, plan, settings, progress, scratch, images)
-    if inheritable:
+        found = _cached(opened, arch, plan, progress, images)
+        built = found.hit
+        if built is None:
+            if not images.writable():
+                return None
+            built = _build_cached(opened, arch, plan, settings, progress, scratch, images, found)
+    if inheritable and built.fd is not None:
         os.set_inheritable(built.fd, True)
     progress.finish()
     return built
@@ -601,14 +623,18 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
             raise StorageError(f"file already exists: {final}", hint="remove it or choose another name with -o")
         out = TempOutput(final)  # before any download: an unwritable place fails at once
         try:
-            if problem:
-                entries, warnings = _import_uncached(opened, arch, plan, settings, progress, scratch, out)
+            found = None if problem else _cached(opened, arch, plan, progress, images)
+            built = found.hit if found else None
+            if built is None and found is not None and images.writable():
+                built = _build_cached(opened, arch, plan, settings, progress, scratch, images, found)
+            if built is None:  # a cache we may not trust, or only read
+                entries, warnings = _import_uncached(opened, arch, plan, settings, progress, scratch, out,
+                                                     found.image if found else None)
             else:
-                built = _build_cached(opened, arch, plan, settings, progress, scratch, images)
                 try:
                     _deliver(built.path, out)
                 finally:
-                    os.close(built.fd)
+                    built.release()
                 entries = built.entry.entries
                 warnings = built.result.warnings if built.result else built.entry.warnings
         finally:
@@ -621,10 +647,11 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
     return final
 
 
-def _import_uncached(opened, arch, plan, settings, progress, scratch, out: TempOutput) -> tuple[int, list[str]]:
+def _import_uncached(opened, arch, plan, settings, progress, scratch, out: TempOutput,
+                     image: ResolvedImage | None) -> tuple[int, list[str]]:
     """The build straight into the output (a cache nobody may trust is not written)."""
     with contextlib.ExitStack() as hold:
-        image, fetch = _fetch(opened.source, arch, settings, progress, hold)
+        image, fetch = _fetch(opened.source, arch, settings, progress, hold, image)
         try:
             result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
         finally:
@@ -650,13 +677,13 @@ def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings,
     if images.unusable():
         return False
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
-    _, _, hit = _cached(opened, arch, plan, progress, images)
+    hit = _cached(opened, arch, plan, progress, images).hit
     if hit is None:
         return False
     try:
         storage.create_container(settings, hit.path, name, force=force)
     finally:
-        os.close(hit.fd)
+        hit.release()
     for warning in hit.entry.warnings:
         progress.warn(warning)
     progress.finish()

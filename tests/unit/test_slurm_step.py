@@ -183,10 +183,18 @@ def test_result_reporter_uses_the_named_fd():
     assert step.result_reporter({"PYENROOT_SPANK_RESULT_FD": "999"}).fd is None
 
 
+def trusted_cache(monkeypatch) -> None:
+    from pyenroot.image.built import BuiltImages
+
+    monkeypatch.setattr(BuiltImages, "of", classmethod(lambda cls, settings: types.SimpleNamespace(
+        unusable=lambda: None)))
+
+
 def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
     from pyenroot.image import importer
 
     held = types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=-1)
+    trusted_cache(monkeypatch)
     monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: held)
     monkeypatch.setattr(importer, "prune_to_limit", lambda settings: None)
     read_end, write_end = os.pipe()
@@ -203,6 +211,7 @@ def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeyp
     from pyenroot.image import importer
 
     calls = []
+    trusted_cache(monkeypatch)
     monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: None)
     monkeypatch.setattr(step, "_run_cli", lambda verb, argv, settings: calls.append((verb, list(argv))))
     found = step._import_image(request(image="reg#x/y:1"), None, step.Reporter(None), tmp_path / "t.sqsh")
