@@ -532,12 +532,7 @@ def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPla
         recording = _Recording(progress)
         out = TempOutput(images.image(key.name))
         try:
-            with contextlib.ExitStack() as hold:
-                image, fetch = _fetch(opened.source, arch, settings, recording, hold, image)
-                try:
-                    result = _build_squashfs(image, fetch.layers, settings, arch, recording, out, plan, scratch)
-                finally:
-                    fetch.close()
+            image, result = _build_into(out, opened, arch, plan, settings, recording, scratch, image)
             os.chmod(out.path, 0o644)  # whatever the umask: an entry others may write is never trusted
             out.commit(replace=True)
         finally:
@@ -647,15 +642,22 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
     return final
 
 
-def _import_uncached(opened, arch, plan, settings, progress, scratch, out: TempOutput,
-                     image: ResolvedImage | None) -> tuple[int, list[str]]:
-    """The build straight into the output (a cache nobody may trust is not written)."""
+def _build_into(out: TempOutput, opened: OpenedSource, arch: str | None, plan: squash.SquashPlan,
+                settings: Settings, progress, scratch: Path,
+                image: ResolvedImage | None) -> tuple[ResolvedImage, MergeResult]:
+    """Fetch the layers (held in the blob cache meanwhile) and build the squashfs into `out`, not yet named."""
     with contextlib.ExitStack() as hold:
         image, fetch = _fetch(opened.source, arch, settings, progress, hold, image)
         try:
-            result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
+            return image, _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
         finally:
             fetch.close()
+
+
+def _import_uncached(opened, arch, plan, settings, progress, scratch, out: TempOutput,
+                     image: ResolvedImage | None) -> tuple[int, list[str]]:
+    """The build straight into the output (a cache nobody may trust is not written)."""
+    _, result = _build_into(out, opened, arch, plan, settings, progress, scratch, image)
     out.commit()
     return result.entries, result.warnings
 
