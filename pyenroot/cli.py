@@ -31,6 +31,7 @@ VERBS: dict[str, str] = {
     "remove": "remove containers",
     "batch": "start a container from a batch configuration file",
     "bundle": "create a self-extracting bundle from a squashfs image",
+    "cache": "list the image cache or prune it (least recently used first)",
     "info": "print the version and the resolved settings",
     "doctor": "check what this machine supports (namespaces, FUSE, overlay, GPUs)",
     "spank": "internal: the Slurm SPANK plugin's helper (start, cleanup, epilog)",

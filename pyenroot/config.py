@@ -75,7 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENROOT_SYSCONF_PATH", "/etc/enroot", "system configuration: enroot.conf, hooks.d, mounts.d, environ.d"),
     Setting("ENROOT_RUNTIME_PATH", "${XDG_RUNTIME_DIR}/enroot", "per-user runtime state"),
     Setting("ENROOT_CONFIG_PATH", "${XDG_CONFIG_HOME}/enroot", "user configuration and .credentials"),
-    Setting("ENROOT_CACHE_PATH", "${XDG_CACHE_HOME}/enroot", "downloaded blobs, content-addressed"),
+    Setting("ENROOT_CACHE_PATH", "${XDG_CACHE_HOME}/enroot", "downloaded blobs, content-addressed, and built"
+            " squashfs images (docs/import.md)"),
     Setting("ENROOT_DATA_PATH", "${XDG_DATA_HOME}/enroot", "container root filesystems, one per name"),
     Setting("ENROOT_TEMP_PATH", "${TMPDIR:-/tmp}", "temporary files"),
     Setting("ENROOT_GZIP_PROGRAM", None, "gzip decompressor (pigz if installed, else gzip)", "gzip"),
@@ -117,6 +118,8 @@ SETTINGS: tuple[Setting, ...] = (
             "60-mpi hook; docs/mpi.md); none or empty: the image's own"),
     Setting("PYENROOT_CACHE_OWNERS", None, "users (names or uids) besides you and root whose files in a shared"
             " ENROOT_CACHE_PATH are trusted"),
+    Setting("PYENROOT_CACHE_MAX_SIZE", None, "when set (e.g. 50G), every import prunes ENROOT_CACHE_PATH down to"
+            " this size afterwards, least recently used first"),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 

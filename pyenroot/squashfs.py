@@ -43,6 +43,20 @@ def parse_superblock(data: bytes) -> Superblock | None:
                       id_table_start=fields[13])
 
 
+def problem(head: bytes, size: int) -> str | None:
+    """Why a file that starts with `head` and is `size` bytes long is not a whole squashfs 4 image (None: it is)."""
+    if len(head) < SUPERBLOCK.size:
+        return "is too short for a squashfs image"
+    superblock = parse_superblock(head)
+    if superblock is None:
+        return "has no squashfs magic"
+    if superblock.major != 4:
+        return f"has unsupported squashfs version {superblock.major}"
+    if superblock.bytes_used > size:
+        return f"is truncated ({size} of {superblock.bytes_used} bytes)"
+    return None
+
+
 def read_superblock(path: str | os.PathLike) -> Superblock | None:
     """The file's superblock; None if it cannot be read or is not squashfs."""
     try:

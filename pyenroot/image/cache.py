@@ -3,10 +3,13 @@
 A blob is written to a temp file in its final directory, hashed while it streams, synced and renamed into
 place only when the digest matches, so a reader never sees a partial or corrupt entry, even after a kill.
 A per-digest `fcntl` lock (`ROOT/locks/<hex>.lock`) lets concurrent importers download each blob once.
+Whoever reads a blob holds a shared `flock` on `ROOT/locks/<hex>.use` for as long as it needs it; `cache prune`
+removes only entries whose exclusive lock it gets at once (`hold_lock`, shared with the built-image cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -47,6 +50,65 @@ def _hash_file(path: Path, hasher: hashlib._Hash) -> int:
             hasher.update(chunk)
             length += len(chunk)
     return length
+
+
+def hold_lock(path: Path, *, exclusive: bool, wait: bool = True) -> int | None:
+    """An open fd holding `flock` on `path` (created if missing; close it to release). None when `wait` is off
+    and someone else holds a conflicting lock, or when a shared lock's file cannot be made (a cache that a site
+    fills and users only read): that reader goes without. Prune removes a lock file while it holds it
+    exclusively: a lock taken on a file removed meanwhile protects nothing, so then the file is opened again."""
+    operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+    while True:
+        try:
+            # Readable by all: in a shared cache, readers of the owner's entries lock the owner's files.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if not exclusive and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return None
+            raise StorageError(f"cannot use the cache directory {path.parent}: {exc.strerror}",
+                               hint="ENROOT_CACHE_PATH must be a directory you can read and write") from None
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        if os.fstat(fd).st_nlink > 0:
+            return fd
+        os.close(fd)
+
+
+def release_lock(fd: int | None, path: Path) -> None:
+    """Close a lock from `hold_lock`; its file goes too when nobody else holds it (`hold_lock` reopens a file
+    removed under a waiter), so that lock files do not pile up."""
+    if fd is not None:
+        os.close(fd)
+    last = hold_lock(path, exclusive=True, wait=False) if os.path.lexists(path) else None
+    if last is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(last)
+
+
+@contextmanager
+def shared_locks(paths: Iterable[Path]) -> Iterator[None]:
+    """Hold shared locks on every path (an entry in use) until the block ends."""
+    held: list[tuple[int | None, Path]] = []
+    try:
+        for path in dict.fromkeys(paths):
+            held.append((hold_lock(path, exclusive=False), path))
+        yield
+    finally:
+        for fd, path in held:
+            release_lock(fd, path)
+
+
+def touch(path: Path) -> None:
+    """Record a use (the entry's mtime is its last use); an entry someone else owns keeps its time."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 class BlobCache:
@@ -105,6 +167,37 @@ class BlobCache:
             yield
         finally:
             os.close(fd)  # closing releases the lock; the kernel also releases it if we are killed
+
+    def use_lock(self, digest: str) -> Path:
+        return self.locks / f"{digest_hex(digest)}.use"
+
+    @contextmanager
+    def reading(self, digests: Iterable[str]) -> Iterator[None]:
+        """Mark blobs as in use (taken before they are fetched, so that prune cannot remove one in between)."""
+        self._ensure_dirs()
+        digests = list(dict.fromkeys(digests))
+        with shared_locks(self.use_lock(d) for d in digests):
+            yield
+        for digest in digests:
+            touch(self.path(digest))
+
+    def remove_unused(self, digest: str) -> bool:
+        """Remove a blob unless something holds it (a reader, a download); False when it was in use."""
+        use = hold_lock(self.use_lock(digest), exclusive=True, wait=False)
+        if use is None:
+            return False
+        try:
+            download = hold_lock(self.locks / f"{digest_hex(digest)}.lock", exclusive=True, wait=False)
+            if download is None:
+                return False
+            try:
+                self.path(digest).unlink(missing_ok=True)
+            finally:
+                os.close(download)
+            self.use_lock(digest).unlink(missing_ok=True)
+        finally:
+            os.close(use)
+        return True
 
     def _partials(self, digest: str) -> list[Path]:
         if not self.blobs.is_dir():

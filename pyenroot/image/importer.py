@@ -17,17 +17,27 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pyenroot import storage
 from pyenroot.config import Settings
 from pyenroot.errors import ImageError, StorageError, UsageError
 from pyenroot.image import imagefiles, squash
+from pyenroot.image.built import (
+    BuildKey,
+    BuiltEntry,
+    BuiltImages,
+    builder_identity,
+    place_copy,
+    squash_description,
+)
 from pyenroot.image.cache import BlobCache
-from pyenroot.image.merge import Decompressor, MergeResult, write_merged
 from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
 from pyenroot.image.progress import ImportProgress
-from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource, save_from_engine
+
+if TYPE_CHECKING:  # the merge and the archive sources load only when an image is built (not for a cached one)
+    from pyenroot.image.merge import Decompressor, MergeResult
+    from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
 
@@ -57,6 +67,8 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
         return
     if ref.scheme in ("podman", "dockerd"):
         image = ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+        from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource, save_from_engine
+
         archive = save_from_engine(ref.scheme, image, workdir)
         source: OciArchiveSource | DockerArchiveSource
         if ref.scheme == "podman":
@@ -64,8 +76,12 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
         else:
             source = DockerArchiveSource(archive, cache, uri=ref.canonical())
     elif ref.scheme == "oci-archive":
+        from pyenroot.image.sources import OciArchiveSource
+
         source = OciArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
     else:
+        from pyenroot.image.sources import DockerArchiveSource
+
         source = DockerArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
     try:
         yield OpenedSource(source, name, None)
@@ -198,6 +214,8 @@ def read_ahead_plan(cpus: int) -> tuple[int, int]:
 
 
 def _decompressor(settings: Settings) -> Decompressor:
+    from pyenroot.image.merge import Decompressor
+
     return Decompressor(gzip=settings.get("ENROOT_GZIP_PROGRAM") or "gzip", threads=settings.max_processors())
 
 
@@ -216,6 +234,8 @@ def _generated(image: ResolvedImage, arch: str | None, progress: ImportProgress)
 
 def _stream_into(sink, image: ResolvedImage, layers: list[LocalLayer | Future], settings: Settings, arch: str | None,
                  progress: ImportProgress) -> MergeResult:
+    from pyenroot.image.merge import write_merged
+
     generated = _generated(image, arch, progress)
 
     def on_layer(index: int, total: int, layer: LocalLayer) -> None:
@@ -343,11 +363,14 @@ class _Stoppable:
         return getattr(self._progress, name)
 
 
-def _fetch(source: ImageSource, arch: str | None, settings: Settings,
-           progress: ImportProgress) -> tuple[ResolvedImage, LayerFetch]:
-    progress.phase("resolve")
-    image = source.resolve(arch)
+def _fetch(source: ImageSource, arch: str | None, settings: Settings, progress: ImportProgress,
+           hold: contextlib.ExitStack, image: ResolvedImage | None = None) -> tuple[ResolvedImage, LayerFetch]:
+    """Resolve (unless done) and start fetching the layers, which stay marked in use until `hold` closes."""
+    if image is None:
+        progress.phase("resolve")
+        image = source.resolve(arch)
     progress.phase("merge")
+    hold.enter_context(BlobCache.of(settings).reading(d.digest for d in image.layers))
     return image, LayerFetch(source, image, progress, settings.integer("ENROOT_MAX_CONNECTIONS"))
 
 
@@ -431,35 +454,276 @@ def _progress(verbose: int, stream: TextIO | None) -> ImportProgress:
     return ImportProgress(stream or sys.stderr, verbose=verbose)
 
 
+class _Recording:
+    """The progress a build sees: its warnings are also kept, for the cache entry to repeat on a later hit."""
+
+    def __init__(self, progress: ImportProgress):
+        self._progress = progress
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self._progress.warn(message)
+
+    def __getattr__(self, name: str):
+        return getattr(self._progress, name)
+
+
+@dataclass
+class BuiltImage:
+    """A squashfs in the built-image cache, held (a shared lock on `fd`) until the caller calls `release`."""
+
+    images: BuiltImages
+    name: str
+    entry: BuiltEntry
+    fd: int | None  # None in a cache we only read (no lock can be taken there)
+    result: MergeResult | None = None  # when built now: its warnings were shown while building
+
+    @property
+    def path(self) -> Path:
+        return self.images.image(self.name)
+
+    def release(self) -> None:
+        self.images.release(self.name, self.fd)
+        self.fd = None
+
+
+def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
+    from pyenroot.registry.manifest import normalize_platform
+
+    platform = normalize_platform(arch)
+    mksquashfs = plan.use_mksquashfs or shutil.which("tar2sqfs") is None
+    tool = shutil.which("mksquashfs" if mksquashfs else "tar2sqfs")
+    return BuildKey(reference_digest=reference_digest, source_uri=source_uri,
+                    platform=f"{platform.os}/{platform.architecture}/{platform.variant or ''}",
+                    squash=squash_description(plan) + f" mksquashfs={mksquashfs}",
+                    builder=builder_identity(tool, os.environ.get("SOURCE_DATE_EPOCH")))
+
+
+def _cache_hit(images: BuiltImages, key: BuildKey) -> BuiltImage | None:
+    if images.lookup(key) is None:
+        return None
+    fd = images.hold(key.name)
+    entry = images.lookup(key)  # again: pruned or replaced before we held it?
+    if entry is None:
+        images.release(key.name, fd)
+        return None
+    images.used(key.name)
+    return BuiltImage(images, key.name, entry, fd)
+
+
+@dataclass
+class _Lookup:
+    key: BuildKey
+    image: ResolvedImage | None  # when resolving was needed to find the key (archives)
+    hit: BuiltImage | None
+
+
+def _cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, progress: ImportProgress,
+            images: BuiltImages) -> _Lookup:
+    """Find the image in the cache. A registry image costs one manifest request (none when pinned by digest);
+    an archive is read for its digest."""
+    from pyenroot.registry.manifest import normalize_platform
+
+    normalize_platform(arch)  # a bad -a is a usage error before any request
+    image: ResolvedImage | None = None
+    identity = getattr(opened.source, "identity", None)
+    progress.phase("resolve")
+    if identity is not None:
+        reference_digest, source_uri = identity()
+    else:
+        image = opened.source.resolve(arch)
+        reference_digest, source_uri = image.reference_digest or image.manifest_digest, image.source_uri
+    key = _build_key(reference_digest, source_uri, arch, plan)
+    return _Lookup(key, image, _cache_hit(images, key))
+
+
+def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, settings: Settings,
+                  progress: ImportProgress, scratch: Path, images: BuiltImages, found: _Lookup) -> BuiltImage:
+    """The image built into the cache (under the key's build lock: concurrent builders wait for the first)."""
+    key, image = found.key, found.image
+    with images.building(key):
+        hit = _cache_hit(images, key)  # built by whoever held the lock before us
+        if hit is not None:
+            return hit
+        if image is None:
+            image = opened.source.resolve(arch)
+        if image.reference_digest and image.reference_digest != key.reference_digest:
+            key = _build_key(image.reference_digest, image.source_uri, arch, plan)  # the tag moved meanwhile
+        images.discard(key.name)
+        recording = _Recording(progress)
+        out = TempOutput(images.image(key.name))
+        try:
+            image, result = _build_into(out, opened, arch, plan, settings, recording, scratch, image)
+            os.chmod(out.path, 0o644)  # whatever the umask: an entry others may write is never trusted
+            out.commit(replace=True)
+        finally:
+            out.discard()
+        entry = BuiltEntry(key=key, size=images.image(key.name).stat().st_size, entries=result.entries,
+                           warnings=[*recording.warnings, *result.warnings],
+                           blobs=list(dict.fromkeys(d.digest for d in image.layers)))
+        images.add(key, entry)
+        fd = images.hold(key.name)
+    return BuiltImage(images, key.name, entry, fd, result=result)
+
+
+def _deliver(built: Path, out: TempOutput, *, replace: bool = False) -> None:
+    """The output gets the cached image's bytes: a hard link where the file is ours and on the same filesystem
+    (no bytes copied), else a reflink or a copy into the unnamed output file, named when complete. `replace`:
+    an existing output is replaced in one rename (ENROOT_FORCE_OVERRIDE)."""
+    if os.stat(built).st_uid == os.getuid():
+        link = out.final.with_name(f".{out.final.name}.{os.urandom(6).hex()}.partial") if replace else out.final
+        try:
+            os.link(built, link)
+        except FileExistsError:
+            raise StorageError(f"file already exists: {out.final}", hint=EXISTING_OUTPUT_HINT) from None
+        except OSError:
+            pass  # another filesystem, or links not allowed here: copy
+        else:
+            if replace:
+                try:
+                    os.replace(link, out.final)
+                except OSError as exc:
+                    squash.remove_quietly(link)
+                    raise _output_error(exc, out.final) from None
+            return
+    try:
+        fd = out.fd if out.fd is not None else os.open(out.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            place_copy(built, fd)
+        finally:
+            if fd != out.fd:
+                os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(f"no space left on device writing {out.final}",
+                               hint="free some space there, or write the image elsewhere with -o") from None
+        raise _output_error(exc, out.final) from None
+    out.commit(replace=replace)
+
+
+def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
+                     stream: TextIO | None = None, *, inheritable: bool = False) -> BuiltImage | None:
+    """The squashfs of URI in the built-image cache (built when missing), held until the caller releases it
+    (`inheritable`: by a container started from it, too). None when the cache cannot be trusted, or does not
+    have the image and cannot be written."""
+    from pyenroot.registry.uri import parse_uri
+
+    parse_uri(uri)
+    plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    progress = _progress(verbose, stream)
+    images = BuiltImages.of(settings)
+    if images.unusable():
+        return None
+    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+        found = _cached(opened, arch, plan, progress, images)
+        built = found.hit
+        if built is None:
+            if not images.writable():
+                return None
+            built = _build_cached(opened, arch, plan, settings, progress, scratch, images, found)
+    if inheritable and built.fd is not None:
+        os.set_inheritable(built.fd, True)
+    progress.finish()
+    return built
+
+
 def import_image(uri: str, output: str | None, arch: str | None, settings: Settings, verbose: int = 0,
                  stream: TextIO | None = None) -> Path:
     """Import URI into a squashfs file (default name from the URI); an existing file is replaced, once the new
-    one is complete, only with ENROOT_FORCE_OVERRIDE (as enroot, import has no -f)."""
+    one is complete, only with ENROOT_FORCE_OVERRIDE (as enroot, import has no -f). The image is built in the
+    built-image cache and placed from there (or taken from it, built before)."""
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)  # a bad URI or bad options fail before anything is created
     check_output_name(output)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    images = BuiltImages.of(settings)
+    problem = images.unusable()
     with _progress(verbose, stream) as progress, _scratch(settings) as scratch, \
             open_source(uri, settings, scratch) as opened:
+        if problem:
+            progress.warn(f"not using the squashfs cache: {problem}")
         final = output_path(output, opened.default_name)
         replace = settings.flag("ENROOT_FORCE_OVERRIDE")
         if os.path.lexists(final) and not (replace and not os.path.isdir(final)):
             raise StorageError(f"file already exists: {final}", hint=EXISTING_OUTPUT_HINT)
         out = TempOutput(final)  # before any download: an unwritable place fails at once
         try:
-            image, fetch = _fetch(opened.source, arch, settings, progress)
-            try:
-                result = _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
-            finally:
-                fetch.close()
-            out.commit(replace=replace)
+            found = None if problem else _cached(opened, arch, plan, progress, images)
+            built = found.hit if found else None
+            if built is None and found is not None and images.writable():
+                built = _build_cached(opened, arch, plan, settings, progress, scratch, images, found)
+            if built is None:  # a cache we may not trust, or only read
+                entries, warnings = _import_uncached(opened, arch, plan, settings, progress, scratch, out,
+                                                     found.image if found else None, replace=replace)
+            else:
+                try:
+                    _deliver(built.path, out, replace=replace)
+                finally:
+                    built.release()
+                entries = built.entry.entries
+                warnings = built.result.warnings if built.result else built.entry.warnings
         finally:
             out.discard()
-        _report(result, progress)
+        for warning in warnings:
+            progress.warn(warning)
         progress.finish()
-        progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {result.entries} entries)")
+        progress.note(f"wrote {final} ({final.stat().st_size / (1 << 20):.1f} MB, {entries} entries)")
+    prune_to_limit(settings)
     return final
+
+
+def _build_into(out: TempOutput, opened: OpenedSource, arch: str | None, plan: squash.SquashPlan,
+                settings: Settings, progress, scratch: Path,
+                image: ResolvedImage | None) -> tuple[ResolvedImage, MergeResult]:
+    """Fetch the layers (held in the blob cache meanwhile) and build the squashfs into `out`, not yet named."""
+    with contextlib.ExitStack() as hold:
+        image, fetch = _fetch(opened.source, arch, settings, progress, hold, image)
+        try:
+            return image, _build_squashfs(image, fetch.layers, settings, arch, progress, out, plan, scratch)
+        finally:
+            fetch.close()
+
+
+def _import_uncached(opened, arch, plan, settings, progress, scratch, out: TempOutput,
+                     image: ResolvedImage | None, *, replace: bool) -> tuple[int, list[str]]:
+    """The build straight into the output (a cache nobody may trust is not written)."""
+    _, result = _build_into(out, opened, arch, plan, settings, progress, scratch, image)
+    out.commit(replace=replace)
+    return result.entries, result.warnings
+
+
+def prune_to_limit(settings: Settings) -> None:
+    """PYENROOT_CACHE_MAX_SIZE: after an import, the cache is pruned down to it (least recently used first)."""
+    limit = settings.get("PYENROOT_CACHE_MAX_SIZE")
+    if limit:
+        from pyenroot.image import prune
+
+        prune.prune(settings, prune.Limits(max_size=prune.parse_size(limit, "PYENROOT_CACHE_MAX_SIZE")))
+
+
+def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings, progress: ImportProgress,
+                     name: str, force: bool) -> bool:
+    """`load` of an image built before: the container is unpacked from the cached squashfs, as `create` does
+    (no layer is read). False when the cache has no such image."""
+    images = BuiltImages.of(settings)
+    if images.unusable():
+        return False
+    plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    hit = _cached(opened, arch, plan, progress, images).hit
+    if hit is None:
+        return False
+    try:
+        storage.create_container(settings, hit.path, name, force=force)
+    finally:
+        hit.release()
+    for warning in hit.entry.warnings:
+        progress.warn(warning)
+    progress.finish()
+    progress.note(f"created container {name}")
+    prune_to_limit(settings)
+    return True
 
 
 def load_image(uri: str, name: str | None, force: bool, arch: str | None, settings: Settings, verbose: int = 0,
@@ -478,18 +742,22 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
         target = storage.container_dir(settings, name)
         if os.path.lexists(target) and not force:
             raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
-        image, fetch = _fetch(opened.source, arch, settings, progress)
-        base = storage.data_path(settings)
-        storage.clean_stale_work(base)
-        try:
-            with storage.work_dir(base) as work:
-                rootfs = work.path / "rootfs"
-                rootfs.mkdir(mode=0o755)
-                result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
-                storage.install_rootfs(rootfs, target, force=force)
-        finally:
-            fetch.close()
+        if _load_from_cache(opened, arch, settings, progress, name, force):
+            return target
+        with contextlib.ExitStack() as hold:
+            image, fetch = _fetch(opened.source, arch, settings, progress, hold)
+            base = storage.data_path(settings)
+            storage.clean_stale_work(base)
+            try:
+                with storage.work_dir(base) as work:
+                    rootfs = work.path / "rootfs"
+                    rootfs.mkdir(mode=0o755)
+                    result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
+                    storage.install_rootfs(rootfs, target, force=force)
+            finally:
+                fetch.close()
         _report(result, progress)
         progress.finish()
         progress.note(f"created container {name}")
+    prune_to_limit(settings)
     return target

@@ -26,6 +26,7 @@ class ResolvedImage:
     manifest_digest: str
     config: dict  # the image config document (architecture, os, config.Env, ...)
     layers: list[Descriptor] = field(default_factory=list)
+    reference_digest: str = ""  # what the URI itself resolved to (an index's digest); "" when the same as above
 
 
 @dataclass(frozen=True)

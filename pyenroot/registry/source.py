@@ -101,9 +101,10 @@ class RegistrySource:
             return result
         raise errors[-1]  # the origin's error: mirrors are an optimisation
 
-    def _resolve_manifest(self, client: RegistryClient, platform: Platform) -> tuple[Manifest, str]:
+    def _resolve_manifest(self, client: RegistryClient, platform: Platform) -> tuple[Manifest, str, str]:
+        """(the platform's manifest, its digest, the digest of the document the reference names)."""
         data, content_type = client.get_manifest(self.ref.reference)
-        digest = sha256_digest(data)
+        digest = top = sha256_digest(data)
         if self.ref.digest:
             verify_digest(data, self.ref.digest, f"manifest {self.ref.canonical()}")
         document = parse_manifest(data, content_type)
@@ -118,24 +119,33 @@ class RegistrySource:
             document = parse_manifest(data, content_type or entry.media_type)
             digest = entry.digest
         check_layers(document)
-        return document, digest
+        return document, digest, top
 
     def manifest_digest(self, arch: str | None) -> str:
         """The digest of the platform's manifest (what `digest` prints)."""
         platform = normalize_platform(arch)
         return self._each_endpoint(lambda c: self._resolve_manifest(c, platform)[1])
 
+    def identity(self) -> tuple[str, str]:
+        """(the digest the reference resolves to, the provenance URI): what the built-image cache is keyed by.
+        One manifest request for a tag; none for a digest-pinned reference."""
+        if self.ref.digest:
+            return self.ref.digest, self.ref.canonical()
+        digest = self._each_endpoint(lambda c: sha256_digest(c.get_manifest(self.ref.reference)[0]))
+        return digest, self.ref.canonical()
+
     def resolve(self, arch: str | None) -> ResolvedImage:
         platform = normalize_platform(arch)
 
         def attempt(client: RegistryClient) -> ResolvedImage:
-            manifest, digest = self._resolve_manifest(client, platform)
+            manifest, digest, top = self._resolve_manifest(client, platform)
             if manifest.config.size > MAX_CONFIG:
                 raise ImageError(f"image config of {self.ref.canonical()} is {manifest.config.size} bytes, "
                                  f"more than the {MAX_CONFIG} accepted")
-            config_path = self._fetch_into_cache(manifest.config, [client])
-            return ResolvedImage(source_uri=self.ref.canonical(), manifest_digest=digest,
-                                 config=parse_config(config_path.read_bytes()), layers=list(manifest.layers))
+            with self.cache.reading([manifest.config.digest]):  # `cache prune` leaves it alone meanwhile
+                config = parse_config(self._fetch_into_cache(manifest.config, [client]).read_bytes())
+            return ResolvedImage(source_uri=self.ref.canonical(), manifest_digest=digest, config=config,
+                                 layers=list(manifest.layers), reference_digest=top)
 
         return self._each_endpoint(attempt)
 

@@ -305,75 +305,39 @@ def _import_to(uri: str, output: Path, settings) -> Path:
     return import_image(uri, str(output), None, settings)
 
 
-def squashfs_cache_dir(settings) -> Path:
-    """Imported images by manifest digest, next to the blob cache (shared by all nodes when homes are)."""
-    return Path(os.path.abspath(settings.path("ENROOT_CACHE_PATH"))) / "squashfs"
-
-
-def _manifest_digest(uri: str, settings) -> str | None:
-    """The digest a registry image resolves to now; None for sources that have none (dockerd://)."""
-    from pyenroot.registry.source import RegistrySource
-    from pyenroot.registry.uri import parse_uri
-
-    ref = parse_uri(uri)
-    if ref.scheme != "docker":
-        return None
-    return RegistrySource(ref, settings).manifest_digest(None)
-
-
 def _import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
-    """(squashfs, temporary?). A registry image already imported (same manifest digest) is not rebuilt: steps
-    of every node use the cached file, written once under its final name by an atomic rename."""
+    """(squashfs, temporary?). An image built before (same manifest digest, platform and options) is not rebuilt:
+    steps of every node use the built-image cache's file, and the first builds it while the others wait. The
+    step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone."""
+    from pyenroot.image import importer
+
     image = request.image or ""
     # Both lines every time, also from the cache: scripts count them and read what follows them.
     report.log(f"importing docker image: {image}")
     if request.importer:
         return _run_importer(request, report, image), False
     uri = docker_uri(image)
+    from pyenroot.image.built import BuiltImages
+
+    problem = BuiltImages.of(settings).unusable()
+    if problem:
+        report.log(f"not using the squashfs cache: {problem}")
     try:
-        digest = _manifest_digest(uri, settings)
-        output = None if digest is None else _cached_import(settings, report, uri, digest)
-        temporary = output is None
-        if output is None:
+        built = None if problem else importer.build_into_cache(uri, None, settings, inheritable=True)
+        if built is not None:
+            output, temporary = built.path, False
+            importer.prune_to_limit(settings)
+        else:  # a cache someone else could have written: a file of the step's own
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
             _import_to(uri, temp_output, settings)
-            output = temp_output
+            output, temporary = temp_output, True
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
         report.log(f"    {exc.message}")
         raise ReportedError("import failed") from None
     report.log(f"imported docker image: {image}")
     return output, temporary
-
-
-def _cached_import(settings, report: Reporter, uri: str, digest: str) -> Path | None:
-    """The squashfs of `digest`, built by the first step that needs it; concurrent steps (on any node, the
-    cache may be on a shared filesystem) wait for that one under a lock instead of building it again.
-    None when the cache could hold what someone else wrote: then the step imports into a file of its own."""
-    import fcntl
-
-    output = squashfs_cache_dir(settings) / f"{digest.replace(':', '-')}.sqsh"
-    owners = trust.uids_of(settings.get("PYENROOT_CACHE_OWNERS") or "")
-    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not _trusted_cache_entry(output, owners, report):
-        return None
-    if not output.is_file():
-        with open(output.with_name(output.name + ".lock"), "a") as lock:
-            fcntl.lockf(lock, fcntl.LOCK_EX)  # lockf: also across NFS clients
-            if not output.is_file():
-                _import_to(uri, output, settings)
-    return output if _trusted_cache_entry(output, owners, report) else None
-
-
-def _trusted_cache_entry(output: Path, owners: frozenset[int], report: Reporter) -> bool:
-    """Whether only the user, root or a configured owner can have written `output` (or could add it)."""
-    problem = trust.untrusted(output.parent, "dir", owners=owners)
-    if not problem and os.path.lexists(output):
-        problem = trust.untrusted(output, "file", owners=owners)
-    if problem:
-        report.log(f"not using the squashfs cache: {problem}")
-    return not problem
 
 
 def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:

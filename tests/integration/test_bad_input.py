@@ -131,9 +131,16 @@ def fails_cleanly(user, args: list[str], code: int | None, says: str = "", env: 
 
 
 def only_verified_blobs(cache: Path) -> None:
-    """A failed import may keep verified blobs (named by their digest) and lock files, nothing partial."""
+    """A failed import may keep verified blobs (named by their digest), lock files and complete built images
+    (built in the cache before the output could not be written), nothing partial."""
+    from pyenroot.image.built import BuiltImages
+
+    images = BuiltImages(cache / "enroot" if (cache / "enroot").is_dir() else cache)
+    recorded = {name for name, record, _ in images.entries() if record is not None}
     for path in cache.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.parent.name == "squashfs":
+            assert path.name.split(".")[0] in recorded, path
+        elif path.is_file():
             assert path.parent.name in ("sha256", "locks"), path
             assert len(path.name.removesuffix(".lock")) == 64, path
 

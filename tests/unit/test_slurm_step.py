@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import pytest
 
@@ -210,73 +211,40 @@ def test_result_reporter_uses_the_named_fd():
     assert step.result_reporter({"PYENROOT_SPANK_RESULT_FD": "999"}).fd is None
 
 
-class FakeSettings:
-    def __init__(self, cache):
-        self.cache = cache
+def trusted_cache(monkeypatch) -> None:
+    from pyenroot.image.built import BuiltImages
 
-    def path(self, name):
-        assert name == "ENROOT_CACHE_PATH"
-        return self.cache
-
-    def get(self, name):
-        assert name == "PYENROOT_CACHE_OWNERS"
-        return self.owners
-
-    owners = None
-
-
-def test_imports_are_cached_by_digest(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_import(uri, output, settings):
-        calls.append(("import", ["-o", str(output), uri]))
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        with open(output, "w") as handle:
-            handle.write("sqsh")
-        return output
-
-    monkeypatch.setattr(step, "_import_to", fake_import)
-    settings = FakeSettings(tmp_path / "cache")
-    report = step.Reporter(None)
-    first = step._cached_import(settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
-    second = step._cached_import(settings, report, "docker://reg:5000#x/y:1", "sha256:abc")
-    assert first == second == tmp_path / "cache" / "squashfs" / "sha256-abc.sqsh"
-    assert calls == [("import", ["-o", str(first), "docker://reg:5000#x/y:1"])]
+    monkeypatch.setattr(BuiltImages, "of", classmethod(lambda cls, settings: types.SimpleNamespace(
+        unusable=lambda: None)))
 
 
 def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(step, "_manifest_digest", lambda uri, settings: "sha256:abc")
-    monkeypatch.setattr(step, "_cached_import", lambda settings, report, uri, digest: tmp_path / "x.sqsh")
+    from pyenroot.image import importer
+
+    held = types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=-1)
+    trusted_cache(monkeypatch)
+    monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: held)
+    monkeypatch.setattr(importer, "prune_to_limit", lambda settings: None)
     read_end, write_end = os.pipe()
     report = step.Reporter(write_end)
     for tasks in (1, 8):
-        step._import_image(request(image="reg:5000#x/y:1", total_tasks=tasks), None, report, tmp_path / "t")
+        found = step._import_image(request(image="reg:5000#x/y:1", total_tasks=tasks), None, report, tmp_path / "t")
+        assert found == (held.path, False)
     report.close()
     lines = os.read(read_end, 1000).decode().splitlines()
     assert lines == ["log importing docker image: reg:5000#x/y:1", "log imported docker image: reg:5000#x/y:1"] * 2
 
 
-@pytest.mark.parametrize(("uid", "mode", "owners"), [(54321, 0o644, None), (os.getuid(), 0o666, None),
-                                                     (54321, 0o644, "54321")])
-def test_cache_files_are_trusted_by_owner_and_mode(tmp_path, monkeypatch, uid, mode, owners):
-    """A cache entry someone else could have written is not used (the step imports its own, elsewhere);
-    one of a configured owner (PYENROOT_CACHE_OWNERS) is."""
-    monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: pytest.fail("imported into the cache"))
-    settings = FakeSettings(tmp_path / "cache")
-    settings.owners = owners
-    planted = tmp_path / "cache" / "squashfs" / "sha256-abc.sqsh"
-    planted.parent.mkdir(parents=True)
-    planted.write_text("sqsh")
-    planted.chmod(mode)
-    os.chown(planted, uid, uid)
-    lines = []
-    report = step.Reporter(None)
-    report.log = lines.append
-    found = step._cached_import(settings, report, "docker://reg#x/y:1", "sha256:abc")
-    if owners:
-        assert found == planted and lines == []
-    else:
-        assert found is None and lines[0].startswith(f"not using the squashfs cache: {planted}")
+def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeypatch):
+    from pyenroot.image import importer
+
+    calls = []
+    trusted_cache(monkeypatch)
+    monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: None)
+    monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: calls.append((uri, output)))
+    found = step._import_image(request(image="reg#x/y:1"), None, step.Reporter(None), tmp_path / "t.sqsh")
+    assert found == (tmp_path / "t.sqsh", True)
+    assert calls == [("docker://reg#x/y:1", tmp_path / "t.sqsh")]
 
 
 def test_container_mounts_check_x_create():
