@@ -43,6 +43,7 @@ def _list(args, settings) -> None:
     from pyenroot.image.progress import human_size
 
     store = _store(settings)
+    store.check_exists()
     index = store.read_index()
     entries = sorted(index.images.values(), key=lambda e: (e.source_uri, e.platform))
     if args.json:
@@ -75,7 +76,7 @@ def _remove(args, settings) -> None:
     from pyenroot.errors import UsageError
 
     store = _store(settings)
-    store.prepare_for_writing()
+    store.prepare_for_writing(create=False)
     for what in args.what:
         key = _index_key(what)
         with store.writing() as index:

@@ -259,9 +259,16 @@ class SiteStore:
 
     # ---- writing (the owner) --------------------------------------------------------------------------------
 
-    def prepare_for_writing(self) -> None:
-        """Create the store (0755) if missing; refuse a caller that is not its owner or root, or a store that
-        its users would not trust."""
+    def check_exists(self) -> None:
+        if not self.root.is_dir():
+            raise StorageError(f"the image store {self.root} does not exist",
+                               hint="`pyenroot store add` as its owner creates it; check PYENROOT_IMAGE_STORE")
+
+    def prepare_for_writing(self, *, create: bool = True) -> None:
+        """Create the store (0755) if missing (with `create`); refuse a caller that is not its owner or root, or
+        a store that its users would not trust."""
+        if not create:
+            self.check_exists()
         for directory in (self.root, self.images_dir):
             try:
                 directory.mkdir(mode=0o755, exist_ok=True)

@@ -192,3 +192,15 @@ def test_the_checksum_is_read_once_per_node(other_user, user, store, proxy, stor
     assert result.returncode == 0, result.stderr
     stamp = user.home / ".run/enroot/store-verified" / SiteStore(store).image(entry["name"]).stem
     assert stamp.is_file() and entry["sha256"] in stamp.read_text()
+
+
+def test_bad_store_commands(user, session_dir):
+    unset = user.pyenroot("store", "list", env={"PYENROOT_IMAGE_STORE": None})
+    assert unset.returncode == 2 and "PYENROOT_IMAGE_STORE is not set" in unset.stderr
+    missing = str(session_dir / "no-such-store")
+    for args in (("list",), ("remove", "sha256:" + "0" * 64)):
+        result = user.pyenroot("store", *args, env={"PYENROOT_IMAGE_STORE": missing})
+        assert result.returncode == 1 and f"the image store {missing} does not exist" in result.stderr
+        assert len(result.stderr.splitlines()) == 2 and not os.path.exists(missing)
+    archive = user.pyenroot("store", "add", "oci-archive:///tmp/x.tar", env={"PYENROOT_IMAGE_STORE": missing})
+    assert archive.returncode == 2 and "not a registry image" in archive.stderr and not os.path.exists(missing)

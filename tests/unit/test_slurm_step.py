@@ -6,6 +6,7 @@ import types
 
 import pytest
 
+from pyenroot.config import Settings
 from pyenroot.slurm import cluster, devcluster, step
 
 
@@ -213,7 +214,10 @@ def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeyp
     calls = []
     trusted_cache(monkeypatch)
     monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: None)
-    monkeypatch.setattr(step, "_run_cli", lambda verb, argv, settings: calls.append((verb, list(argv))))
-    found = step._import_image(request(image="reg#x/y:1"), None, step.Reporter(None), tmp_path / "t.sqsh")
+    monkeypatch.setattr(step, "_run_cli", lambda verb, argv, settings: calls.append((verb, list(argv), settings)))
+    settings = Settings({"PYENROOT_IMAGE_STORE": "/site/store"})
+    found = step._import_image(request(image="reg#x/y:1"), settings, step.Reporter(None), tmp_path / "t.sqsh")
     assert found == (tmp_path / "t.sqsh", True)
-    assert calls == [("import", ["-o", str(tmp_path / "t.sqsh"), "docker://reg#x/y:1"])]
+    (verb, argv, used), = calls
+    assert (verb, argv) == ("import", ["-o", str(tmp_path / "t.sqsh"), "docker://reg#x/y:1"])
+    assert used.get("PYENROOT_IMAGE_STORE") is None  # build_into_cache asked the store already
