@@ -13,18 +13,12 @@ import pytest
 
 from pyenroot.devtools import imagebuilder as ib
 from pyenroot.image.sitestore import SiteStore, StoreIndex
-from tests.helpers.faultproxy import FaultProxy
+from tests.integration import test_image_cache
 from tests.integration.imagecheck import HTTP, import_as, push
 
+proxy = test_image_cache.proxy  # the counting proxy in front of the registry (a fixture)
 E = ib.Entry
 WARNING = "pyenroot: warning: not using the image store"
-
-
-@pytest.fixture
-def proxy(registry):
-    server = FaultProxy(registry.url).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

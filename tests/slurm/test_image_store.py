@@ -7,14 +7,9 @@ import os
 
 import pytest
 
-from tests.helpers.faultproxy import FaultProxy
+from tests.integration import test_image_cache
 
-
-@pytest.fixture
-def proxy(registry):
-    server = FaultProxy(registry.url).start()
-    yield server
-    server.stop()
+proxy = test_image_cache.proxy  # the counting proxy in front of the registry (a fixture)
 
 
 @pytest.fixture
