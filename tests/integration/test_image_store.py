@@ -198,3 +198,13 @@ def test_bad_store_commands(user, session_dir):
         assert len(result.stderr.splitlines()) == 2 and not os.path.exists(missing)
     archive = user.pyenroot("store", "add", "oci-archive:///tmp/x.tar", env={"PYENROOT_IMAGE_STORE": missing})
     assert archive.returncode == 2 and "not a registry image" in archive.stderr and not os.path.exists(missing)
+
+
+def test_load_unpacks_the_stored_image(other_user, user, store, proxy, stored_image):
+    entry = added(other_user, store, f"docker://{proxy.host}#{stored_image}:v1")
+    before = requests(proxy)
+    pinned = f"docker://{proxy.host}#{stored_image}@{entry['reference_digest']}"
+    result = user.pyenroot("load", "-n", "fromstore", pinned, env={**HTTP, "PYENROOT_IMAGE_STORE": str(store)})
+    assert result.returncode == 0, result.stderr
+    assert requests(proxy) == before and user_blobs(user) == []
+    assert (user.home / ".local/share/enroot/fromstore/data/file").read_bytes() == b"from the store"
