@@ -271,7 +271,11 @@ class SiteStore:
             self.check_exists()
         for directory in (self.root, self.images_dir):
             try:
-                directory.mkdir(mode=0o755, exist_ok=True)
+                if not os.path.lexists(directory):
+                    directory.mkdir()
+                    directory.chmod(0o755)  # readable by every user whatever the umask, writable by the owner
+            except FileExistsError:
+                pass  # made meanwhile: checked below
             except FileNotFoundError:
                 raise StorageError(f"cannot create the image store {self.root}: its parent does not exist") from None
             except OSError as exc:
