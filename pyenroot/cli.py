@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {
     "batch": "start a container from a batch configuration file",
     "bundle": "create a self-extracting bundle from a squashfs image",
     "cache": "list the image cache or prune it (least recently used first)",
+    "store": "add, list or remove images of the site-wide image store (PYENROOT_IMAGE_STORE)",
     "info": "print the version and the resolved settings",
     "doctor": "check what this machine supports (namespaces, FUSE, overlay, GPUs)",
     "spank": "internal: the Slurm SPANK plugin's helper (start, cleanup, epilog)",
@@ -40,7 +41,7 @@ VERBS: dict[str, str] = {
 
 # Verbs that write images, containers or cache entries: SIGTERM (kill, timeout, Slurm) unwinds them like an
 # error, so that their clean-up (`finally`, temp files, work directories, tool processes) runs before exiting.
-_UNWIND_ON_SIGTERM = frozenset({"bundle", "create", "export", "import", "load", "remove"})
+_UNWIND_ON_SIGTERM = frozenset({"bundle", "create", "export", "import", "load", "remove", "store"})
 
 
 class _Terminated(BaseException):

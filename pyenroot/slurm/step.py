@@ -306,7 +306,8 @@ def _import_to(uri: str, output: Path, settings) -> Path:
 
 
 def _import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
-    """(squashfs, temporary?). An image built before (same manifest digest, platform and options) is not rebuilt:
+    """(squashfs, temporary?). An image in the site's image store is started from there. An image built before
+    (same manifest digest, platform and options) is not rebuilt:
     steps of every node use the built-image cache's file, and the first builds it while the others wait. The
     step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone."""
     from pyenroot.image import importer
@@ -323,14 +324,15 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     if problem:
         report.log(f"not using the squashfs cache: {problem}")
     try:
-        built = None if problem else importer.build_into_cache(uri, None, settings, inheritable=True)
+        # The site's image store first (PYENROOT_IMAGE_STORE), then the user's cache.
+        built = importer.build_into_cache(uri, None, settings, inheritable=True)
         if built is not None:
             output, temporary = built.path, False
             importer.prune_to_limit(settings)
-        else:  # a cache someone else could have written: a file of the step's own
+        else:  # a cache someone else could have written: a file of the step's own (the store was asked already)
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
-            _import_to(uri, temp_output, settings)
+            _import_to(uri, temp_output, settings.overridden(PYENROOT_IMAGE_STORE=None))
             output, temporary = temp_output, True
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
