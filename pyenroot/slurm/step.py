@@ -65,6 +65,7 @@ class StepRequest:
     entrypoint: bool = False
     entrypoint_log: bool = False
     writable: bool | None = None
+    broadcast: str | None = None  # srun's fan-out: the image it sent to this node (pyenroot/slurm/fanout.py)
 
     @property
     def step_label(self) -> str:
@@ -243,6 +244,9 @@ class Reporter:
     def cleanup(self) -> None:
         self._write("cleanup", "1")
 
+    def broadcast(self, description: str) -> None:
+        self._write("broadcast", description)
+
     def close(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):
@@ -393,6 +397,23 @@ def _trusted_cache_entry(output: Path, owners: frozenset[int], report: Reporter)
     return not problem
 
 
+def import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
+    """(squashfs, temporary?), as a step imports its image: also srun's, when it fans the image out."""
+    return _import_image(request, settings, report, temp_output)
+
+
+def _received_image(request: StepRequest, report: Reporter) -> Path | None:
+    """The image srun broadcast to this node, if it arrived whole (else the node imports it itself)."""
+    from pyenroot.slurm import fanout
+
+    image = fanout.receive(request, report) if request.broadcast else None
+    if image is not None:
+        # Both lines, as for every import: scripts count them.
+        report.log(f"importing docker image: {request.image}")
+        report.log(f"imported docker image: {request.image}")
+    return image
+
+
 def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
     assert request.importer
     done = subprocess.run([request.importer, "get", docker_uri(image)], stdin=subprocess.DEVNULL,
@@ -520,8 +541,9 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
         if direct:
             return str(image), state, mounts
     else:
-        image, temporary = _import_image(request, settings, report,
-                                         user_runtime(request) / f"{request.step_label}.sqsh")
+        received = _received_image(request, report)
+        image, temporary = (received, True) if received else _import_image(
+            request, settings, report, user_runtime(request) / f"{request.step_label}.sqsh")
         state.importer = request.importer
         state.squashfs = str(image) if temporary else None
         if direct:
@@ -557,7 +579,14 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
     """Prepare, report, then become the container's anchor (this process execs into it)."""
     from pyenroot.runtime import seccomp
 
-    target, state, mounts = prepare(request, settings, report)
+    state: StepState | None = None
+    try:
+        target, state, mounts = prepare(request, settings, report)
+    finally:  # a broadcast image the step did not take (its container existed, or it failed) goes now
+        if request.broadcast:
+            from pyenroot.slurm import fanout
+
+            fanout.discard_unused(request, state.squashfs if state else None)
     conf = user_runtime(request) / f"step-{request.step_label}.conf"
     write_atomically(conf, config_script([*mounts, *_batch_mount(request)], request.env_names, request.entrypoint))
     state.config = str(conf)
