@@ -108,6 +108,7 @@ struct step {
 	int anchor_pidfd;       /* -1: none (not started, or a kernel without pidfd_open) */
 	struct env_block environ_block;  /* of the anchor */
 	char cwd[4096];
+	char unlink_path[4096];  /* "unlink PATH": a file of the step's (srun's broadcast copy) removed at step end */
 	unsigned char *bpf;
 	size_t bpf_len;
 	gid_t *gids;

@@ -423,6 +423,11 @@ static void handle_line(char *line)
 		/* srun: what `spank fanout` sent to the step's nodes; slurmstepd finds it in the job's environment. */
 		if (setenv(BROADCAST_VARIABLE, text, 1) < 0)
 			slurm_error(PFX "couldn't pass the broadcast image on: %s", strerror(errno));
+	} else if (!strcmp(line, "unlink")) {
+		if (text[0] != '/' || strlen(text) >= sizeof(st.unlink_path))
+			protocol_error("an invalid file to remove");
+		else
+			strcpy(st.unlink_path, text);
 	} else if (!strcmp(line, "cleanup")) {
 		st.needs_cleanup = 1;
 	} else if (!strcmp(line, "join")) {

@@ -196,17 +196,18 @@ void start_container(spank_t sp)
 }
 
 /* The per-step files `pyenroot spank start` leaves in the node-local runtime directory (config script, state):
- * without "cleanup 1" the plugin deletes them itself instead of a second Python start at the end of every step. */
+ * without "cleanup 1" the plugin deletes them itself instead of a second Python start at the end of every step,
+ * and the one file an "unlink PATH" line named (a broadcast image the container was started from). */
 static void remove_step_files(void)
 {
 	static const char *const suffixes[] = { "conf", "json" };
 	char paths[2][700];
-	const char *const list[] = { paths[0], paths[1] };
+	const char *const list[] = { paths[0], paths[1], st.unlink_path };
 
 	for (int i = 0; i < 2; i++)
 		snprintf(paths[i], sizeof(paths[i]), "%s/%u/step-%u.%u.%s", cfg.runtime_path, (unsigned)st.uid,
 			 (unsigned)st.jobid, (unsigned)st.stepid, suffixes[i]);
-	unlink_as_user(list, 2);
+	unlink_as_user(list, st.unlink_path[0] ? 3 : 2);
 }
 
 /* When the step's last local task ends (or the step ends): stop the anchor, then clean up as the user. */

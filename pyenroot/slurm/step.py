@@ -87,6 +87,7 @@ class StepState:
     named: bool
     created: bool = False  # this step made the container filesystem (so an unnamed one is removed)
     squashfs: str | None = None  # a temporary image to delete
+    broadcast: bool = False  # squashfs is srun's broadcast copy: the plugin deletes it without a cleanup run
     save: str | None = None
     config: str | None = None
     importer: str | None = None
@@ -246,6 +247,9 @@ class Reporter:
 
     def broadcast(self, description: str) -> None:
         self._write("broadcast", description)
+
+    def unlink(self, path: str) -> None:
+        self._write("unlink", path)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -546,6 +550,7 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
             request, settings, report, user_runtime(request) / f"{request.step_label}.sqsh")
         state.importer = request.importer
         state.squashfs = str(image) if temporary else None
+        state.broadcast = received is not None
         if direct:
             return str(image), state, mounts
     state.created = _create(settings, image, cname.name, request, report)
@@ -595,6 +600,8 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
     if _unprivileged(settings):
         with contextlib.suppress(ValueError):
             report.seccomp(seccomp.filter_program(os.uname().machine))
+    if state.broadcast and state.squashfs:
+        report.unlink(state.squashfs)
     if needs_cleanup(state):
         report.cleanup()
     report.info(f"starting container: {target}")
@@ -609,7 +616,8 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
 
 def needs_cleanup(state: StepState) -> bool:
     """Whether step end needs `spank cleanup`; the plugin itself deletes the per-step config and state."""
-    return bool(state.save or (state.created and not state.named) or state.importer or state.squashfs)
+    return bool(state.save or (state.created and not state.named) or state.importer or
+                (state.squashfs and not state.broadcast))
 
 
 def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete: bool = False) -> int:
