@@ -53,7 +53,9 @@ def blob_downloads(proxy: FaultProxy, busybox_image) -> dict[str, int]:
 
 
 def run_on_all_nodes(slurm: Slurm, uri: str) -> subprocess.CompletedProcess:
-    argv = ["srun", f"-N{NODES}", "--oversubscribe", f"--container-image={uri}", "cat", "/etc/pyenroot-test"]
+    """Each task prints the image's file, and the broadcast's variable if it leaked into the task (it must not)."""
+    argv = ["srun", f"-N{NODES}", "--oversubscribe", f"--container-image={uri}", "sh", "-c",
+            "cat /etc/pyenroot-test; printenv PYENROOT_BROADCAST; true"]
     return slurm.user.run(argv, env=slurm.env({"ENROOT_CACHE_PATH": NODE_CACHE}), timeout=600)
 
 
