@@ -94,6 +94,9 @@ void broadcast_image(spank_t sp)
 		return;
 	if (spank_get_item(sp, S_JOB_NNODES, &nodes) != ESPANK_SUCCESS)
 		nodes = 0;
+	/* auto never broadcasts to one node (fanout.should_broadcast): spare single-node steps a Python start. */
+	if (nodes < 2 && strcmp(cfg.fanout, "sbcast"))
+		return;
 	command(&args, "fanout", 1);
 	argv_push_num(&args, "--nodes", nodes);
 	argv_push_opt(&args, "--fanout", cfg.fanout);
