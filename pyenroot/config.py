@@ -114,6 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PYENROOT_REGISTRY_MIRRORS", None, "mirrors: 'REGISTRY=MIRROR[,MIRROR...]' entries separated by ';'"),
     Setting("PYENROOT_NVIDIA_ROOT", "/", "where the NVIDIA driver is looked up (/proc, /dev, libraries; tests use"
             " a fake tree)"),
+    Setting("PYENROOT_FANOUT_DIR", "/tmp", "Slurm fan-out: a directory on every node (node-local, such as TmpFS) where"
+            " srun's sbcast puts a step's image"),
     Setting("PYENROOT_MPI", None, "host: give containers the site's MPI and fabric from SYSCONF/mpi.conf (the "
             "60-mpi hook; docs/mpi.md); none or empty: the image's own"),
     Setting("PYENROOT_CACHE_OWNERS", None, "users (names or uids) besides you and root whose files in a shared"
