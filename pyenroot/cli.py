@@ -164,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(run, lambda: debug[0])
 
 
+def _bar_line_open() -> bool:
+    """Whether an interrupt cut a progress bar short with its line open (only if bars were shown at all)."""
+    progress = sys.modules.get("pyenroot.image.progress")
+    return bool(progress and progress.terminal_line_open())
+
+
 def run_guarded(action: Callable[[], int], debug: Callable[[], bool]) -> int:
     """Run `action` and turn what it raises into one error line (and a hint) and an exit code, as every
     pyenroot entry point does (the CLI, a bundle's runtime); `debug()` true: let the traceback through."""
@@ -174,9 +180,9 @@ def run_guarded(action: Callable[[], int], debug: Callable[[], bool]) -> int:
             raise
         _render(error)
         return error.exit_code
-    except KeyboardInterrupt:  # Ctrl-C: a live progress bar has ended its line on the way out
+    except KeyboardInterrupt:  # Ctrl-C: a live progress bar has normally ended its line on the way out
         with contextlib.suppress(OSError, ValueError):
-            print("pyenroot: interrupted", file=sys.stderr, flush=True)
+            print(f"{chr(10) if _bar_line_open() else ''}pyenroot: interrupted", file=sys.stderr, flush=True)
         return 130
     except _Terminated:
         return 128 + signal.SIGTERM

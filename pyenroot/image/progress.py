@@ -281,18 +281,28 @@ class TerminalBars:
         self._kind = desc
 
 
+_open_line = [False]  # whether a bar's line is open on the terminal now (for the CLI's "interrupted" line)
+
+
+def terminal_line_open() -> bool:
+    """Whether a live bar left its line open (an interrupt can cut the bar short before it ends the line)."""
+    return _open_line[0]
+
+
 class _LineEnds:
     """The terminal stream as the bars write it, knowing whether the last thing written ended a line."""
 
     def __init__(self, stream: TextIO):
         self._stream = stream
-        self.line_ended = True
+
+    @property
+    def line_ended(self) -> bool:
+        return not _open_line[0]
 
     def write(self, text: str) -> int:
-        written = self._stream.write(text)
-        if text:
-            self.line_ended = text.endswith("\n")
-        return written
+        if text:  # noted before the write: an interrupt may come between the write and the next statement
+            _open_line[0] = not text.endswith("\n")
+        return self._stream.write(text)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
