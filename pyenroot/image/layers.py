@@ -41,8 +41,6 @@ import stat
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pyenroot.image.pathtable import PathKeys, PathTable
-
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 
@@ -157,11 +155,11 @@ class _Layer:
     """What the layer being read holds so far."""
 
     label: str
-    seen: PathTable  # every path of this layer (kept or hidden)
-    survivors: PathTable  # paths this layer adds to the merged tree
-    files: PathTable  # regular file path -> 1 if emitted, 0 if hidden
+    seen: dict[str, int] = field(default_factory=dict)  # every path of this layer (kept or hidden)
+    survivors: dict[str, int] = field(default_factory=dict)  # paths this layer adds to the merged tree
     whiteouts: set[str] = field(default_factory=set)
     opaque: set[str] = field(default_factory=set)
+    files: dict[str, bool] = field(default_factory=dict)  # regular file path -> emitted?
     aliases: dict[str, str] = field(default_factory=dict)  # hard link path -> the file it reaches
     materialize: dict[str, list[str]] = field(default_factory=dict)  # hidden file -> links that need it
     blocked: dict[str, bool] = field(default_factory=dict)  # directory -> upper layers hide what is below it
@@ -171,8 +169,7 @@ class MergePlanner:
     """Decides entry by entry, top layer first, what the merged image holds. No I/O."""
 
     def __init__(self, max_warnings: int = 50):
-        self._keys = PathKeys()  # one numbering of directories for every table: a million paths fit in RAM
-        self._upper = PathTable(self._keys)
+        self._upper: dict[str, int] = {}
         self._layer: _Layer | None = None
         self._cross_links: list[CrossLink] = []
         self.warnings: list[str] = []
@@ -185,18 +182,17 @@ class MergePlanner:
     def start_layer(self, label: str) -> None:
         if self._layer is not None:
             raise RuntimeError("previous layer not finished")
-        self._layer = _Layer(label, PathTable(self._keys), PathTable(self._keys), PathTable(self._keys))
+        self._layer = _Layer(label)
 
     def finish_layer(self) -> list[Materialization]:
         """Fold the layer into the merged tree; return the shadowed files its hard links still need."""
         layer = self._require_layer()
-        upper = self._upper
-        for key, value in layer.survivors.raw_items():
-            current = upper.raw_get(key)
+        for path, value in layer.survivors.items():
+            current = self._upper.get(path)
             if current is None:
-                upper.raw_set(key, value)
+                self._upper[path] = value
             elif current & _KIND_MASK == _K_DIR and value & _KIND_MASK == _K_DIR:
-                upper.raw_set(key, current | (value & (_EXPLICIT | _COVERED)))
+                self._upper[path] = current | (value & (_EXPLICIT | _COVERED))
         # A whiteout under a directory of an upper layer (or of this one): the directory stays, what lower
         # layers have in it goes (it becomes opaque).
         for path in layer.whiteouts:
@@ -390,19 +386,18 @@ class MergePlanner:
     def _place(self, layer: _Layer, path: str, kind: str) -> Decision:
         is_dir = kind == DIR
         value = (_K_DIR | _EXPLICIT) if is_dir else (_K_NONDIR | (_REGULAR if kind == FILE else 0))
-        key = self._keys.key(path)  # made once and shared by the layer's tables (a million paths add up)
-        previous = layer.seen.raw_get(key)
+        previous = layer.seen.get(path)
         if previous is not None and previous & _EXPLICIT:
             return Decision(Action.HIDDEN, path)  # a repeated directory entry: the first one counts
         self._imply_dirs(layer, path, with_self=False)
-        layer.seen.raw_set(key, value)
+        layer.seen[path] = value
         hidden = self._hidden_by_upper(path, is_dir)
         if kind == FILE:
-            layer.files.raw_set(key, 0 if hidden else 1)
+            layer.files[path] = not hidden
         if hidden:
             return self._hidden(layer, path, is_dir)
         self._imply_survivor_dirs(layer, path)
-        layer.survivors.raw_set(key, value)
+        layer.survivors[path] = value
         return Decision(Action.EMIT, path)
 
     def _hardlink(self, layer: _Layer, path: str, linkname: str) -> Decision:
