@@ -48,12 +48,18 @@ def _cpu_count() -> str:
     return str(len(os.sched_getaffinity(0)))
 
 
-def _default_gzip() -> str:
-    # A plain PATH walk: shutil would cost every `start` an import for a setting only import uses.
+def find_program(name: str) -> str | None:
+    """The path of executable `name` on PATH, as `shutil.which` finds it: a plain walk, because shutil (with
+    bz2 and lzma) would cost every `start` an import."""
     for directory in (os.environ.get("PATH") or os.defpath).split(os.pathsep):
-        if directory and os.access(os.path.join(directory, "pigz"), os.X_OK):
-            return "pigz"
-    return "gzip"
+        path = os.path.join(directory, name)
+        if directory and os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def _default_gzip() -> str:
+    return "pigz" if find_program("pigz") else "gzip"
 
 
 @dataclass(frozen=True)

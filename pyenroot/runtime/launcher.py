@@ -315,6 +315,8 @@ def _wait_single_threaded() -> None:
     """unshare(CLONE_NEWUSER) fails with EINVAL while the process has a second thread: join the helpers an
     import in this process left (their work is done: download pool, read-ahead), and wait until the kernel
     has let them go too (a joined thread is still counted for a moment)."""
+    if _thread_count() == 1:
+        return  # the common case, without importing threading
     import threading
 
     deadline = time.monotonic() + THREAD_EXIT_LIMIT_S
