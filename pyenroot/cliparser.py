@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyenroot import __version__
-from pyenroot.cli import VERBS, command_module
+from pyenroot import __version__, cli
 from pyenroot.errors import UsageError
 
 
@@ -41,11 +40,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="print what happens and how long it takes")
     parser.add_argument("--version", action="version", version=f"pyenroot {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=Parser)
-    for verb, help_text in VERBS.items():
+    for verb, help_text in cli.VERBS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         # Also after the verb (`pyenroot import -v URI`); SUPPRESS keeps a `pyenroot -v import` count.
         verb_parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                                  help="print what happens and how long it takes")
         if only is None or verb == only:
-            command_module(verb).add_arguments(verb_parser)
+            cli.command_module(verb).add_arguments(verb_parser)
     return parser

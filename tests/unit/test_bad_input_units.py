@@ -34,7 +34,7 @@ def _verb_raising(monkeypatch, tmp_path, exc: BaseException) -> None:
         raise exc
 
     fake = types.SimpleNamespace(add_arguments=lambda parser: None, run=run)
-    monkeypatch.setattr(cli, "_command_module", lambda verb: fake)
+    monkeypatch.setattr(cli, "command_module", lambda verb: fake)
     monkeypatch.setenv("ENROOT_SYSCONF_PATH", str(tmp_path))  # no settings file from the host
     monkeypatch.delenv("PYENROOT_DEBUG", raising=False)
 
@@ -80,7 +80,7 @@ def test_usage_errors_keep_exit_code_2(monkeypatch, tmp_path, capsys):
 
 
 def _fake_verb(monkeypatch, tmp_path, run) -> None:
-    monkeypatch.setattr(cli, "_command_module", lambda verb: types.SimpleNamespace(
+    monkeypatch.setattr(cli, "command_module", lambda verb: types.SimpleNamespace(
         add_arguments=lambda parser: None, run=run))
     monkeypatch.setenv("ENROOT_SYSCONF_PATH", str(tmp_path))
 
