@@ -11,10 +11,10 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import ConfigError
+from pyenroot.record import factory, record
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
@@ -62,7 +62,7 @@ def _default_gzip() -> str:
     return "pigz" if find_program("pigz") else "gzip"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Setting:
     name: str
     default: str | None  # None: unset (off) unless configured
@@ -171,11 +171,11 @@ def is_true(value: str | None) -> bool:
     return value is not None and value not in FALSE_WORDS
 
 
-@dataclass
+@record
 class Settings:
     """The resolved settings; `values` holds every setting that is set, after expansion."""
 
-    values: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = factory(dict)
 
     def get(self, name: str) -> str | None:
         return self.values.get(ALIASES.get(name, name))

@@ -7,9 +7,9 @@ nothing below re-parses arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from pyenroot.record import record
 from pyenroot.runtime.plan import Mount
 
 TYPE_CHECKING = False  # typing's flag without importing typing (a start imports as little as it can)
@@ -23,7 +23,7 @@ EnvEntry = tuple[str, str | None]
 host has none), as `--env NAME` takes it."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StartOptions:
     """One start. A None switch leaves the settings (ENROOT_REMAP_ROOT, ENROOT_ROOTFS_WRITABLE) in charge;
     True or False overrides them, and so do configuration-script directives."""

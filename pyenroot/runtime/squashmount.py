@@ -19,11 +19,11 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.config import find_program
 from pyenroot.errors import RuntimeStartError, StorageError
+from pyenroot.record import factory, record
 from pyenroot.runtime import syscalls
 from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
 
@@ -37,11 +37,11 @@ WRITABLE_OVERLAY = "overlay"  # as a read-only start: fast, but renaming a direc
 WRITABLE_METHODS = (WRITABLE_UNPACK, WRITABLE_OVERLAY)
 
 
-@dataclass
+@record
 class SquashMount:
     rootfs: Path
     method: str  # "overlayfs", "fuse-overlayfs" or "unpacked"
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = factory(list)
 
 
 def _spawn_fuse(argv: list[str], mountpoint: Path, *, as_root: bool) -> None:
