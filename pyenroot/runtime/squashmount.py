@@ -27,7 +27,7 @@ from pyenroot.record import factory, record
 from pyenroot.runtime import syscalls
 from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
 
-_READY_POLL_S = 0.002
+_READY_POLL_S = 0.0005
 _READY_LIMIT_S = 30.0
 
 
