@@ -78,3 +78,17 @@ def test_a_plain_start_imports_no_argparse():
             " print('argparse' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_modules_of_a_start_import_nothing_slow():
+    """What `start NAME` and `start IMAGE.sqsh` import (up to the exec) keeps argparse, dataclasses (and its
+    inspect), shutil, tempfile and threading out: each costs a start more than a few of its steps."""
+    modules = ["pyenroot.cli", "pyenroot.commands.start", "pyenroot.config", "pyenroot.runtime.startup",
+               "pyenroot.runtime.launcher", "pyenroot.runtime.hooks", "pyenroot.runtime.builtin_hooks",
+               "pyenroot.runtime.mounter", "pyenroot.runtime.squashmount", "pyenroot.runtime.seccomp",
+               "pyenroot.squashfs", "pyenroot.atomic"]
+    slow = ["argparse", "dataclasses", "inspect", "shutil", "tempfile", "threading", "typing"]
+    code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
+            f"print(','.join(m for m in {slow!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
