@@ -1,7 +1,8 @@
 """The `pyenroot` command line: argument parsing, error rendering and exit codes.
 
 Each verb lives in `pyenroot.commands.<verb>` with `add_arguments(parser)` and `run(args, settings)`;
-command modules import their heavy dependencies inside `run` so that `--help` and `start` stay quick.
+command modules import their heavy dependencies inside `run` so that `--help` and `start` stay quick. The
+argparse parser lives in `cliparser.py`; a plain `start` command line is read without it.
 """
 
 from __future__ import annotations
