@@ -100,7 +100,8 @@ def main() -> int:
         user = users.make_private_home(workdir, account, wrapper, "home")
         spec = devcluster.ClusterSpec(directory=workdir / "cluster", plugin=build_plugin(workdir),
                                       plugin_args={"pyenroot": str(wrapper)}, controller_port=26817,
-                                      first_node_port=26818)
+                                      first_node_port=26818,
+                                      shared_tmp_paths=(workdir,))  # each node has its own /tmp but this
         devcluster.up(spec)
         image = push_busybox(workdir, registry)
         debian = push_debian(registry)
