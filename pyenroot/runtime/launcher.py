@@ -70,7 +70,7 @@ class Launch:
     hook_steps: list = factory(list)  # hooks.HookStep
     script_hooks: tuple[list[str], dict[str, str]] | None = None  # the config script's hooks()
     native_overlay: bool = True
-    writable_sqsh: str = "unpack"  # PYENROOT_SQSH_WRITABLE (squashmount.WRITABLE_METHODS)
+    writable_sqsh: str = "unpack"  # PYENROOT_SQSH_WRITABLE (options.WRITABLE_METHODS)
     processors: int = 1
     warn: Callable[[str], None] = lambda message: None
     trace: Callable[[str], None] = lambda step: None  # called after each step (`start -v` prints timings)

@@ -26,15 +26,10 @@ from pyenroot.errors import RuntimeStartError, StorageError
 from pyenroot.record import factory, record
 from pyenroot.runtime import syscalls
 from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
+from pyenroot.runtime.options import WRITABLE_UNPACK
 
 _READY_POLL_S = 0.0005
 _READY_LIMIT_S = 30.0
-
-
-# How a writable start gets its root filesystem (PYENROOT_SQSH_WRITABLE).
-WRITABLE_UNPACK = "unpack"  # a real tree in the tmpfs: every rename works; time and memory grow with the image
-WRITABLE_OVERLAY = "overlay"  # as a read-only start: fast, but renaming a directory of the image fails (EXDEV)
-WRITABLE_METHODS = (WRITABLE_UNPACK, WRITABLE_OVERLAY)
 
 
 @record
