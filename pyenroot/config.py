@@ -131,6 +131,8 @@ def _computed_defaults(uid: int) -> dict[str, str]:
 
 def expand_variables(value: str, lookup: Mapping[str, str]) -> str:
     """Expand $NAME, ${NAME} and ${NAME:-default} like a shell would; unset names become ''."""
+    if "$" not in value:
+        return value  # most values (each start expands every setting twice)
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(3)
