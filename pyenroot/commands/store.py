@@ -7,7 +7,7 @@ import json
 
 
 def add_arguments(parser) -> None:
-    from pyenroot.cli import Parser
+    from pyenroot.cliparser import Parser
 
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
     adding = actions.add_parser("add", help="build images into the store, or refresh their tags (the owner)")
