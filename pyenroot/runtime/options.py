@@ -1,5 +1,5 @@
 """What a caller asks of a container start, as one typed value: the CLI's `start`, `batch`, a bundle's runtime
-and the Slurm step each build a `StartOptions` and hand it to `startup.start(options, settings)`.
+and the Slurm step each build a `StartOptions` and hand it to `assemble.start(options, settings)`.
 
 Strings from a command line are turned into these values by the caller that read them (`commands/start.py`);
 nothing below re-parses arguments.
