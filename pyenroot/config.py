@@ -18,8 +18,9 @@ from pyenroot.record import factory, record
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
-# Values that switch a boolean setting off (enroot unsets these; anything else non-empty is "on").
-FALSE_WORDS = frozenset({"n", "no", "N", "No", "NO", "f", "F", "false", "False", "FALSE", ""})
+# Values that switch a boolean setting off: enroot's words (it unsets these; anything else non-empty is "on"),
+# and "off", which enroot would read as on although nobody who writes it means that.
+FALSE_WORDS = frozenset({"n", "no", "N", "No", "NO", "f", "F", "false", "False", "FALSE", "off", "Off", "OFF", ""})
 
 # Old spelling -> current name. Scripts written for the first enroot releases still use the old ones.
 ALIASES: dict[str, str] = {
@@ -180,7 +181,10 @@ def _unquote(value: str) -> str:
 
 
 def is_true(value: str | None) -> bool:
-    """enroot's truth rule: unset or a 'no/false' word is off, anything else is on (even '0')."""
+    """The rule for ENROOT_*/PYENROOT_* settings (files, environment, batch directives), from enroot: unset or
+    one of FALSE_WORDS is off, anything else is on (even '0', as in enroot). The SPANK plugin parses its own
+    plugstack.conf words in C (`parse_bool`, which agrees on every off word), and its y/n arguments to
+    `pyenroot spank` are read by `commands.spank.plugin_flag`."""
     return value is not None and value not in FALSE_WORDS
 
 

@@ -204,14 +204,18 @@ struct spank_option option_table[] = {
 
 /* ------------------------------------------------------------------------------------------ plugstack.conf */
 
-/* 1, 0, or -1 for a word that is neither. Every word config.is_true takes as off (the Python side's rule, from
- * enroot) is off here too, in the same spellings, and so is pyxis's "0". Unlike is_true, which takes any other
- * word as on, only the matching "on" words are on: a typo in plugstack.conf stops the plugin instead of
- * switching something on. */
+/* 1, 0, or -1 for a word that is neither. This table is C because slurmd hands plugstack.conf arguments to
+ * slurm_spank_init, before any Python runs, and a bad one must stop the plugin there. Every word config.is_true
+ * takes as off (the Python side's rule: enroot's words and "off") is off here too, in the same spellings, and
+ * so is pyxis's "0". Unlike is_true, which takes any other word as on, only the matching "on" words are on: a
+ * typo in plugstack.conf stops the plugin instead of switching something on. The plugin passes the results to
+ * Python as "y"/"n" (argv_push_bool), read by commands/spank.py:plugin_flag. */
 int parse_bool(const char *s)
 {
-	static const char *const off[] = { "0", "n", "N", "no", "No", "NO", "f", "F", "false", "False", "FALSE", NULL };
-	static const char *const on[] = { "1", "y", "Y", "yes", "Yes", "YES", "t", "T", "true", "True", "TRUE", NULL };
+	static const char *const off[] = { "0", "n", "N", "no", "No", "NO", "f", "F", "false", "False", "FALSE",
+					     "off", "Off", "OFF", NULL };
+	static const char *const on[] = { "1", "y", "Y", "yes", "Yes", "YES", "t", "T", "true", "True", "TRUE",
+					    "on", "On", "ON", NULL };
 
 	for (int i = 0; off[i]; i++)
 		if (!strcmp(s, off[i]))

@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from pyenroot.config import is_true
+
+def plugin_flag(value: str) -> bool:
+    """A boolean argument from the plugin, which writes exactly "y" or "n" (argv_push_bool in
+    spank_plugin/common.c, after its own parse_bool of the user's words); anything else is a usage error."""
+    if value not in ("y", "n"):
+        raise argparse.ArgumentTypeError(f"expected y or n, not {value!r}")
+    return value == "y"
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -24,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--total-tasks", type=int, default=1)
     parser.add_argument("--scope", choices=("job", "global"), default="global")
     parser.add_argument("--runtime-path", default="/run/pyenroot")
-    parser.add_argument("--squashfuse", type=is_true, default=True)
+    parser.add_argument("--squashfuse", type=plugin_flag, default=True)
     parser.add_argument("--importer")
     parser.add_argument("--cwd")
     parser.add_argument("--batch-script")
@@ -34,10 +40,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save")
     parser.add_argument("--env-names", type=_names, default=())
     parser.add_argument("--unshare", type=_names, default=())
-    parser.add_argument("--mount-home", type=is_true)
-    parser.add_argument("--remap-root", type=is_true)
-    parser.add_argument("--entrypoint", type=is_true, default=False)
-    parser.add_argument("--writable", type=is_true)
+    parser.add_argument("--mount-home", type=plugin_flag)
+    parser.add_argument("--remap-root", type=plugin_flag)
+    parser.add_argument("--entrypoint", type=plugin_flag, default=False)
+    parser.add_argument("--writable", type=plugin_flag)
     parser.add_argument("--incomplete", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--broadcast", help="start: the image srun's fanout sent to this node")
     parser.add_argument("--nodes", type=int, default=0, help="fanout: the step's node count")

@@ -1,4 +1,6 @@
-"""`pyenroot start [options] NAME|IMAGE [COMMAND [ARG...]]`."""
+"""`pyenroot start [options] NAME|IMAGE [COMMAND [ARG...]]`: the command line, turned into a typed
+`runtime.options.StartOptions` for `runtime.assemble.start` (which builds the `Launch` that `runtime.launcher`
+carries out)."""
 
 # The options of a start: (short, long, attribute) of the flags and of the options that take a value. argparse
 # declares them in add_container_options; quick_arguments reads their plain forms from this table (a unit test
@@ -111,14 +113,14 @@ def start_container(options, settings, *, verbose: bool = False) -> int:
     import sys
     import time
 
-    from pyenroot.runtime import startup
+    from pyenroot.runtime import assemble
 
     started = time.perf_counter()
 
     def trace(step: str) -> None:
         print(f"pyenroot: {(time.perf_counter() - started) * 1000:7.1f} ms  {step}", file=sys.stderr, flush=True)
 
-    return startup.start(options, settings, trace=trace if verbose else lambda step: None)
+    return assemble.start(options, settings, trace=trace if verbose else lambda step: None)
 
 
 def run(args, settings) -> int:

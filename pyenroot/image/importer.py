@@ -37,8 +37,8 @@ from pyenroot.image.progress import ImportProgress
 from pyenroot.image.sitestore import SiteStore, StoreEntry, TagEntry, entry_name, file_sha256, tag_reference
 
 if TYPE_CHECKING:  # the merge and the archive sources load only when an image is built (not for a cached one)
+    from pyenroot.image.local_sources import DockerArchiveSource, OciArchiveSource
     from pyenroot.image.merge import Decompressor, MergeResult
-    from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
 
@@ -68,7 +68,7 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
         return
     if ref.scheme in ("podman", "dockerd"):
         image = ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
-        from pyenroot.image.sources import DockerArchiveSource, OciArchiveSource, save_from_engine
+        from pyenroot.image.local_sources import DockerArchiveSource, OciArchiveSource, save_from_engine
 
         archive = save_from_engine(ref.scheme, image, workdir)
         source: OciArchiveSource | DockerArchiveSource
@@ -77,11 +77,11 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
         else:
             source = DockerArchiveSource(archive, cache, uri=ref.canonical())
     elif ref.scheme == "oci-archive":
-        from pyenroot.image.sources import OciArchiveSource
+        from pyenroot.image.local_sources import OciArchiveSource
 
         source = OciArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
     else:
-        from pyenroot.image.sources import DockerArchiveSource
+        from pyenroot.image.local_sources import DockerArchiveSource
 
         source = DockerArchiveSource(Path(os.path.abspath(ref.path or "")), cache, ref=ref.tag)
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 from pyenroot.gpu import ldcache
 from pyenroot.gpu.hook import cache_dir, write_files
 from pyenroot.mpi import plan as mpi_plan
-from pyenroot.runtime.builtin_hooks import inside
 from pyenroot.runtime.hookapi import HookContext
+from pyenroot.runtime.mounter import host_path
 
 
 def site_file(host_environ: dict[str, str]) -> Path:
@@ -58,7 +58,7 @@ def _container_libraries(ctx: HookContext, cache: bytes | None, flags: int) -> d
 
 
 def _real_name(ctx: HookContext, path: str) -> str:
-    return os.path.basename(os.path.realpath(inside(ctx, path)))
+    return os.path.basename(os.path.realpath(host_path(ctx.rootfs, path)))
 
 
 def mpi_hook(ctx: HookContext) -> None:
@@ -68,7 +68,7 @@ def mpi_hook(ctx: HookContext) -> None:
     site = load_site(path)
     host_names, host_versions = _host_names(site, path)
     try:
-        container_cache: bytes | None = inside(ctx, mpi_plan.LD_CACHE).read_bytes()
+        container_cache: bytes | None = host_path(ctx.rootfs, mpi_plan.LD_CACHE).read_bytes()
     except OSError:
         container_cache = None
     flags = ldcache.FLAGS_BY_MACHINE.get(platform.machine(), ldcache.FLAG_ELF_LIBC6)

@@ -2,7 +2,7 @@
 
 Each takes a `HookContext` (the container's root seen from the host, its environment so far, the caller's
 ids) and either edits files in the root filesystem or asks for mounts. Paths inside the image are resolved
-with `inside()`, so a hostile symlink in the image cannot redirect a write to the host.
+with `mounter.host_path`, so a hostile symlink in the image cannot redirect a write to the host.
 """
 
 from __future__ import annotations
@@ -19,26 +19,9 @@ from pyenroot.atomic import write_atomically
 from pyenroot.config import is_true
 from pyenroot.runtime.fstab import format_line
 from pyenroot.runtime.hookapi import HookContext
-from pyenroot.runtime.plan import resolve_inside
+from pyenroot.runtime.mounter import host_path
 
 OVERFLOW_ID = 65534
-
-
-def inside(ctx: HookContext, path: str, *, follow: bool = True) -> Path:
-    """The host path of `path` in the container, symlinks resolved within the container's root (all but the
-    last component when `follow` is false, to replace a link rather than what it points to)."""
-    root = str(ctx.rootfs)
-
-    def readlink(p: str) -> str | None:
-        try:
-            return os.readlink(root + p)
-        except OSError:
-            return None
-
-    if follow:
-        return Path(root + resolve_inside(path, readlink))
-    parent, _, name = path.rstrip("/").rpartition("/")
-    return Path(root + resolve_inside(parent or "/", readlink).rstrip("/") + "/" + name)
 
 
 def _read(path: Path) -> str:
@@ -87,14 +70,14 @@ def merge_accounts(existing: str, first: list[str], drop_names: set[str], drop_i
 def shadow(ctx: HookContext) -> None:
     """Put root, nobody and the caller (with the caller's outer ids) into the image's passwd and group, and the
     caller into its shadow file (PAM's account check, e.g. sshd's, refuses a user that file lacks)."""
-    etc = inside(ctx, "/etc")
+    etc = host_path(ctx.rootfs, "/etc")
     if not etc.is_dir() or not os.access(etc, os.W_OK):
         return
     name, gecos, home, shell = _host_identity(ctx)
-    if not inside(ctx, shell).is_file():
+    if not host_path(ctx.rootfs, shell).is_file():
         shell = "/bin/sh"
     group = _group_name(ctx.outer_gid)
-    passwd_path, group_path = inside(ctx, "/etc/passwd"), inside(ctx, "/etc/group")
+    passwd_path, group_path = host_path(ctx.rootfs, "/etc/passwd"), host_path(ctx.rootfs, "/etc/group")
     passwd, groups = _read(passwd_path), _read(group_path)
     default_root = "root:x:0:0:root:/root:/bin/sh"
     root_line = next((line for line in passwd.splitlines() if line.startswith("root:")), default_root)
@@ -109,7 +92,7 @@ def shadow(ctx: HookContext) -> None:
         if new != old:  # usually only the first start of a container changes anything
             write_atomically(path, new, 0o644)
     if ctx.outer_uid != 0:
-        _add_shadow_entry(inside(ctx, "/etc/shadow"), name)
+        _add_shadow_entry(host_path(ctx.rootfs, "/etc/shadow"), name)
 
 
 def _add_shadow_entry(path: Path, name: str) -> None:
@@ -147,13 +130,13 @@ def localtime(ctx: HookContext) -> None:
         return
     link = os.readlink(host)
     zone = host.resolve()
-    target = inside(ctx, "/etc/localtime", follow=False)
+    target = host_path(ctx.rootfs, "/etc/localtime", follow=False)
     if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
         return
-    if target.is_symlink() and os.readlink(target) == link and inside(ctx, link).exists():
+    if target.is_symlink() and os.readlink(target) == link and host_path(ctx.rootfs, link).exists():
         return  # already done by an earlier start
     if link.startswith("/") and zone.is_file():
-        zone_inside = inside(ctx, link)
+        zone_inside = host_path(ctx.rootfs, link)
         if not zone_inside.exists():
             with contextlib.suppress(OSError):  # a read-only or odd image keeps the bare link
                 zone_inside.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -169,9 +152,9 @@ def localtime(ctx: HookContext) -> None:
 
 def aptfix(ctx: HookContext) -> None:
     """Debian images as root in a one-uid namespace: apt cannot drop to its _apt sandbox user."""
-    if not ctx.remap_root or not inside(ctx, "/etc/debian_version").is_file():
+    if not ctx.remap_root or not host_path(ctx.rootfs, "/etc/debian_version").is_file():
         return
-    confdir = inside(ctx, "/etc/apt/apt.conf.d")
+    confdir = host_path(ctx.rootfs, "/etc/apt/apt.conf.d")
     if confdir.is_dir() and os.access(confdir, os.W_OK):
         write_atomically(confdir / "pyenroot-aptfix", 'APT::Sandbox::User "root";\n', 0o644)
 
@@ -242,7 +225,7 @@ def devices(ctx: HookContext) -> None:
         return
     for line in _device_lines(ctx, new_ipc):
         ctx.mount_now(line)
-    dev = inside(ctx, "/dev")
+    dev = host_path(ctx.rootfs, "/dev")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
         link = dev / name

@@ -1,4 +1,5 @@
 """Carries a start out: namespaces, root filesystem, mounts, hooks, pivot_root and the exec of the command.
+The last stage of a start: `assemble.start` builds the `Launch` (what to start: a `Target`) that `launch` runs.
 
 The whole start is one process that ends by executing the container's program (same PID as `pyenroot
 start`), so exit codes, signals, stdin and the TTY are the program's own. Only with a new PID namespace does
@@ -54,19 +55,22 @@ class CommandNotExecutable(RuntimeStartError):
 
 @record
 class Target:
+    """The container a start runs: a created container's directory or a squashfs image (assemble.resolve_target)."""
+
     kind: str  # "dir" (a created container) or "squashfs" (an image started directly)
     path: Path
 
 
 @record
 class Launch:
-    """What the launcher needs besides the request: where things are and what runs as hooks."""
+    """What the launcher needs besides the request: where things are and what runs as hooks. Built by
+    `assemble.start` from the options and settings; `launch(spec)` carries it out."""
 
     target: Target
     request: StartRequest
     runtime_path: Path
     host_environ: dict[str, str]  # process environment + ENROOT_* settings, for hooks
-    logname: str = ""  # the container's LOGNAME unless a source sets it (startup.host_login_name)
+    logname: str = ""  # the container's LOGNAME unless a source sets it (assemble.host_login_name)
     hook_steps: list = factory(list)  # hooks.HookStep
     script_hooks: tuple[list[str], dict[str, str]] | None = None  # the config script's hooks()
     native_overlay: bool = True
@@ -383,11 +387,11 @@ def _launch(spec: Launch, kernel: Syscalls) -> int:
         return runtime[0]
 
     if target.kind == "squashfs":
-        from pyenroot.runtime import squashmount
+        from pyenroot.runtime import imagemount
 
         sub = workdir() / "image"
         sub.mkdir(mode=0o755)
-        mounted = squashmount.mount_image(target.path, sub, writable=start_plan.writable,
+        mounted = imagemount.mount_image(target.path, sub, writable=start_plan.writable,
                                           writable_method=spec.writable_sqsh, native_overlay=spec.native_overlay,
                                           processors=spec.processors)
         for note in mounted.notes:

@@ -27,10 +27,17 @@ def _readlink_in(root: str) -> Callable[[str], str | None]:
     return readlink
 
 
-def host_path(root: Path, path: str, *, refuse_escape: bool = False) -> Path:
-    """The host path of container path `path`, resolved so that it cannot leave `root` (with `refuse_escape`,
-    a `..` above the root is an error instead of staying at the root)."""
-    return Path(str(root) + plan.resolve_inside(path, _readlink_in(str(root)), refuse_escape=refuse_escape))
+def host_path(root: Path, path: str, *, follow: bool = True, refuse_escape: bool = False) -> Path:
+    """The host path of container path `path`, resolved so that it cannot leave `root`: the image's symlinks
+    are followed as if `root` were `/`. With `follow` false the last component is kept as named (to replace a
+    link rather than what it points to); with `refuse_escape`, a `..` above the root is an error instead of
+    staying at the root (mounts, like enroot's)."""
+    readlink = _readlink_in(str(root))
+    if follow:
+        return Path(str(root) + plan.resolve_inside(path, readlink, refuse_escape=refuse_escape))
+    parent, _, name = path.rstrip("/").rpartition("/")
+    resolved_parent = plan.resolve_inside(parent or "/", readlink, refuse_escape=refuse_escape)
+    return Path(str(root) + resolved_parent.rstrip("/") + "/" + name)
 
 
 def _read_inside(root: Path, path: str) -> str:

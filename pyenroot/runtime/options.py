@@ -1,5 +1,5 @@
 """What a caller asks of a container start, as one typed value: the CLI's `start`, `batch`, a bundle's runtime
-and the Slurm step each build a `StartOptions` and hand it to `startup.start(options, settings)`.
+and the Slurm step each build a `StartOptions` and hand it to `assemble.start(options, settings)`.
 
 Strings from a command line are turned into these values by the caller that read them (`commands/start.py`);
 nothing below re-parses arguments.
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 NAMESPACES = ("pid", "net", "ipc", "uts")  # what `namespaces` may hold (besides the user and mount ones)
 
-# How a writable start of a .sqsh image gets its root filesystem (PYENROOT_SQSH_WRITABLE, squashmount.py); here
-# so that every start checks the setting without importing squashmount.
+# How a writable start of a .sqsh image gets its root filesystem (PYENROOT_SQSH_WRITABLE, imagemount.py); here
+# so that every start checks the setting without importing imagemount.
 WRITABLE_UNPACK = "unpack"  # a real tree in the tmpfs: every rename works; time and memory grow with the image
 WRITABLE_OVERLAY = "overlay"  # as a read-only start: fast, but renaming a directory of the image fails (EXDEV)
 WRITABLE_METHODS = (WRITABLE_UNPACK, WRITABLE_OVERLAY)

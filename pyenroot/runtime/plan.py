@@ -209,7 +209,7 @@ def namespace_stage(request: StartRequest) -> NamespaceStage:
     """The namespaces to unshare, with the id maps enroot writes: the caller's own ids (`UID UID 1`), or root
     with remap-root (`0 UID 1`). One user namespace for every start, also straight from a squashfs: its
     creator holds every capability in it whatever the map, until it executes the program; the image's
-    FUSE server runs as root of a namespace of its own (squashmount.py), so root-owned files become the
+    FUSE server runs as root of a namespace of its own (imagemount.py), so root-owned files become the
     caller's."""
     flags = namespace_flags(request)
     if not request.userns:

@@ -3,7 +3,7 @@
 `Syscalls` is the seam a start's steps go through (launcher.py, mounter.py, seccomp.py, doctor's probe):
 `LinuxSyscalls` makes the calls, and the unit tests' `RecordingSyscalls` (tests/helpers/fake_syscalls.py)
 records them, so that the order security depends on is checked without a kernel. The module functions are
-the plain calls for the rest of the runtime (attach, squashmount) and for tools that die with their parent.
+the plain calls for the rest of the runtime (attach, imagemount) and for tools that die with their parent.
 Python 3.11 has no os.unshare/os.setns.
 """
 

@@ -533,7 +533,7 @@ def _unprivileged(settings) -> bool:
 
 def start_step(request: StepRequest, settings, report: Reporter) -> int:
     """Prepare, report, then become the container's anchor (this process execs into it)."""
-    from pyenroot.runtime import seccomp, startup
+    from pyenroot.runtime import assemble, seccomp
 
     state: StepState | None = None
     try:
@@ -556,7 +556,7 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
         report.cleanup()
     report.info(f"starting container: {target}")
     report.close()
-    return startup.start(options, settings)
+    return assemble.start(options, settings)
 
 
 def needs_cleanup(state: StepState) -> bool:

@@ -271,7 +271,7 @@ import os, sys, threading
 from pyenroot.config import load_settings
 from pyenroot.runtime import syscalls
 from pyenroot.image.importer import import_image
-from pyenroot.runtime import startup
+from pyenroot.runtime import assemble
 from pyenroot.runtime.options import StartOptions
 
 real_unshare = syscalls.unshare
@@ -285,7 +285,7 @@ def checked_unshare(flags):
 syscalls.unshare = checked_unshare
 settings = load_settings(dict(os.environ))
 image = import_image(sys.argv[1], sys.argv[2], None, settings)
-sys.exit(startup.start(StartOptions(target=str(image), command=("cat", "/etc/pyenroot-test")), settings))
+sys.exit(assemble.start(StartOptions(target=str(image), command=("cat", "/etc/pyenroot-test")), settings))
 """
 
 

@@ -23,7 +23,7 @@ from pyenroot.errors import (
 )
 from pyenroot.registry import auth, client
 from pyenroot.registry.uri import is_registry_host, parse_uri
-from pyenroot.runtime import attach, squashmount, startup
+from pyenroot.runtime import assemble, attach, imagemount
 
 # ------------------------------------------------------------------------------------ the CLI's last line of defence
 
@@ -150,11 +150,11 @@ def test_unpack_in_a_user_namespace_skips_device_nodes_and_unmapped_owners(monke
 def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
     target = tmp_path / "rootfs"
     target.mkdir()
-    monkeypatch.setattr(squashmount, "find_program", lambda name: f"/usr/bin/{name}" if name == "unsquashfs" else None)
+    monkeypatch.setattr(imagemount, "find_program", lambda name: f"/usr/bin/{name}" if name == "unsquashfs" else None)
     _tool_output(monkeypatch, 1, "Write on output file failed because No space left on device\n"
                                  "FATAL ERROR: writer: failed to write file root/usr/lib/big\n")
     with pytest.raises(RuntimeStartError) as info:
-        squashmount._unpack(tmp_path / "big.sqsh", target, 1)
+        imagemount._unpack(tmp_path / "big.sqsh", target, 1)
     assert info.value.message.endswith("no space left on device (the image is unpacked into memory)")
     assert "PYENROOT_SQSH_WRITABLE=overlay" in info.value.hint
 
@@ -162,11 +162,11 @@ def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
 def test_direct_start_unpack_error_is_one_line(monkeypatch, tmp_path):
     target = tmp_path / "rootfs"
     target.mkdir()
-    monkeypatch.setattr(squashmount, "find_program", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(imagemount, "find_program", lambda name: f"/usr/bin/{name}")
     _tool_output(monkeypatch, 1, "Read on filesystem failed because EOF\nread_id_table: failed\n"
                                  "FATAL ERROR: File system corruption detected\n")
     with pytest.raises(ImageError) as info:
-        squashmount._unpack(tmp_path / "broken.sqsh", target, 1)
+        imagemount._unpack(tmp_path / "broken.sqsh", target, 1)
     assert "\n" not in info.value.message
     assert info.value.message.endswith(": FATAL ERROR: File system corruption detected")
 
@@ -181,9 +181,9 @@ def test_unreadable_rc_script(monkeypatch, tmp_path):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(script))
 
-    monkeypatch.setattr(startup, "open", denied, raising=False)
+    monkeypatch.setattr(assemble, "open", denied, raising=False)
     with pytest.raises(UsageError, match=r"^cannot read rc script .*: Permission denied$"):
-        startup._read_rc(str(script))
+        assemble._read_rc(str(script))
 
 
 def test_start_target_that_is_not_an_image(monkeypatch, tmp_path):
@@ -191,16 +191,16 @@ def test_start_target_that_is_not_an_image(monkeypatch, tmp_path):
     directory = tmp_path / "dir.sqsh"
     directory.mkdir()
     with pytest.raises(ImageError, match="is not a regular file"):
-        startup.resolve_target(settings, str(directory))
+        assemble.resolve_target(settings, str(directory))
     with pytest.raises(ImageError, match="no such image file"):
-        startup.resolve_target(settings, str(tmp_path / "missing.sqsh"))
+        assemble.resolve_target(settings, str(tmp_path / "missing.sqsh"))
     text = tmp_path / "text.sqsh"
     text.write_text("hello\n")
     with pytest.raises(ImageError, match="not a squashfs image"):
-        startup.resolve_target(settings, str(text))
-    monkeypatch.setattr(startup.os, "access", lambda path, mode: False)
+        assemble.resolve_target(settings, str(text))
+    monkeypatch.setattr(assemble.os, "access", lambda path, mode: False)
     with pytest.raises(ImageError, match=r"cannot read image .*: permission denied"):
-        startup.resolve_target(settings, str(text))
+        assemble.resolve_target(settings, str(text))
 
 
 # ------------------------------------------------------------------------------------ exec

@@ -78,7 +78,7 @@ def test_current_spelling_beats_alias(tmp_path):
 
 @pytest.mark.parametrize(("value", "expected"), [
     (None, False), ("", False), ("n", False), ("no", False), ("false", False), ("FALSE", False), ("f", False),
-    ("y", True), ("yes", True), ("1", True), ("0", True), ("true", True),
+    ("off", False), ("OFF", False), ("y", True), ("yes", True), ("1", True), ("0", True), ("true", True),
 ])
 def test_truth_rule_matches_enroot(value, expected):
     assert is_true(value) is expected
@@ -110,3 +110,18 @@ def test_settings_file_variables_reach_child_environments(tmp_path):
     assert child_env["https_proxy"] == "http://proxy:3128"
     assert "FOO" not in child_env and "HOME" not in child_env
     assert child_env["ENROOT_DATA_PATH"] == "/home/u/.local/share/enroot"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("y", True), ("n", False), ("off", None), ("yes", None),
+                                                 ("0", None), ("", None)])
+def test_plugin_flags_are_exactly_y_or_n(value, expected):
+    """The plugin's own y/n arguments: the user's words were parsed in C already, so anything else is a bug."""
+    import argparse
+
+    from pyenroot.commands.spank import plugin_flag
+
+    if expected is None:
+        with pytest.raises(argparse.ArgumentTypeError):
+            plugin_flag(value)
+    else:
+        assert plugin_flag(value) is expected

@@ -9,7 +9,7 @@ import pytest
 from pyenroot import names, storage
 from pyenroot.config import Settings
 from pyenroot.errors import UsageError
-from pyenroot.runtime import startup
+from pyenroot.runtime import assemble
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -21,7 +21,7 @@ def test_valid_names_everywhere(tmp_path, name):
     assert names.validate_name(name) == storage.validate_name(name) == name
     data = tmp_path / "data"
     (data / name).mkdir(parents=True)
-    assert startup._plain_container(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
+    assert assemble._plain_container(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "-rf", ":a", "@a", "a/b", "a b", "a*", "é",
@@ -30,7 +30,7 @@ def test_invalid_names_everywhere(tmp_path, name):
     with pytest.raises(UsageError):
         names.validate_name(name)
     assert not names.is_valid_name(name)
-    assert startup._plain_container(Settings({"ENROOT_DATA_PATH": str(tmp_path)}), name) is None
+    assert assemble._plain_container(Settings({"ENROOT_DATA_PATH": str(tmp_path)}), name) is None
 
 
 def test_the_hint_states_the_rule():

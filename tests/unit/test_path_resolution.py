@@ -95,3 +95,13 @@ def test_resolved_targets_and_sources_never_leave_the_root(entries, paths):
                     assert "too many levels of symbolic links" in error.message
                     continue
                 assert _inside(root, resolved), (path, resolved)
+
+
+def test_last_link_kept_when_not_followed(tmp_path):
+    """`follow=False` resolves the directories but names the link itself, so a hook replaces the link (the
+    image's /etc/localtime) instead of writing through it to wherever it points."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "etc").symlink_to("/real")
+    (tmp_path / "real" / "localtime").symlink_to("/../../host-file")
+    assert host_path(tmp_path, "/etc/localtime", follow=False) == tmp_path / "real" / "localtime"
+    assert host_path(tmp_path, "/etc/localtime") == tmp_path / "host-file"

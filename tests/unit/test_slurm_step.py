@@ -8,7 +8,7 @@ import pytest
 
 from pyenroot.config import Settings
 from pyenroot.errors import PyenrootError
-from pyenroot.runtime import flags, startup
+from pyenroot.runtime import assemble, flags
 from pyenroot.slurm import cluster, devcluster, step
 
 
@@ -102,7 +102,7 @@ def test_start_options():
     assert options.env == (("FOO", "bar"),)
     assert not options.entrypoint
     assert step.start_options(request(entrypoint=True), "x", [], {}).entrypoint
-    assert startup.WITHOUT_ENTRYPOINT_RC.rstrip().endswith('exec "$@"')
+    assert assemble.WITHOUT_ENTRYPOINT_RC.rstrip().endswith('exec "$@"')
 
 
 def test_batch_script_is_mounted_read_only_in_the_batch_step():
@@ -115,7 +115,7 @@ def test_batch_script_is_mounted_read_only_in_the_batch_step():
 
 def _settings_for(req, node: Settings):
     settings = node.overridden(**step.setting_overrides(req))
-    return startup._settings_with_options(settings, step.start_options(req, "x", [], {}), {})
+    return assemble._settings_with_options(settings, step.start_options(req, "x", [], {}), {})
 
 
 def test_setting_overrides():

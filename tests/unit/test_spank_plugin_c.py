@@ -32,14 +32,15 @@ def test_plugin_booleans_agree_with_config_is_true(checked):
     """Every word the Python side takes as off is off in plugstack.conf too; pyxis's 0/1 keep their meaning, and
     a word neither side lists is refused (-1) rather than taken as on."""
     driver, _ = checked
-    words = [*sorted(FALSE_WORDS - {""}), "0", "1", "y", "yes", "true", "TRUE", "maybe", "off", "nO"]
+    words = [*sorted(FALSE_WORDS - {""}), "0", "1", "y", "yes", "true", "TRUE", "on", "ON", "maybe", "nO"]
     done = subprocess.run([str(driver), "bool", *words], capture_output=True, text=True,
                           env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1"})
     assert done.returncode == 0, done.stderr
     got = dict(zip(words, (int(v) for v in done.stdout.split()), strict=True))
     for word in FALSE_WORDS - {""}:
         assert got[word] == 0, word
-    for word in ("1", "y", "yes", "true", "TRUE"):
+    for word in ("1", "y", "yes", "true", "TRUE", "on", "ON"):
         assert got[word] == 1 and is_true(word), word
     assert got["0"] == 0
-    assert got["maybe"] == got["off"] == got["nO"] == -1
+    assert got["off"] == got["OFF"] == 0 and not is_true("off")  # nowhere is "off" on
+    assert got["maybe"] == got["nO"] == -1

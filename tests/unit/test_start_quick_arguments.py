@@ -83,9 +83,9 @@ def test_a_plain_start_imports_no_argparse():
 def test_the_modules_of_a_start_import_nothing_slow():
     """What `start NAME` and `start IMAGE.sqsh` import (up to the exec) keeps argparse, dataclasses (and its
     inspect), shutil, tempfile and threading out: each costs a start more than a few of its steps."""
-    modules = ["pyenroot.cli", "pyenroot.commands.start", "pyenroot.config", "pyenroot.runtime.startup",
+    modules = ["pyenroot.cli", "pyenroot.commands.start", "pyenroot.config", "pyenroot.runtime.assemble",
                "pyenroot.runtime.launcher", "pyenroot.runtime.hooks", "pyenroot.runtime.builtin_hooks",
-               "pyenroot.runtime.mounter", "pyenroot.runtime.squashmount", "pyenroot.runtime.seccomp",
+               "pyenroot.runtime.mounter", "pyenroot.runtime.imagemount", "pyenroot.runtime.seccomp",
                "pyenroot.squashfs", "pyenroot.atomic"]
     slow = ["argparse", "dataclasses", "inspect", "shutil", "tempfile", "threading", "typing"]
     code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"

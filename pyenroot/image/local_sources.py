@@ -1,5 +1,6 @@
-"""Image sources other than registries: OCI layout archives, `docker save` archives, podman's store and the
-docker daemon (both exported to an archive first). Layers go into the blob cache, verified.
+"""Image sources on this machine, other than registries (those are registry/source.py): OCI layout archives,
+`docker save` archives, podman's store and the docker daemon (both exported to an archive first). Layers go
+into the blob cache, verified.
 """
 
 from __future__ import annotations

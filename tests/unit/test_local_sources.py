@@ -12,21 +12,21 @@ import pytest
 
 from pyenroot.devtools import imagebuilder as ib
 from pyenroot.errors import ImageError
-from pyenroot.image import sources
+from pyenroot.image import local_sources
 from pyenroot.image.cache import BlobCache
 
 
 def test_engine_commands():
-    assert sources.engine_save_argv("podman", "localhost/x:1", Path("/t/o.tar")) == [
+    assert local_sources.engine_save_argv("podman", "localhost/x:1", Path("/t/o.tar")) == [
         "podman", "save", "--format", "oci-archive", "--output", "/t/o.tar", "localhost/x:1"]
-    assert sources.engine_save_argv("dockerd", "ubuntu:22.04", Path("/t/o.tar")) == [
+    assert local_sources.engine_save_argv("dockerd", "ubuntu:22.04", Path("/t/o.tar")) == [
         "docker", "save", "--output", "/t/o.tar", "ubuntu:22.04"]
 
 
 def test_missing_engine_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ImageError, match="docker is not installed"):
-        sources.save_from_engine("dockerd", "ubuntu", tmp_path)
+        local_sources.save_from_engine("dockerd", "ubuntu", tmp_path)
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -43,7 +43,7 @@ def _layout(tmp_path: Path, images: dict[str, ib.Image]) -> Path:
     files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}
     manifests = []
     for ref, image in images.items():
-        descriptor = image.manifest.descriptor(annotations={sources.REF_NAME: ref},
+        descriptor = image.manifest.descriptor(annotations={local_sources.REF_NAME: ref},
                                                platform={"os": "linux", "architecture": "amd64"})
         manifests.append(descriptor)
         for blob in [image.manifest, image.config, *image.layers]:
@@ -61,7 +61,7 @@ def _image(marker: bytes) -> ib.Image:
 def test_oci_archive_selects_by_ref_and_caches_layers(tmp_path):
     one, two = _image(b"one"), _image(b"two")
     cache = BlobCache(tmp_path / "cache")
-    source = sources.OciArchiveSource(_layout(tmp_path, {"one": one, "two": two}), cache, ref="two")
+    source = local_sources.OciArchiveSource(_layout(tmp_path, {"one": one, "two": two}), cache, ref="two")
     try:
         image = source.resolve("x86_64")
         assert image.manifest_digest == two.digest
@@ -77,13 +77,13 @@ def test_oci_archive_errors(tmp_path):
     cache = BlobCache(tmp_path / "cache")
     path = _layout(tmp_path, {"one": _image(b"one")})
     with pytest.raises(ImageError, match="nope"):
-        sources.OciArchiveSource(path, cache, ref="nope").resolve(None)
+        local_sources.OciArchiveSource(path, cache, ref="nope").resolve(None)
     with pytest.raises(ImageError, match="no image for this platform"):
-        sources.OciArchiveSource(path, cache).resolve("aarch64")
+        local_sources.OciArchiveSource(path, cache).resolve("aarch64")
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"garbage" * 200)
     with pytest.raises(ImageError, match="not a tar archive"):
-        sources.OciArchiveSource(bad, cache)
+        local_sources.OciArchiveSource(bad, cache)
 
 
 def test_docker_archive(tmp_path):
@@ -92,7 +92,7 @@ def test_docker_archive(tmp_path):
     manifest = [{"Config": "c.json", "RepoTags": ["example/app:1"], "Layers": ["l1/layer.tar"]}]
     path = tmp_path / "saved.tar"
     path.write_bytes(_tar({"c.json": config, "l1/layer.tar": layer, "manifest.json": json.dumps(manifest).encode()}))
-    source = sources.DockerArchiveSource(path, BlobCache(tmp_path / "cache"))
+    source = local_sources.DockerArchiveSource(path, BlobCache(tmp_path / "cache"))
     image = source.resolve(None)
     assert image.layers[0].digest == ib.sha256(layer)
     assert image.layers[0].media_type.endswith(".tar")
@@ -116,11 +116,11 @@ def test_oci_archive_platform_and_nested_index(tmp_path):
     path = tmp_path / "nested.tar"
     path.write_bytes(_tar(files))
     cache = BlobCache(tmp_path / "cache")
-    assert sources.OciArchiveSource(path, cache).resolve("aarch64").manifest_digest == arm.digest
-    assert sources.OciArchiveSource(path, cache).resolve("x86_64").manifest_digest == amd.digest
+    assert local_sources.OciArchiveSource(path, cache).resolve("aarch64").manifest_digest == arm.digest
+    assert local_sources.OciArchiveSource(path, cache).resolve("x86_64").manifest_digest == amd.digest
 
 
-@pytest.mark.parametrize("source", [sources.DockerArchiveSource, sources.OciArchiveSource])
+@pytest.mark.parametrize("source", [local_sources.DockerArchiveSource, local_sources.OciArchiveSource])
 def test_what_is_not_an_archive_file_is_refused_plainly(tmp_path, source):
     cache = BlobCache(tmp_path / "cache")
     text = tmp_path / "text.tar"

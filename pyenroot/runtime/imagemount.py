@@ -1,5 +1,5 @@
-"""Direct start of a squashfs image: squashfuse below, an overlay with a tmpfs upper layer above; or, for a
-writable start, the image unpacked into the tmpfs.
+"""Mounts a squashfs image at start (building one is image/squash.py's job): squashfuse below, an overlay
+with a tmpfs upper layer above; or, for a writable start, the image unpacked into the tmpfs.
 
 Runs inside the container's user and mount namespaces, whose capabilities the caller holds; squashfuse runs
 as root of a nested user namespace, so that image files owned by root belong to the caller. The FUSE

@@ -1,7 +1,10 @@
-"""From a start's options and the settings to a `Launch`: target, config dirs, config script, hooks.
+"""Assembles a start: from a start's options and the settings to a `launcher.Launch` (the `Target` to start,
+config dirs, config script, hooks), then hands it to the launcher.
 
 `start(options, settings)` is what every start calls (`pyenroot start`, `batch`, a bundle, a Slurm step), with
-a typed `options.StartOptions`.
+a typed `options.StartOptions`. The flow of a start: the caller builds `StartOptions` (commands/start.py for
+the CLI verb) → `assemble.start` reads settings and files into a `Launch` → `launcher.launch` plans it
+(`plan.StartPlan`) and carries it out through the `Syscalls` seam, mounting a `.sqsh` with `imagemount`.
 """
 
 from __future__ import annotations
