@@ -120,6 +120,9 @@ SETTINGS: tuple[Setting, ...] = (
             " ENROOT_CACHE_PATH are trusted"),
     Setting("PYENROOT_CACHE_MAX_SIZE", None, "when set (e.g. 50G), every import prunes ENROOT_CACHE_PATH down to"
             " this size afterwards, least recently used first"),
+    Setting("PYENROOT_CACHE_LAYER_COPIES", "yes", "keep a zstd copy of each gzip layer next to its blob in"
+            " ENROOT_CACHE_PATH, written while the layer is first merged, so that later builds decompress it"
+            " several times faster (no: gzip blobs only)"),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 
