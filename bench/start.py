@@ -12,7 +12,8 @@ account with a private HOME:
   (see bench/peers.py; `make bench-deps` installs them)
 
 Prints a Markdown table: median, interquartile range, min-max, ratio to `pyenroot start NAME` and to the floor
-(`unshare -rm true` + `python -c pass`), then the targets. Peers that are missing or fail are listed with why.
+(`unshare -rm true` + `python -c pass`), then the targets (`start NAME` <= 2x the floor, `start IMAGE.sqsh` <= 1.5x
+`start NAME`). Peers that are missing or fail are listed with why.
 
     python bench/start.py            # 20 rounds and a 2 GB image
     python bench/start.py --quick    # 5 rounds, no big image
@@ -57,7 +58,8 @@ FLOOR = ("unshare -rm true", "python -c pass")
 OURS = {"container": "pyenroot start NAME true", "sqsh": "pyenroot start IMAGE.sqsh true"}
 BIG_LIMIT_GB = 3.0
 BIG_TARGET_MS = 1000.0
-FLOOR_TARGET = 3.0
+FLOOR_TARGET = 2.0  # `start NAME true` / floor
+SQSH_TARGET = 1.5  # `start IMAGE.sqsh true` / `start NAME true`
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -253,6 +255,10 @@ def verdicts(cases: list[Case], times: dict[str, list[float]]) -> list[str]:
     floor = median[FLOOR[0]] + median[FLOOR[1]]
     lines = [f"- `start NAME true` / floor (`unshare -rm true` + `python -c pass`) = {ours / floor:.2f} "
              f"(target <= {FLOOR_TARGET:g}: {'met' if ours / floor <= FLOOR_TARGET else 'NOT met'})"]
+    if OURS["sqsh"] in median:
+        sqsh = median[OURS["sqsh"]] / ours
+        lines.append(f"- `start IMAGE.sqsh true` / `start NAME true` = {sqsh:.2f} "
+                     f"(target <= {SQSH_TARGET:g}: {'met' if sqsh <= SQSH_TARGET else 'NOT met'})")
     for case in cases:
         if case.versus is None or case.versus not in median:
             continue

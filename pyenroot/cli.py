@@ -1,12 +1,12 @@
 """The `pyenroot` command line: argument parsing, error rendering and exit codes.
 
 Each verb lives in `pyenroot.commands.<verb>` with `add_arguments(parser)` and `run(args, settings)`;
-command modules import their heavy dependencies inside `run` so that `--help` and `start` stay quick.
+command modules import their heavy dependencies inside `run` so that `--help` and `start` stay quick. The
+argparse parser lives in `cliparser.py`; a plain `start` command line is read without it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import os
@@ -14,7 +14,6 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
-from pyenroot import __version__
 from pyenroot.errors import PyenrootError, UsageError
 
 # verb -> one-line help; the module is pyenroot.commands.<verb> (import is a keyword: import_).
@@ -32,6 +31,7 @@ VERBS: dict[str, str] = {
     "batch": "start a container from a batch configuration file",
     "bundle": "create a self-extracting bundle from a squashfs image",
     "cache": "list the image cache or prune it (least recently used first)",
+    "store": "add, list or remove images of the site-wide image store (PYENROOT_IMAGE_STORE)",
     "info": "print the version and the resolved settings",
     "doctor": "check what this machine supports (namespaces, FUSE, overlay, GPUs)",
     "spank": "internal: the Slurm SPANK plugin's helper (start, cleanup, epilog)",
@@ -40,7 +40,7 @@ VERBS: dict[str, str] = {
 
 # Verbs that write images, containers or cache entries: SIGTERM (kill, timeout, Slurm) unwinds them like an
 # error, so that their clean-up (`finally`, temp files, work directories, tool processes) runs before exiting.
-_UNWIND_ON_SIGTERM = frozenset({"bundle", "create", "export", "import", "load", "remove"})
+_UNWIND_ON_SIGTERM = frozenset({"bundle", "create", "export", "import", "load", "remove", "store"})
 
 
 class _Terminated(BaseException):
@@ -70,47 +70,16 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse writes a REMAINDER argument as `...`; we write its metavar, in brackets when it is optional:
-    `NAME|IMAGE [COMMAND [ARG...]]`, `PID COMMAND [ARG...]`."""
-
-    def _format_args(self, action, default_metavar):
-        if action.nargs == argparse.REMAINDER and action.metavar:
-            return f"[{action.metavar}]" if not action.required else str(action.metavar)
-        return super()._format_args(action, default_metavar)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message, hint=f"see '{self.prog} --help'")
-
-
-def _command_module(verb: str):
+def command_module(verb: str):
     name = "import_" if verb == "import" else verb
     return importlib.import_module(f"pyenroot.commands.{name}")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; with `only`, just that verb's arguments are loaded (fast path)."""
-    parser = Parser(prog="pyenroot", description="Unprivileged containers for HPC, enroot-compatible.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="print what happens and how long it takes")
-    parser.add_argument("--version", action="version", version=f"pyenroot {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=Parser)
-    for verb, help_text in VERBS.items():
-        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
-        # Also after the verb (`pyenroot import -v URI`); SUPPRESS keeps a `pyenroot -v import` count.
-        verb_parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                                 help="print what happens and how long it takes")
-        if only is None or verb == only:
-            _command_module(verb).add_arguments(verb_parser)
-    return parser
+def build_parser(only: str | None = None):
+    """The full argparse parser (`cliparser.build_parser`); with `only`, just that verb's arguments."""
+    from pyenroot import cliparser
+
+    return cliparser.build_parser(only)
 
 
 def _find_verb(argv: Sequence[str]) -> str | None:
@@ -120,6 +89,14 @@ def _find_verb(argv: Sequence[str]) -> str | None:
         if not arg.startswith("-"):
             return None
     return None
+
+
+def _quick_start_arguments(argv: Sequence[str]):
+    if argv[:1] != ["start"]:
+        return None
+    from pyenroot.commands import start
+
+    return start.quick_arguments(argv[1:])
 
 
 def _one_line(text: str) -> str:
@@ -150,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         if argv and not argv[0].startswith("-") and argv[0] not in VERBS:
             raise UsageError(f"unknown command: {argv[0]}", hint="see 'pyenroot --help' for the commands")
-        args = build_parser(only=_find_verb(argv)).parse_args(argv)
+        # `start NAME [COMMAND]` with plain options is parsed without argparse (a start imports as little as it
+        # can); anything else, --help and every mistake included, goes through the full parser.
+        args = _quick_start_arguments(argv) or build_parser(only=_find_verb(argv)).parse_args(argv)
         debug[0] = debug[0] or args.debug
         if args.verb is None:
             build_parser(only="").print_help()
@@ -158,9 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyenroot.config import load_settings
 
         with _sigterm_unwinds(args.verb):
-            return int(_command_module(args.verb).run(args, load_settings()) or 0)
+            return int(command_module(args.verb).run(args, load_settings()) or 0)
 
     return run_guarded(run, lambda: debug[0])
+
+
+def _bar_line_open() -> bool:
+    """Whether an interrupt cut a progress bar short with its line open (only if bars were shown at all)."""
+    progress = sys.modules.get("pyenroot.image.progress")
+    return bool(progress and progress.terminal_line_open())
 
 
 def run_guarded(action: Callable[[], int], debug: Callable[[], bool]) -> int:
@@ -173,9 +158,9 @@ def run_guarded(action: Callable[[], int], debug: Callable[[], bool]) -> int:
             raise
         _render(error)
         return error.exit_code
-    except KeyboardInterrupt:  # Ctrl-C: a live progress bar has ended its line on the way out
+    except KeyboardInterrupt:  # Ctrl-C: a live progress bar has normally ended its line on the way out
         with contextlib.suppress(OSError, ValueError):
-            print("pyenroot: interrupted", file=sys.stderr, flush=True)
+            print(f"{chr(10) if _bar_line_open() else ''}pyenroot: interrupted", file=sys.stderr, flush=True)
         return 130
     except _Terminated:
         return 128 + signal.SIGTERM

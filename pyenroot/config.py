@@ -11,10 +11,10 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import ConfigError
+from pyenroot.record import factory, record
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
@@ -48,15 +48,21 @@ def _cpu_count() -> str:
     return str(len(os.sched_getaffinity(0)))
 
 
-def _default_gzip() -> str:
-    # A plain PATH walk: shutil would cost every `start` an import for a setting only import uses.
+def find_program(name: str) -> str | None:
+    """The path of executable `name` on PATH, as `shutil.which` finds it: a plain walk, because shutil (with
+    bz2 and lzma) would cost every `start` an import."""
     for directory in (os.environ.get("PATH") or os.defpath).split(os.pathsep):
-        if directory and os.access(os.path.join(directory, "pigz"), os.X_OK):
-            return "pigz"
-    return "gzip"
+        path = os.path.join(directory, name)
+        if directory and os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
-@dataclass(frozen=True)
+def _default_gzip() -> str:
+    return "pigz" if find_program("pigz") else "gzip"
+
+
+@record(frozen=True)
 class Setting:
     name: str
     default: str | None  # None: unset (off) unless configured
@@ -114,6 +120,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PYENROOT_REGISTRY_MIRRORS", None, "mirrors: 'REGISTRY=MIRROR[,MIRROR...]' entries separated by ';'"),
     Setting("PYENROOT_NVIDIA_ROOT", "/", "where the NVIDIA driver is looked up (/proc, /dev, libraries; tests use"
             " a fake tree)"),
+    Setting("PYENROOT_FANOUT_DIR", "/tmp", "Slurm fan-out: a directory on every node (node-local, such as TmpFS) where"
+            " srun's sbcast puts a step's image"),
     Setting("PYENROOT_MPI", None, "host: give containers the site's MPI and fabric from SYSCONF/mpi.conf (the "
             "60-mpi hook; docs/mpi.md); none or empty: the image's own"),
     Setting("PYENROOT_CACHE_OWNERS", None, "users (names or uids) besides you and root whose files in a shared"
@@ -123,6 +131,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PYENROOT_CACHE_LAYER_COPIES", "yes", "keep a zstd copy of each gzip layer next to its blob in"
             " ENROOT_CACHE_PATH, written while the layer is first merged, so that later builds decompress it"
             " several times faster (no: gzip blobs only)"),
+    Setting("PYENROOT_IMAGE_STORE", None, "a site-wide store of squashfs images (a directory its owner fills with"
+            " `pyenroot store add`): imports and Slurm steps take an image from it when its digest is there"),
+    Setting("PYENROOT_IMAGE_STORE_TTL", "0", "how long (e.g. 1h) a tag that `store add` resolved is taken from the"
+            " store without asking the registry; 0: one manifest request each time"),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 
@@ -133,6 +145,8 @@ def _computed_defaults(uid: int) -> dict[str, str]:
 
 def expand_variables(value: str, lookup: Mapping[str, str]) -> str:
     """Expand $NAME, ${NAME} and ${NAME:-default} like a shell would; unset names become ''."""
+    if "$" not in value:
+        return value  # most values (each start expands every setting twice)
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(3)
@@ -173,11 +187,11 @@ def is_true(value: str | None) -> bool:
     return value is not None and value not in FALSE_WORDS
 
 
-@dataclass
+@record
 class Settings:
     """The resolved settings; `values` holds every setting that is set, after expansion."""
 
-    values: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = factory(dict)
 
     def get(self, name: str) -> str | None:
         return self.values.get(ALIASES.get(name, name))

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyenroot.errors import ImageError
+from pyenroot.record import record
 
 SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
 MAGIC = 0x73717368  # "hsqs" little-endian
 _COMPRESSION_IDS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}  # squashfs_fs.h
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Superblock:
     compression_id: int
     id_count: int

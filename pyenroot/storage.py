@@ -650,6 +650,7 @@ class MountEntry:
     device: str  # major:minor
     root: str  # path of the mount's root within its file system
     mountpoint: str
+    fstype: str = ""  # after the " - " separator: tmpfs, ext4, nfs4, lustre...
 
 
 @dataclass(frozen=True)
@@ -670,7 +671,9 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 5:
-            entries.append(MountEntry(fields[2], octal.unescape(fields[3]), octal.unescape(fields[4])))
+            after = fields.index("-", 6) + 1 if "-" in fields[6:] else len(fields)
+            fstype = fields[after] if after < len(fields) else ""
+            entries.append(MountEntry(fields[2], octal.unescape(fields[3]), octal.unescape(fields[4]), fstype))
     return entries
 
 

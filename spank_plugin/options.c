@@ -11,8 +11,8 @@
 
 struct options opt = { .mount_home = -1, .remap_root = -1, .entrypoint = -1, .entrypoint_log = -1,
 		       .writable = -1 };
-struct config cfg = { .runtime_path = "/run/pyenroot", .container_scope = "global", .remap_root = -1,
-		      .execute_entrypoint = 0, .sbatch_support = 1, .use_squashfuse = 1 };
+struct config cfg = { .runtime_path = "/run/pyenroot", .container_scope = "global", .fanout = "auto",
+		      .remap_root = -1, .execute_entrypoint = 0, .sbatch_support = 1, .use_squashfuse = 1 };
 
 /* ------------------------------------------------------------------------------------------ handlers */
 
@@ -274,6 +274,15 @@ static int parse_argument(const char *arg)
 		}
 		return copy_value(cfg.container_scope, sizeof(cfg.container_scope), key, value);
 	}
+	if (!strcmp(key, "fanout")) {
+		if (strcmp(value, "auto") && strcmp(value, "sbcast") && strcmp(value, "off")) {
+			slurm_error(PFX "%s: invalid value: %s", key, value);
+			return -1;
+		}
+		return copy_value(cfg.fanout, sizeof(cfg.fanout), key, value);
+	}
+	if (!strcmp(key, "fanout_shared"))
+		return copy_value(cfg.fanout_shared, sizeof(cfg.fanout_shared), key, value);
 	if ((flag = config_flag(key)) == NULL) {
 		slurm_error(PFX "unknown configuration option: %s", arg);
 		return -1;
@@ -354,6 +363,14 @@ int env_fallbacks(spank_t sp, env_getter get)
 int enabled(void)
 {
 	return opt.image != NULL || opt.name != NULL;
+}
+
+/* Whether srun should offer the step's image to its nodes: a registry image (not a path: '.' or '/'), imported by
+ * pyenroot itself (an external importer has its own ways). Whether it is broadcast is the Python side's choice. */
+int fanout_wanted(void)
+{
+	return strcmp(cfg.fanout, "off") && opt.image != NULL && opt.image[0] != '.' && opt.image[0] != '/' &&
+	       cfg.importer[0] == '\0';
 }
 
 void warn_ignored(void)

@@ -21,6 +21,8 @@
 #define RESULT_FD 3            /* the child writes its result lines here */
 #define MAX_ENVIRON (16 << 20) /* /proc/PID/environ of the anchor; the kernel allows far less */
 #define MAX_RESULTS (1 << 20)  /* everything the child may write on RESULT_FD */
+/* srun -> every node's `spank start`: the image `spank fanout` broadcast (a value only the Python side reads) */
+#define BROADCAST_VARIABLE "PYENROOT_BROADCAST"
 
 /* ------------------------------------------------------------------------------------------ options.c */
 
@@ -35,6 +37,8 @@ struct config {
 	char pyenroot[512];     /* empty: "pyenroot" on PATH */
 	char importer[512];
 	char container_scope[16];
+	char fanout[8];         /* auto | sbcast | off: how a step's image reaches its nodes (pyenroot/slurm/fanout.py) */
+	char fanout_shared[1024];  /* directories shared by all nodes whatever their filesystem type, ':'-separated */
 	int remap_root, execute_entrypoint, sbatch_support, use_squashfuse;
 };
 
@@ -48,6 +52,7 @@ int parse_bool(const char *s);
 int parse_config(int ac, char **av);
 int env_fallbacks(spank_t sp, env_getter get);
 int enabled(void);
+int fanout_wanted(void);
 void warn_ignored(void);
 
 /* ------------------------------------------------------------------------------------------ common.c */
@@ -103,6 +108,7 @@ struct step {
 	int anchor_pidfd;       /* -1: none (not started, or a kernel without pidfd_open) */
 	struct env_block environ_block;  /* of the anchor */
 	char cwd[4096];
+	char unlink_path[4096];  /* "unlink PATH": a file of the step's (srun's broadcast copy) removed at step end */
 	unsigned char *bpf;
 	size_t bpf_len;
 	gid_t *gids;
@@ -119,6 +125,7 @@ struct child {
 };
 
 int spawn(spank_t sp, struct argv_builder *args, struct child *child, int *log_fd, int *result_fd);
+int spawn_local(struct argv_builder *args, struct child *child, int *log_fd, int *result_fd);
 int wait_child(const struct child *c, int options);
 void kill_child(struct child *c);
 void read_results(int fd);
@@ -128,6 +135,7 @@ void unlink_as_user(const char *const *paths, int n);
 
 /* ------------------------------------------------------------------------------------------ step.c */
 
+void broadcast_image(spank_t sp);
 void start_container(spank_t sp);
 void finalize(spank_t sp);
 void run_epilog(void);

@@ -145,6 +145,14 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	return make_dir(dir, 0700, st.uid, st.gid);
 }
 
+/* srun, once per step, before the launch: the image may travel to the nodes with sbcast (step.c). */
+int slurm_spank_local_user_init(spank_t sp, int ac, char **av)
+{
+	if (spank_context() == S_CTX_LOCAL && enabled())
+		broadcast_image(sp);
+	return 0;
+}
+
 /* Once per step and node, before the tasks fork. Errors are kept for task_init: failing here would make
  * srun exit 0. */
 int slurm_spank_user_init(spank_t sp, int ac, char **av)

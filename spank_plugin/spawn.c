@@ -125,7 +125,8 @@ static void reset_signals(void)
 
 /* In the child: fds 0-3 from the parent's (all above 3, so no dup2 overwrites another's source), the rest
  * closed, default signals, the job user, exec. Never returns. */
-static void exec_child(struct argv_builder *args, char **env, int devnull, int logfd, int result_fd, gid_t *seen)
+static void exec_child(struct argv_builder *args, char **env, int devnull, int logfd, int result_fd, gid_t *seen,
+		       int switch_user)
 {
 	const char *program = cfg.pyenroot[0] ? cfg.pyenroot : "pyenroot";
 	int oom;
@@ -142,7 +143,7 @@ static void exec_child(struct argv_builder *args, char **env, int devnull, int l
 		close(oom);
 	}
 	reset_signals();
-	if (become_user(seen, STDERR_FILENO) < 0)
+	if (switch_user && become_user(seen, STDERR_FILENO) < 0)
 		_exit(CHILD_SETUP_FAILED);
 	if (cfg.pyenroot[0])
 		execve(program, args->items, env);
@@ -226,34 +227,58 @@ static void close_fds(const int *fds, int n)
 	errno = saved;
 }
 
-/* Fork + exec pyenroot as the job user; its output goes to *log_fd (a memfd), its results to *result_fd. */
-int spawn(spank_t sp, struct argv_builder *args, struct child *child, int *log_fd, int *result_fd)
+/* srun's own environment (srun runs as the user), with the result fd's number instead of any inherited one. */
+static char **local_environment(void)
+{
+	size_t n = 0, k = 0;
+	char **env;
+
+	while (environ[n])
+		n++;
+	if ((env = calloc(n + 2, sizeof(char *))) == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(environ[i], "PYENROOT_SPANK_RESULT_FD=", 25) && (env[k] = strdup(environ[i])) != NULL)
+			k++;
+	if (asprintf(&env[k], "PYENROOT_SPANK_RESULT_FD=%d", RESULT_FD) < 0) {
+		env[k] = NULL;
+		free_environment(env);
+		return NULL;
+	}
+	return env;
+}
+
+/* Fork + exec pyenroot with `env` (taken over), as the job user when `switch_user`; its output goes to *log_fd (a
+ * memfd), its results to *result_fd. */
+static int spawn_with(char **env, int switch_user, struct argv_builder *args, struct child *child, int *log_fd,
+		      int *result_fd)
 {
 	int pipefd[2] = { -1, -1 }, fds[4] = { -1, -1, -1, -1 };  /* read, write, log, /dev/null */
-	char **env = NULL;
 	gid_t *seen = NULL;
 	pid_t pid;
 
 	if (args->failed || args->n == 0) {
+		free_environment(env);
 		errno = ENOMEM;
 		return -1;
 	}
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		free_environment(env);
 		return -1;
+	}
 	fds[0] = high_fd(pipefd[0]);
 	fds[1] = high_fd(pipefd[1]);
 	fds[2] = high_fd(memfd_create("pyenroot-log", MFD_CLOEXEC));
 	fds[3] = high_fd(open("/dev/null", O_RDONLY | O_CLOEXEC));
-	env = child_environment(sp);
 	seen = calloc((size_t)st.ngids + 1, sizeof(gid_t));
-	if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0 || fds[3] < 0 || env == NULL || seen == NULL) {
-		if (env == NULL || seen == NULL)
+	if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0 || fds[3] < 0 || seen == NULL) {
+		if (seen == NULL)
 			errno = ENOMEM;
 		goto fail;
 	}
 	pid = fork();
 	if (pid == 0)
-		exec_child(args, env, fds[3], fds[2], fds[1], seen);
+		exec_child(args, env, fds[3], fds[2], fds[1], seen, switch_user);
 	if (pid < 0)
 		goto fail;
 	child->pid = pid;
@@ -271,6 +296,30 @@ fail:
 	free_environment(env);
 	free(seen);
 	return -1;
+}
+
+/* In slurmstepd (root): the command as the job user, in the job's environment. */
+int spawn(spank_t sp, struct argv_builder *args, struct child *child, int *log_fd, int *result_fd)
+{
+	char **env = child_environment(sp);
+
+	if (env == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return spawn_with(env, 1, args, child, log_fd, result_fd);
+}
+
+/* In srun, which already runs as the user: no switch, srun's environment. */
+int spawn_local(struct argv_builder *args, struct child *child, int *log_fd, int *result_fd)
+{
+	char **env = local_environment();
+
+	if (env == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return spawn_with(env, 0, args, child, log_fd, result_fd);
 }
 
 /* Wait for the child to exit (and with WSTOPPED, to stop); a wait status, or -1 (also when someone else reaped
@@ -371,6 +420,15 @@ static void handle_line(char *line)
 	} else if (!strcmp(line, "error")) {
 		slurm_error(PFX "%s", text);
 		st.failed = 1;
+	} else if (!strcmp(line, "broadcast")) {
+		/* srun: what `spank fanout` sent to the step's nodes; slurmstepd finds it in the job's environment. */
+		if (setenv(BROADCAST_VARIABLE, text, 1) < 0)
+			slurm_error(PFX "couldn't pass the broadcast image on: %s", strerror(errno));
+	} else if (!strcmp(line, "unlink")) {
+		if (text[0] != '/' || strlen(text) >= sizeof(st.unlink_path))
+			protocol_error("an invalid file to remove");
+		else
+			strcpy(st.unlink_path, text);
 	} else if (!strcmp(line, "cleanup")) {
 		st.needs_cleanup = 1;
 	} else if (!strcmp(line, "join")) {

@@ -53,6 +53,10 @@ static void start_arguments(spank_t sp, struct argv_builder *a)
 		argv0_script = job_argv[0];
 	argv_push_opt(a, "--batch-script", argv0_script);
 	argv_push_opt(a, "--image", opt.image);
+	/* srun's `spank fanout` may have sent the image here; the tasks need not see that. */
+	if (spank_getenv(sp, BROADCAST_VARIABLE, buf, sizeof(buf)) == ESPANK_SUCCESS)
+		argv_push_opt(a, "--broadcast", buf);
+	(void)spank_unsetenv(sp, BROADCAST_VARIABLE);
 	argv_push_opt(a, "--name", opt.name);
 	argv_push_opt(a, "--mounts", opt.mounts);
 	argv_push_opt(a, "--save", opt.save);
@@ -67,6 +71,49 @@ static void start_arguments(spank_t sp, struct argv_builder *a)
 	argv_push_bool(a, "--entrypoint", opt.entrypoint != -1 ? opt.entrypoint : cfg.execute_entrypoint);
 	if (opt.writable != -1)
 		argv_push_bool(a, "--writable", opt.writable);
+}
+
+/* srun, once per step, after the allocation exists and before the launch: `pyenroot spank fanout`, which decides
+ * whether the step's nodes share a cache and, if not, imports the image once and sbcasts it to them. Its
+ * "broadcast" line becomes a variable of the job's environment (spawn.c); any failure only means that every node
+ * imports the image itself, so nothing here fails the step. */
+void broadcast_image(spank_t sp)
+{
+	struct argv_builder args = { 0 };
+	struct child child;
+	uint32_t nodes = 0;
+	int logfd, resfd, status;
+
+	unsetenv(BROADCAST_VARIABLE);  /* never one inherited from an outer step */
+	if (!fanout_wanted() || spank_get_item(sp, S_JOB_ID, &st.jobid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_STEPID, &st.stepid) != ESPANK_SUCCESS)
+		return;
+	if (spank_get_item(sp, S_JOB_NNODES, &nodes) != ESPANK_SUCCESS)
+		nodes = 0;
+	/* auto never broadcasts to one node (fanout.should_broadcast): spare single-node steps a Python start. */
+	if (nodes < 2 && strcmp(cfg.fanout, "sbcast"))
+		return;
+	command(&args, "fanout", 1);
+	argv_push_num(&args, "--nodes", nodes);
+	argv_push_opt(&args, "--fanout", cfg.fanout);
+	argv_push_opt(&args, "--fanout-shared", cfg.fanout_shared);
+	argv_push_opt(&args, "--image", opt.image);
+	if (spawn_local(&args, &child, &logfd, &resfd) < 0) {
+		slurm_error(PFX "couldn't run pyenroot: %s", strerror(errno));
+		argv_free(&args);
+		return;
+	}
+	argv_free(&args);
+	read_results(resfd);
+	status = wait_child(&child, 0);
+	if (child.pidfd >= 0)
+		close(child.pidfd);
+	if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		unsetenv(BROADCAST_VARIABLE);
+		slurm_error(PFX "fanout failed: each node imports the image itself");
+		show_log(logfd, 1);
+	}
+	close(logfd);
 }
 
 static int capture_anchor(void)
@@ -148,15 +195,16 @@ void start_container(spank_t sp)
 }
 
 /* The per-step file `pyenroot spank start` leaves in the node-local runtime directory (its state): without
- * "cleanup 1" the plugin deletes it itself instead of a second Python start at the end of every step. */
+ * "cleanup 1" the plugin deletes it itself instead of a second Python start at the end of every step, and the
+ * one file an "unlink PATH" line named (a broadcast image the container was started from). */
 static void remove_step_files(void)
 {
 	char path[700];
-	const char *const list[] = { path };
+	const char *const list[] = { path, st.unlink_path };
 
 	snprintf(path, sizeof(path), "%s/%u/step-%u.%u.json", cfg.runtime_path, (unsigned)st.uid, (unsigned)st.jobid,
 		 (unsigned)st.stepid);
-	unlink_as_user(list, 1);
+	unlink_as_user(list, st.unlink_path[0] ? 2 : 1);
 }
 
 /* When the step's last local task ends (or the step ends): stop the anchor, then clean up as the user. */

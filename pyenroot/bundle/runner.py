@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyenroot import cli, storage
+from pyenroot import cli, cliparser, storage
 from pyenroot.bundle import model
 from pyenroot.config import PACKAGE_DATA, Settings, load_settings
 from pyenroot.errors import ImageError, StorageError
@@ -42,10 +42,10 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(runtime, ignore_errors=True)
 
 
-def parser(prog: str, info: model.BundleInfo) -> cli.Parser:
+def parser(prog: str, info: model.BundleInfo) -> cliparser.Parser:
     from pyenroot.commands import start
 
-    result = cli.Parser(prog=prog, description=f"A pyenroot bundle of {info.image_name} ({info.description}): it "
+    result = cliparser.Parser(prog=prog, description=f"A pyenroot bundle of {info.image_name} ({info.description}): it "
                         "unpacks its image and starts it as a container, with the command given or the image's.")
     result.add_argument("-i", "--info", action="store_true", help="print what the bundle holds and needs, and exit")
     result.add_argument("-k", "--keep", action="store_true",

@@ -7,7 +7,7 @@ import time
 
 
 def add_arguments(parser) -> None:
-    from pyenroot.cli import Parser
+    from pyenroot.cliparser import Parser
 
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser, required=True)
     listing = actions.add_parser("list", help="blobs and built squashfs images: size, last use, images using them")

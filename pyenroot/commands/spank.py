@@ -1,7 +1,8 @@
-"""`pyenroot spank start|cleanup|epilog ...`: internal, run by the SPANK plugin as the job user.
+"""`pyenroot spank start|cleanup|epilog|fanout ...`: internal, run by the SPANK plugin as the job user.
 
 `start` prepares the step's container and becomes its stopped anchor process; `cleanup` runs at step end,
-`epilog` at job end. Results for the plugin go to fd 3 (see pyenroot/slurm/step.py).
+`epilog` at job end; `fanout` runs in srun before the launch (pyenroot/slurm/fanout.py). Results for the
+plugin go to fd 3 (see pyenroot/slurm/step.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def _names(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("action", choices=("start", "cleanup", "epilog"))
+    parser.add_argument("action", choices=("start", "cleanup", "epilog", "fanout"))
     parser.add_argument("--job", type=int, required=True)
     parser.add_argument("--step", type=int, default=0)
     parser.add_argument("--total-tasks", type=int, default=1)
@@ -38,6 +39,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--entrypoint", type=is_true, default=False)
     parser.add_argument("--writable", type=is_true)
     parser.add_argument("--incomplete", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--broadcast", help="start: the image srun's fanout sent to this node")
+    parser.add_argument("--nodes", type=int, default=0, help="fanout: the step's node count")
+    parser.add_argument("--fanout", choices=("auto", "sbcast", "off"), default="auto")
+    parser.add_argument("--fanout-shared", default="", help="fanout: directories every node shares, ':'-separated")
 
 
 def run(args, settings) -> int:
@@ -51,7 +56,13 @@ def run(args, settings) -> int:
         squashfuse=args.squashfuse, importer=args.importer, cwd=args.cwd, batch_script=args.batch_script,
         image=args.image, name=args.name, mounts=args.mounts, save=args.save, env_names=args.env_names,
         unshare=args.unshare, mount_home=args.mount_home, remap_root=args.remap_root, entrypoint=args.entrypoint,
-        writable=args.writable)
+        writable=args.writable, broadcast=args.broadcast)
+    if args.action == "fanout":
+        from pyenroot.slurm import fanout
+
+        fanout.send(request, settings, report, mode=args.fanout, nodes=args.nodes,
+                    shared=fanout.shared_paths(args.fanout_shared))
+        return 0
     if args.action == "cleanup":
         return step.cleanup_step(request, settings, report, incomplete=args.incomplete)
     try:

@@ -1,6 +1,12 @@
 """`pyenroot start [options] NAME|IMAGE [COMMAND [ARG...]]`."""
 
-import argparse
+# The options of a start: (short, long, attribute) of the flags and of the options that take a value. argparse
+# declares them in add_container_options; quick_arguments reads their plain forms from this table (a unit test
+# checks that the two agree).
+FLAGS = (("-r", "--root", "root"), ("-w", "--rw", "rw"), (None, "--pid", "pid"), (None, "--net", "net"),
+         (None, "--ipc", "ipc"), (None, "--uts", "uts"))
+VALUES = (("-c", "--conf", "conf"), ("-e", "--env", "env"), (None, "--rc", "rc"), ("-m", "--mount", "mount"))
+REPEATABLE = frozenset({"env", "mount"})
 
 
 def add_arguments(parser) -> None:
@@ -26,9 +32,49 @@ def add_container_options(parser) -> None:
 
 
 def add_command_argument(parser) -> None:
+    import argparse
+
     command = parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
                                   help="command to run (default: the image's entrypoint, or a shell)")
     command.required = False  # it may be empty; argparse lists every positional as required when one is missing
+
+
+def quick_arguments(words: list[str]):
+    """The arguments of `start` (the words after it) as argparse would give them, without importing argparse,
+    for the plain forms: `-e VALUE`, `--env VALUE`, `--env=VALUE`, single flags, `-v`, then NAME|IMAGE and the
+    command. None for anything else (--help, `--`, clustered or abbreviated options, a value that looks like
+    an option, a mistake): the full parser then reads them and says what is wrong."""
+    from types import SimpleNamespace
+
+    names = {spelling: attribute for short, long, attribute in FLAGS + VALUES for spelling in (short, long) if spelling}
+    takes_value = {attribute for _, _, attribute in VALUES}
+    found: dict = {"debug": False, "verbose": 0, "verb": "start", "conf": None, "env": [], "rc": None, "root": False,
+                   "rw": False, "mount": [], "pid": False, "net": False, "ipc": False, "uts": False}
+    at = 0
+    while at < len(words) and words[at][:1] == "-":
+        word = words[at]
+        spelling, equals, attached = word.partition("=")
+        attribute = names.get(spelling if equals and spelling.startswith("--") else word)
+        if word in ("-v", "--verbose"):
+            found["verbose"] += 1
+        elif attribute is None or (equals and attribute not in takes_value) or (equals and not attached):
+            return None
+        elif attribute not in takes_value:
+            found[attribute] = True
+        else:
+            if not equals:
+                at += 1
+                if at == len(words) or words[at][:1] == "-":
+                    return None
+                attached = words[at]
+            if attribute in REPEATABLE:
+                found[attribute].append(attached)
+            else:
+                found[attribute] = attached
+        at += 1
+    if at == len(words) or "--" in words[at:]:
+        return None
+    return SimpleNamespace(**found, target=words[at], command=list(words[at + 1:]))
 
 
 def command_of(words) -> tuple[str, ...]:

@@ -272,7 +272,8 @@ class BlobCache:
     @staticmethod
     def _write(fd: int, temp: Path, chunks: Iterable[bytes], size: int | None, digest: str,
                hasher: hashlib._Hash, written: int) -> int:
-        with os.fdopen(fd, "wb") as out:
+        out = os.fdopen(fd, "wb")
+        try:
             for chunk in chunks:
                 hasher.update(chunk)
                 written += len(chunk)
@@ -286,8 +287,15 @@ class BlobCache:
                 out.flush()
                 # Synced before the rename so that a crash cannot leave a named but empty entry.
                 os.fsync(out.fileno())
+                out.close()
             except OSError as exc:
                 raise _write_error(exc, temp) from None
+        finally:
+            # After a failure the buffered rest is thrown away with the file: closing must not flush it, or a
+            # full disk's second OSError would replace the error that names the problem.
+            if not out.closed:
+                with contextlib.suppress(OSError):
+                    out.close()  # the raw file is closed even when the flush fails
         return written
 
     def verify(self, digest: str) -> bool:

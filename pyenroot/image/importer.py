@@ -34,6 +34,7 @@ from pyenroot.image.built import (
 from pyenroot.image.cache import BlobCache
 from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
 from pyenroot.image.progress import ImportProgress
+from pyenroot.image.sitestore import SiteStore, StoreEntry, TagEntry, entry_name, file_sha256, tag_reference
 
 if TYPE_CHECKING:  # the merge and the archive sources load only when an image is built (not for a cached one)
     from pyenroot.image.merge import Decompressor, MergeResult
@@ -489,14 +490,18 @@ class BuiltImage:
         self.fd = None
 
 
-def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
+def _platform_label(arch: str | None) -> str:
+    """The platform an image is built for, as both caches and the store record it: `os/architecture/variant`."""
     from pyenroot.registry.manifest import normalize_platform
 
     platform = normalize_platform(arch)
+    return f"{platform.os}/{platform.architecture}/{platform.variant or ''}"
+
+
+def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
     mksquashfs = plan.use_mksquashfs or shutil.which("tar2sqfs") is None
     tool = shutil.which("mksquashfs" if mksquashfs else "tar2sqfs")
-    return BuildKey(reference_digest=reference_digest, source_uri=source_uri,
-                    platform=f"{platform.os}/{platform.architecture}/{platform.variant or ''}",
+    return BuildKey(reference_digest=reference_digest, source_uri=source_uri, platform=_platform_label(arch),
                     squash=squash_description(plan) + f" mksquashfs={mksquashfs}",
                     builder=builder_identity(tool, os.environ.get("SOURCE_DATE_EPOCH")))
 
@@ -521,16 +526,16 @@ class _Lookup:
 
 
 def _cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, progress: ImportProgress,
-            images: BuiltImages) -> _Lookup:
-    """Find the image in the cache. A registry image costs one manifest request (none when pinned by digest);
-    an archive is read for its digest."""
-    from pyenroot.registry.manifest import normalize_platform
-
-    normalize_platform(arch)  # a bad -a is a usage error before any request
+            images: BuiltImages, known: tuple[str, str] | None = None) -> _Lookup:
+    """Find the image in the cache. A registry image costs one manifest request (none when pinned by digest,
+    or when the store's lookup made it: `known`); an archive is read for its digest."""
+    _platform_label(arch)  # a bad -a is a usage error before any request
     image: ResolvedImage | None = None
     identity = getattr(opened.source, "identity", None)
     progress.phase("resolve")
-    if identity is not None:
+    if known is not None:
+        reference_digest, source_uri = known
+    elif identity is not None:
         reference_digest, source_uri = identity()
     else:
         image = opened.source.resolve(arch)
@@ -568,14 +573,15 @@ def _build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPla
     return BuiltImage(images, key.name, entry, fd, result=result)
 
 
-def _deliver(built: Path, out: TempOutput, *, replace: bool = False) -> None:
+def _deliver(built: Path, out: TempOutput, *, replace: bool = False, link: bool = True) -> None:
     """The output gets the cached image's bytes: a hard link where the file is ours and on the same filesystem
     (no bytes copied), else a reflink or a copy into the unnamed output file, named when complete. `replace`:
-    an existing output is replaced in one rename (ENROOT_FORCE_OVERRIDE)."""
-    if os.stat(built).st_uid == os.getuid():
-        link = out.final.with_name(f".{out.final.name}.{os.urandom(6).hex()}.partial") if replace else out.final
+    an existing output is replaced in one rename (ENROOT_FORCE_OVERRIDE). The store's files are never linked
+    (`link` off): a user's output must not be a name of the site's image."""
+    if link and os.stat(built).st_uid == os.getuid():
+        link_name = out.final.with_name(f".{out.final.name}.{os.urandom(6).hex()}.partial") if replace else out.final
         try:
-            os.link(built, link)
+            os.link(built, link_name)
         except FileExistsError:
             raise StorageError(f"file already exists: {out.final}", hint=EXISTING_OUTPUT_HINT) from None
         except OSError:
@@ -583,9 +589,9 @@ def _deliver(built: Path, out: TempOutput, *, replace: bool = False) -> None:
         else:
             if replace:
                 try:
-                    os.replace(link, out.final)
+                    os.replace(link_name, out.final)
                 except OSError as exc:
-                    squash.remove_quietly(link)
+                    squash.remove_quietly(link_name)
                     raise _output_error(exc, out.final) from None
             return
     try:
@@ -603,21 +609,159 @@ def _deliver(built: Path, out: TempOutput, *, replace: bool = False) -> None:
     out.commit(replace=replace)
 
 
+# ------------------------------------------------------------------------------------- the site's image store
+
+
+@dataclass
+class StoredImage:
+    """A squashfs in the site's image store (PYENROOT_IMAGE_STORE): read only, never held or pruned by users."""
+
+    path: Path
+    entry: StoreEntry
+    fd: int | None = None  # nothing to hold: only the store's owner removes entries
+    result: MergeResult | None = None
+
+    def release(self) -> None:
+        pass
+
+
+@dataclass
+class _StoreLookup:
+    hit: StoredImage | None
+    identity: tuple[str, str] | None = None  # the registry's answer, when the lookup had to ask (the cache reuses it)
+
+
+def store_ttl(settings: Settings) -> float:
+    """PYENROOT_IMAGE_STORE_TTL: how long a tag resolved by `store add` is taken without asking the registry."""
+    from pyenroot.image.prune import parse_age
+
+    return parse_age(settings.get("PYENROOT_IMAGE_STORE_TTL") or "0", "PYENROOT_IMAGE_STORE_TTL")
+
+
+def _verified_stamps(settings: Settings) -> Path | None:
+    """Where this node remembers the store entries whose checksum it read (None: check every time)."""
+    from pyenroot import trust
+
+    try:
+        runtime = trust.private_dir(settings.path("ENROOT_RUNTIME_PATH"), "the runtime directory")
+        return trust.private_dir(runtime / "store-verified", "the runtime directory")
+    except (StorageError, OSError):
+        return None
+
+
+def _from_store(opened: OpenedSource, arch: str | None, settings: Settings, progress: ImportProgress) -> _StoreLookup:
+    """The store's entry for a registry image: a digest-pinned reference asks the registry nothing, a tag that
+    `store add` resolved less than PYENROOT_IMAGE_STORE_TTL ago neither; another tag costs one manifest request.
+    An untrusted store or entry, or one whose bytes changed, is passed over with one warning line."""
+    store = SiteStore.of(settings)
+    ref = getattr(opened.source, "ref", None)
+    if store is None or ref is None or ref.scheme != "docker":
+        return _StoreLookup(None)
+    platform = _platform_label(arch)
+    ttl = store_ttl(settings)
+    problem = store.problem()
+    if problem:
+        progress.warn(f"not using the image store: {problem}")
+        return _StoreLookup(None)
+    try:
+        index = store.read_index()
+    except StorageError as exc:
+        progress.warn(f"not using the image store: {exc.message}")
+        return _StoreLookup(None)
+    identity = None
+    if ref.digest:
+        entry = index.find(ref.digest, platform)
+    else:
+        entry = index.fresh_tag(tag_reference(ref.registry, ref.repository, ref.tag), platform, time.time(), ttl)
+        if entry is None:
+            progress.phase("resolve")
+            identity = opened.source.identity()
+            entry = index.find(identity[0], platform)
+    if entry is None:
+        return _StoreLookup(None, identity)
+    problem = store.entry_problem(entry) or store.verify(entry, _verified_stamps(settings))
+    if problem:
+        progress.warn(f"not using the image store's entry: {problem}")
+        return _StoreLookup(None, identity)
+    return _StoreLookup(StoredImage(store.image(entry.name), entry), identity)
+
+
+def store_add(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
+              stream: TextIO | None = None) -> tuple[StoreEntry, bool]:
+    """Put URI's image into the site's image store, or, when its digest is there already, record when its tag
+    was resolved (a cron job's refresh: one manifest request). (the entry, whether it was built now)"""
+    from pyenroot.registry.uri import parse_uri
+
+    ref = parse_uri(uri)
+    if ref.scheme != "docker":
+        raise UsageError(f"store add: not a registry image: {uri}", hint="the store holds docker:// images")
+    store = SiteStore.of(settings)
+    if store is None:
+        raise UsageError("store: PYENROOT_IMAGE_STORE is not set", hint="set it in enroot.conf or the environment")
+    platform = _platform_label(arch)
+    plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
+    store.prepare_for_writing()
+    progress = _progress(verbose, stream)
+    with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
+        progress.phase("resolve")
+        image = opened.source.resolve(arch)
+        digest = image.reference_digest or image.manifest_digest
+        tag = None if ref.digest else TagEntry(tag_reference(ref.registry, ref.repository, ref.tag), platform,
+                                               digest, time.time())
+        with store.writing() as index:
+            entry = index.find(digest, platform)
+            built = entry is None or bool(store.entry_problem(entry) or store.verify(entry, _verified_stamps(settings)))
+            if built:
+                entry = _build_store_entry(store, opened, image, arch, platform, plan, settings, progress, scratch)
+            assert entry is not None
+            index.add(entry, tag)
+    progress.finish()
+    return entry, built
+
+
+def _build_store_entry(store: SiteStore, opened: OpenedSource, image: ResolvedImage, arch: str | None,
+                       platform: str, plan: squash.SquashPlan, settings: Settings, progress: ImportProgress,
+                       scratch: Path) -> StoreEntry:
+    """Build the image under its final name in images/ (complete before it is named) and record its checksum."""
+    name = entry_name(image.manifest_digest, platform)
+    out = TempOutput(store.image(name))
+    try:
+        recording = _Recording(progress)
+        image, result = _build_into(out, opened, arch, plan, settings, recording, scratch, image)
+        os.chmod(out.path, 0o644)  # whatever the umask: users trust nothing others may write
+        fd = os.open(out.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size, checksum = os.fstat(fd).st_size, file_sha256(fd)
+        finally:
+            os.close(fd)
+        out.commit(replace=True)
+    finally:
+        out.discard()
+    return StoreEntry(name=name, reference_digest=image.reference_digest or image.manifest_digest,
+                      manifest_digest=image.manifest_digest, platform=platform, source_uri=image.source_uri,
+                      size=size, sha256=checksum, entries=result.entries,
+                      warnings=(*recording.warnings, *result.warnings), added=time.time())
+
+
 def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
-                     stream: TextIO | None = None, *, inheritable: bool = False) -> BuiltImage | None:
-    """The squashfs of URI in the built-image cache (built when missing), held until the caller releases it
-    (`inheritable`: by a container started from it, too). None when the cache cannot be trusted, or does not
-    have the image and cannot be written."""
+                     stream: TextIO | None = None, *, inheritable: bool = False) -> BuiltImage | StoredImage | None:
+    """The squashfs of URI in the site's image store, or in the built-image cache (built when missing), held
+    until the caller releases it (`inheritable`: by a container started from it, too). None when the cache
+    cannot be trusted, or does not have the image and cannot be written."""
     from pyenroot.registry.uri import parse_uri
 
     parse_uri(uri)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
     progress = _progress(verbose, stream)
     images = BuiltImages.of(settings)
-    if images.unusable():
-        return None
     with _scratch(settings) as scratch, open_source(uri, settings, scratch) as opened:
-        found = _cached(opened, arch, plan, progress, images)
+        stored = _from_store(opened, arch, settings, progress)
+        if stored.hit is not None:
+            progress.finish()
+            return stored.hit
+        if images.unusable():
+            return None
+        found = _cached(opened, arch, plan, progress, images, stored.identity)
         built = found.hit
         if built is None:
             if not images.writable():
@@ -651,11 +795,15 @@ def import_image(uri: str, output: str | None, arch: str | None, settings: Setti
             raise StorageError(f"file already exists: {final}", hint=EXISTING_OUTPUT_HINT)
         out = TempOutput(final)  # before any download: an unwritable place fails at once
         try:
-            found = None if problem else _cached(opened, arch, plan, progress, images)
-            built = found.hit if found else None
+            stored = _from_store(opened, arch, settings, progress)
+            found = None if problem or stored.hit else _cached(opened, arch, plan, progress, images, stored.identity)
+            built = stored.hit or (found.hit if found else None)
             if built is None and found is not None and images.writable():
                 built = _build_cached(opened, arch, plan, settings, progress, scratch, images, found)
-            if built is None:  # a cache we may not trust, or only read
+            if isinstance(built, StoredImage):
+                _deliver(built.path, out, replace=replace, link=False)
+                entries, warnings = built.entry.entries, list(built.entry.warnings)
+            elif built is None:  # a cache we may not trust, or only read
                 entries, warnings = _import_uncached(opened, arch, plan, settings, progress, scratch, out,
                                                      found.image if found else None, replace=replace)
             else:
@@ -706,13 +854,14 @@ def prune_to_limit(settings: Settings) -> None:
 
 def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings, progress: ImportProgress,
                      name: str, force: bool) -> bool:
-    """`load` of an image built before: the container is unpacked from the cached squashfs, as `create` does
-    (no layer is read). False when the cache has no such image."""
+    """`load` of an image built before: the container is unpacked from the store's or the cache's squashfs, as
+    `create` does (no layer is read). False when neither has the image."""
+    stored = _from_store(opened, arch, settings, progress)
     images = BuiltImages.of(settings)
-    if images.unusable():
+    if stored.hit is None and images.unusable():
         return False
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
-    hit = _cached(opened, arch, plan, progress, images).hit
+    hit = stored.hit or _cached(opened, arch, plan, progress, images, stored.identity).hit
     if hit is None:
         return False
     try:

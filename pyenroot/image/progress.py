@@ -206,7 +206,7 @@ class TerminalBars:
         tqdm.tqdm.monitor_interval = 0
         tqdm.tqdm.set_lock(threading.RLock())
         self._tqdm = tqdm.tqdm
-        self.stream = stream
+        self.stream = _LineEnds(stream)
         self._bar = None
         self._kind: str | None = None  # "download" or the phase the bar shows
         self._phase: str | None = None  # the phase running now
@@ -254,10 +254,15 @@ class TerminalBars:
         self._bar.refresh()
 
     def close(self) -> None:
-        """Leave the bar as it is now and end its line."""
-        if self._bar is not None:
-            self._bar.close()
-        self._bar, self._kind = None, None
+        """Leave the bar as it is now and end its line (also when an interrupt cut tqdm short in a redraw)."""
+        bar, self._bar, self._kind = self._bar, None, None
+        try:
+            if bar is not None:
+                bar.close()
+        finally:
+            if not self.stream.line_ended:
+                self.stream.write("\n")
+                self.stream.flush()
 
     def _open(self, desc: str, total: int | None, *, unit: str = "", scale: bool = False) -> None:
         if self._bar is not None and self._bar.total is None and self._kind == self._phase:
@@ -274,6 +279,33 @@ class TerminalBars:
                                unit_divisor=1024, file=self.stream, dynamic_ncols=fixed is None, ncols=fixed,
                                leave=True, mininterval=0.1, bar_format=layout)
         self._kind = desc
+
+
+_open_line = [False]  # whether a bar's line is open on the terminal now (for the CLI's "interrupted" line)
+
+
+def terminal_line_open() -> bool:
+    """Whether a live bar left its line open (an interrupt can cut the bar short before it ends the line)."""
+    return _open_line[0]
+
+
+class _LineEnds:
+    """The terminal stream as the bars write it, knowing whether the last thing written ended a line."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    @property
+    def line_ended(self) -> bool:
+        return not _open_line[0]
+
+    def write(self, text: str) -> int:
+        if text:  # noted before the write: an interrupt may come between the write and the next statement
+            _open_line[0] = not text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _fixed_width(stream: TextIO) -> int | None:

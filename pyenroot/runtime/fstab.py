@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pyenroot.errors import ConfigError, UsageError
 from pyenroot.octal import escape, unescape
+from pyenroot.record import record
 from pyenroot.runtime.flags import (
     MS_BIND,
     MS_DIRSYNC,
@@ -72,7 +72,7 @@ NOOP_OPTIONS = frozenset({"defaults", "auto", "noauto", "user", "nouser", "users
                            "loud", "nofail", "silent", "x-move", "x-detach"})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FstabEntry:
     source: str
     target: str  # a path inside the container; a relative one is taken from the container's root

@@ -5,15 +5,16 @@ site and user hooks are executables in hooks.d that get the same information thr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from pyenroot.record import factory, record
 
 
 def _no_mounting(fstab_line: str) -> None:
     raise RuntimeError("mount_now: this hook context mounts nothing (only the launcher's does)")
 
 
-@dataclass
+@record
 class HookContext:
     rootfs: Path  # the container's root, seen from the host side before pivot_root
     environ: dict[str, str]  # the container environment computed so far (hooks may add to it)
@@ -22,7 +23,7 @@ class HookContext:
     outer_gid: int
     remap_root: bool  # the caller is uid 0 inside
     pid: int  # ENROOT_PID
-    mounts: list[str] = field(default_factory=list)  # fstab lines to mount after the hooks (pass 0)
+    mounts: list[str] = factory(list)  # fstab lines to mount after the hooks (pass 0)
     # Mount one fstab line at once, before the next hook runs (the launcher's Mounter; a /dev replaced in
     # place must be there for later hooks).
     mount_now: Callable[[str], None] = _no_mounting

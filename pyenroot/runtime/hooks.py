@@ -11,10 +11,10 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyenroot.errors import PyenrootError, RuntimeStartError
+from pyenroot.record import record
 from pyenroot.runtime import environ as envdialect
 from pyenroot.runtime.hookapi import HookContext
 from pyenroot.runtime.plan import config_files
@@ -50,7 +50,7 @@ _GUARDS: dict[str, Callable[[HookContext], bool]] = {"98-nvidia": _wants_gpu, "5
                                                      "60-mpi": _wants_host_mpi}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HookStep:
     name: str  # file name, or the built-in's table name
     target: str | None = None  # "module:function" of a built-in

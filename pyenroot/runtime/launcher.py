@@ -15,10 +15,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import RuntimeStartError
+from pyenroot.record import factory, record
 from pyenroot.runtime import environ as envdialect
 from pyenroot.runtime import plan
 from pyenroot.runtime.flags import (
@@ -52,13 +52,13 @@ class CommandNotExecutable(RuntimeStartError):
     reference = "command-not-executable"
 
 
-@dataclass
+@record
 class Target:
     kind: str  # "dir" (a created container) or "squashfs" (an image started directly)
     path: Path
 
 
-@dataclass
+@record
 class Launch:
     """What the launcher needs besides the request: where things are and what runs as hooks."""
 
@@ -67,10 +67,10 @@ class Launch:
     runtime_path: Path
     host_environ: dict[str, str]  # process environment + ENROOT_* settings, for hooks
     logname: str = ""  # the container's LOGNAME unless a source sets it (startup.host_login_name)
-    hook_steps: list = field(default_factory=list)  # hooks.HookStep
+    hook_steps: list = factory(list)  # hooks.HookStep
     script_hooks: tuple[list[str], dict[str, str]] | None = None  # the config script's hooks()
     native_overlay: bool = True
-    writable_sqsh: str = "unpack"  # PYENROOT_SQSH_WRITABLE (squashmount.WRITABLE_METHODS)
+    writable_sqsh: str = "unpack"  # PYENROOT_SQSH_WRITABLE (options.WRITABLE_METHODS)
     processors: int = 1
     warn: Callable[[str], None] = lambda message: None
     trace: Callable[[str], None] = lambda step: None  # called after each step (`start -v` prints timings)
@@ -315,6 +315,8 @@ def _wait_single_threaded() -> None:
     """unshare(CLONE_NEWUSER) fails with EINVAL while the process has a second thread: join the helpers an
     import in this process left (their work is done: download pool, read-ahead), and wait until the kernel
     has let them go too (a joined thread is still counted for a moment)."""
+    if _thread_count() == 1:
+        return  # the common case, without importing threading
     import threading
 
     deadline = time.monotonic() + THREAD_EXIT_LIMIT_S

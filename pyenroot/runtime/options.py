@@ -7,9 +7,9 @@ nothing below re-parses arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from pyenroot.record import record
 from pyenroot.runtime.plan import Mount
 
 TYPE_CHECKING = False  # typing's flag without importing typing (a start imports as little as it can)
@@ -18,12 +18,18 @@ if TYPE_CHECKING:
 
 NAMESPACES = ("pid", "net", "ipc", "uts")  # what `namespaces` may hold (besides the user and mount ones)
 
+# How a writable start of a .sqsh image gets its root filesystem (PYENROOT_SQSH_WRITABLE, squashmount.py); here
+# so that every start checks the setting without importing squashmount.
+WRITABLE_UNPACK = "unpack"  # a real tree in the tmpfs: every rename works; time and memory grow with the image
+WRITABLE_OVERLAY = "overlay"  # as a read-only start: fast, but renaming a directory of the image fails (EXDEV)
+WRITABLE_METHODS = (WRITABLE_UNPACK, WRITABLE_OVERLAY)
+
 EnvEntry = tuple[str, str | None]
 """One variable to set in the container: (NAME, VALUE), or (NAME, None) for the host's value (empty when the
 host has none), as `--env NAME` takes it."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StartOptions:
     """One start. A None switch leaves the settings (ENROOT_REMAP_ROOT, ENROOT_ROOTFS_WRITABLE) in charge;
     True or False overrides them, and so do configuration-script directives."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
 
 from pyenroot.errors import ConfigError
+from pyenroot.record import factory, record, replace
 from pyenroot.runtime import environ as envdialect
 from pyenroot.runtime import fstab
 from pyenroot.runtime.flags import (
@@ -28,7 +28,7 @@ from pyenroot.runtime.flags import (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """One mount(2) call (plus the extras of enroot's dialect), with its target inside the container."""
 
@@ -101,7 +101,7 @@ def config_files(builtin: Iterable[str], system: Iterable[str], user: Iterable[s
     return [(where, name) for name, where in sorted(first)] + [("user", name) for name in sorted(user)]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageFacts:
     """What the plan needs to know about the image (read from its root filesystem by the caller)."""
 
@@ -111,14 +111,14 @@ class ImageFacts:
     has_rc_local: bool = False  # /etc/rc.local (the first enroot releases' init script)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StartRequest:
     """Everything known before the image is looked at: command line, settings, config dir contents."""
 
     command: tuple[str, ...] = ()
     outer_uid: int = 1000
     outer_gid: int = 1000
-    host_environ: Mapping[str, str] = field(default_factory=dict)
+    host_environ: Mapping[str, str] = factory(dict)
     remap_root: bool = False
     writable: bool = False
     userns: bool = True  # False only for real root with ENROOT_ALLOW_SUPERUSER
@@ -137,7 +137,7 @@ class StartRequest:
     rc_text: str | None = None  # --rc file or the config script's rc() body
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StartPlan:
     """What a start does, in the order the launcher does it. The namespace part comes from the request alone
     (`initial_plan`); the mounts, the environment and the init script need the image's root filesystem,
@@ -157,7 +157,7 @@ class StartPlan:
     init_shell: str
     early_mounts: tuple[Mount, ...] = ()  # pass -1: before the hooks
     late_mounts: tuple[Mount, ...] = ()  # pass 0 and later, in pass order, after the hooks
-    environ: dict[str, str] = field(default_factory=dict)
+    environ: dict[str, str] = factory(dict)
     use_image_rc: str | None = None  # "/etc/rc" or "/etc/rc.local" when the image's script is the init script
 
 

@@ -17,31 +17,26 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyenroot.config import find_program
 from pyenroot.errors import RuntimeStartError, StorageError
+from pyenroot.record import factory, record
 from pyenroot.runtime import syscalls
 from pyenroot.runtime.flags import CLONE_NEWNS, CLONE_NEWUSER
+from pyenroot.runtime.options import WRITABLE_UNPACK
 
-_READY_POLL_S = 0.002
+_READY_POLL_S = 0.0005
 _READY_LIMIT_S = 30.0
 
 
-# How a writable start gets its root filesystem (PYENROOT_SQSH_WRITABLE).
-WRITABLE_UNPACK = "unpack"  # a real tree in the tmpfs: every rename works; time and memory grow with the image
-WRITABLE_OVERLAY = "overlay"  # as a read-only start: fast, but renaming a directory of the image fails (EXDEV)
-WRITABLE_METHODS = (WRITABLE_UNPACK, WRITABLE_OVERLAY)
-
-
-@dataclass
+@record
 class SquashMount:
     rootfs: Path
     method: str  # "overlayfs", "fuse-overlayfs" or "unpacked"
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = factory(list)
 
 
 def _spawn_fuse(argv: list[str], mountpoint: Path, *, as_root: bool) -> None:
@@ -136,13 +131,13 @@ def fuse_problem() -> str | None:
         return "/dev/fuse does not exist (load the fuse module)"
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         return "/dev/fuse is not readable and writable by this user (distributions ship it mode 0666)"
-    if not (shutil.which("squashfuse_ll") or shutil.which("squashfuse")):
+    if not (find_program("squashfuse_ll") or find_program("squashfuse")):
         return "squashfuse is not installed"
     return None
 
 
 def _mount_lower(image: Path, lower: Path) -> None:
-    program = shutil.which("squashfuse_ll") or "squashfuse"
+    program = find_program("squashfuse_ll") or "squashfuse"
     _spawn_fuse([program, "-f", str(image), str(lower)], lower, as_root=True)
 
 
@@ -167,7 +162,7 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, n
             return "overlayfs"
         except OSError as exc:
             notes.append(f"kernel overlayfs in a user namespace failed ({exc.strerror}); using fuse-overlayfs")
-    if not shutil.which("fuse-overlayfs"):
+    if not find_program("fuse-overlayfs"):
         raise RuntimeStartError("cannot mount an overlay: kernel overlayfs is unavailable in a user namespace "
                                 "and fuse-overlayfs is not installed",
                                 hint="install fuse-overlayfs, or create a container first: pyenroot create IMAGE")
@@ -180,7 +175,7 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, n
 def _unpack(image: Path, target: Path, processors: int) -> None:
     from pyenroot import storage  # only here: slow to import, and most starts mount instead
 
-    if not shutil.which("unsquashfs"):
+    if not find_program("unsquashfs"):
         raise RuntimeStartError(f"cannot start {image}: FUSE is unusable and unsquashfs is not installed",
                                 hint="install squashfs-tools, or make /dev/fuse usable")
     target.rmdir()
@@ -205,7 +200,7 @@ def mount_image(image: Path, workdir: Path, *, writable: bool = False, writable_
         path.mkdir(mode=0o755)
     notes: list[str] = []
     if writable and writable_method == WRITABLE_UNPACK:
-        if shutil.which("unsquashfs"):
+        if find_program("unsquashfs"):
             _unpack(image, merged, processors)
             return SquashMount(merged, "unpacked", notes)
         notes.append("unsquashfs is not installed, so the writable root is an overlay: renaming a directory "

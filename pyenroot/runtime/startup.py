@@ -15,7 +15,7 @@ from pathlib import Path
 from pyenroot import trust
 from pyenroot.errors import ConfigError, UsageError
 from pyenroot.names import is_valid_name
-from pyenroot.runtime.options import StartOptions
+from pyenroot.runtime.options import WRITABLE_METHODS, WRITABLE_UNPACK, StartOptions
 from pyenroot.runtime.plan import StartRequest, config_files
 
 
@@ -138,12 +138,10 @@ def warn_on_stderr(message: str) -> None:
 
 def _writable_sqsh(settings) -> str:
     """PYENROOT_SQSH_WRITABLE, checked: how a writable start of a .sqsh image gets its root filesystem."""
-    from pyenroot.runtime import squashmount
-
-    value = (settings.get("PYENROOT_SQSH_WRITABLE") or squashmount.WRITABLE_UNPACK).strip().lower()
-    if value not in squashmount.WRITABLE_METHODS:
+    value = (settings.get("PYENROOT_SQSH_WRITABLE") or WRITABLE_UNPACK).strip().lower()
+    if value not in WRITABLE_METHODS:
         raise ConfigError(f"invalid PYENROOT_SQSH_WRITABLE: {value!r}",
-                          hint=f"use one of: {', '.join(squashmount.WRITABLE_METHODS)}")
+                          hint=f"use one of: {', '.join(WRITABLE_METHODS)}")
     return value
 
 

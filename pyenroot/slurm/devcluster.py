@@ -63,6 +63,14 @@ class ClusterSpec:
         return [Node(f"node{i}", self.first_node_port + i - 1) for i in range(1, self.node_count + 1)]
 
     @property
+    def shared_directories(self) -> list[str]:
+        """Directories every node sees as the same files, where caches live here: the cluster directory and the
+        kept /tmp paths (homes are there) with private_tmp, else everything."""
+        if not self.private_tmp:
+            return ["/"]
+        return [str(p) for p in (self.directory, *self.shared_tmp_paths)]
+
+    @property
     def slurm_conf(self) -> Path:
         return self.directory / "etc" / "slurm.conf"
 
@@ -90,6 +98,9 @@ def render(spec: ClusterSpec, templates: Path | None = None) -> dict[str, str]:
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     args = dict(spec.plugin_args)
     args.setdefault("runtime_path", str(spec.node_runtime))
+    # What the simulated nodes really share (their filesystems are all the host's local ones): the fan-out's
+    # `auto` rule broadcasts images only for caches elsewhere (a node's own /tmp).
+    args.setdefault("fanout_shared", ":".join(spec.shared_directories))
     values = {
         "cluster_name": "pyenroot", "cluster_dir": str(spec.directory), "controller_port": spec.controller_port,
         "nodes": spec.nodes, "cpus": spec.cpus, "debug_level": spec.debug_level, "slurm_version": "22.05",

@@ -65,6 +65,7 @@ class StepRequest:
     remap_root: bool | None = None
     entrypoint: bool = False
     writable: bool | None = None
+    broadcast: str | None = None  # srun's fan-out: the image it sent to this node (pyenroot/slurm/fanout.py)
 
     @property
     def step_label(self) -> str:
@@ -86,6 +87,7 @@ class StepState:
     named: bool
     created: bool = False  # this step made the container filesystem (so an unnamed one is removed)
     squashfs: str | None = None  # a temporary image to delete
+    broadcast: bool = False  # squashfs is srun's broadcast copy: the plugin deletes it without a cleanup run
     save: str | None = None
     importer: str | None = None
     target: str | None = None  # what the anchor started: a container name, or a squashfs started directly
@@ -233,6 +235,12 @@ class Reporter:
     def cleanup(self) -> None:
         self._write("cleanup", "1")
 
+    def broadcast(self, description: str) -> None:
+        self._write("broadcast", description)
+
+    def unlink(self, path: str) -> None:
+        self._write("unlink", path)
+
     def close(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):
@@ -306,7 +314,8 @@ def _import_to(uri: str, output: Path, settings) -> Path:
 
 
 def _import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
-    """(squashfs, temporary?). An image built before (same manifest digest, platform and options) is not rebuilt:
+    """(squashfs, temporary?). An image in the site's image store is started from there. An image built before
+    (same manifest digest, platform and options) is not rebuilt:
     steps of every node use the built-image cache's file, and the first builds it while the others wait. The
     step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone."""
     from pyenroot.image import importer
@@ -323,14 +332,15 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     if problem:
         report.log(f"not using the squashfs cache: {problem}")
     try:
-        built = None if problem else importer.build_into_cache(uri, None, settings, inheritable=True)
+        # The site's image store first (PYENROOT_IMAGE_STORE), then the user's cache.
+        built = importer.build_into_cache(uri, None, settings, inheritable=True)
         if built is not None:
             output, temporary = built.path, False
             importer.prune_to_limit(settings)
-        else:  # a cache someone else could have written: a file of the step's own
+        else:  # a cache someone else could have written: a file of the step's own (the store was asked already)
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
-            _import_to(uri, temp_output, settings)
+            _import_to(uri, temp_output, settings.overridden(PYENROOT_IMAGE_STORE=None))
             output, temporary = temp_output, True
     except PyenrootError as exc:
         report.error(f"failed to import docker image: {image}")
@@ -338,6 +348,23 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         raise ReportedError("import failed") from None
     report.log(f"imported docker image: {image}")
     return output, temporary
+
+
+def import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
+    """(squashfs, temporary?), as a step imports its image: also srun's, when it fans the image out."""
+    return _import_image(request, settings, report, temp_output)
+
+
+def _received_image(request: StepRequest, report: Reporter) -> Path | None:
+    """The image srun broadcast to this node, if it arrived whole (else the node imports it itself)."""
+    from pyenroot.slurm import fanout
+
+    image = fanout.receive(request, report) if request.broadcast else None
+    if image is not None:
+        # Both lines, as for every import: scripts count them.
+        report.log(f"importing docker image: {request.image}")
+        report.log(f"imported docker image: {request.image}")
+    return image
 
 
 def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
@@ -467,10 +494,12 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
         if direct:
             return str(image), state, mounts
     else:
-        image, temporary = _import_image(request, settings, report,
-                                         user_runtime(request) / f"{request.step_label}.sqsh")
+        received = _received_image(request, report)
+        image, temporary = (received, True) if received else _import_image(
+            request, settings, report, user_runtime(request) / f"{request.step_label}.sqsh")
         state.importer = request.importer
         state.squashfs = str(image) if temporary else None
+        state.broadcast = received is not None
         if direct:
             return str(image), state, mounts
     state.created = _create(settings, image, cname.name, request, report)
@@ -506,7 +535,14 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
     """Prepare, report, then become the container's anchor (this process execs into it)."""
     from pyenroot.runtime import seccomp, startup
 
-    target, state, mounts = prepare(request, settings, report)
+    state: StepState | None = None
+    try:
+        target, state, mounts = prepare(request, settings, report)
+    finally:  # a broadcast image the step did not take (its container existed, or it failed) goes now
+        if request.broadcast:
+            from pyenroot.slurm import fanout
+
+            fanout.discard_unused(request, state.squashfs if state else None)
     settings = settings.overridden(**setting_overrides(request))
     options = start_options(request, target, mounts, {**os.environ, **settings.environ()})
     state.target, state.anchor = target, os.getpid()  # this process becomes the anchor (start execs)
@@ -514,6 +550,8 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
     if _unprivileged(settings):
         with contextlib.suppress(ValueError):
             report.seccomp(seccomp.filter_program(os.uname().machine))
+    if state.broadcast and state.squashfs:
+        report.unlink(state.squashfs)
     if needs_cleanup(state):
         report.cleanup()
     report.info(f"starting container: {target}")
@@ -523,7 +561,8 @@ def start_step(request: StepRequest, settings, report: Reporter) -> int:
 
 def needs_cleanup(state: StepState) -> bool:
     """Whether step end needs `spank cleanup`; the plugin itself deletes the per-step state."""
-    return bool(state.save or (state.created and not state.named) or state.importer or state.squashfs)
+    return bool(state.save or (state.created and not state.named) or state.importer or
+                (state.squashfs and not state.broadcast))
 
 
 def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete: bool = False) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pyenroot import squashfs
 from pyenroot.image import squash
 from tests.helpers.squash_table import documented_invocations
 
@@ -37,6 +38,6 @@ def test_documented_option_builds_an_image(tmp_path: Path, text: str):
         builder = squash.Tar2Sqfs(plan, out, 2)
         builder.stdin.write(small_tar())
         builder.finish()
-    assert squash.compressor_of(out) == plan.compressor
+    assert squashfs.compressor_of(out) == plan.compressor
     listing = subprocess.run(["unsquashfs", "-l", str(out)], capture_output=True, text=True)
     assert "squashfs-root/etc/hello" in listing.stdout, (text, listing.stderr)

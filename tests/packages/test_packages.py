@@ -36,12 +36,16 @@ def test_srun_through_the_packaged_plugin(packaged_slurm, busybox_image):
 
 
 def test_man_pages_and_completion_are_installed(installed):
+    # The package's own pages (`make install` may also have put copies under /usr/local, which man finds first).
+    listed = subprocess.run(["dpkg", "-L", "pyenroot"], capture_output=True, text=True, check=True).stdout.split()
     for page in ("pyenroot", "pyenroot-import", "pyenroot-start"):
+        packaged = f"/usr/share/man/man1/{page}.1.gz"
+        assert packaged in listed, listed
+        shown = subprocess.run(["man", "-P", "cat", "-l", packaged], capture_output=True, text=True)
+        assert shown.returncode == 0 and "pyenroot" in shown.stdout, shown.stderr
         where = subprocess.run(["man", "-w", page], capture_output=True, text=True)
         assert where.returncode == 0, f"man -w {page}: {where.stderr}"
-        assert where.stdout.startswith("/usr/share/man/man1/"), where.stdout
-    listed = subprocess.run(["dpkg", "-L", "pyenroot"], capture_output=True, text=True, check=True).stdout
-    assert "/usr/share/bash-completion/completions/pyenroot" in listed.splitlines()
+    assert "/usr/share/bash-completion/completions/pyenroot" in listed
 
 
 def test_plugstack_snippet_is_installed_disabled(installed, packaged_plugin):

@@ -57,13 +57,14 @@ def shared_tmp(session_dir: Path, tmp_path_factory) -> tuple[Path, ...]:
 
 @contextlib.contextmanager
 def running_cluster(directory: Path, plugin: Path, plugin_args: dict[str, str],
-                    shared_tmp_paths: tuple[Path, ...]) -> Iterator[devcluster.ClusterSpec]:
-    """A two-node cluster on free ports whose plugstack loads `plugin` with `plugin_args`; down afterwards.
-    Each node has its own /tmp, except for `shared_tmp_paths` (the session's files, pytest's tmp_path)."""
+                    shared_tmp_paths: tuple[Path, ...], node_count: int = 2) -> Iterator[devcluster.ClusterSpec]:
+    """A cluster (two nodes unless asked) on free ports whose plugstack loads `plugin` with `plugin_args`; down
+    afterwards. Each node has its own /tmp, except for `shared_tmp_paths` (the session's files, pytest's tmp_path)."""
     if not shutil.which("slurmd") or not shutil.which("munged"):
         pytest.skip("slurmd/munge are not installed")
-    base = _free_port_block(4)
-    spec = devcluster.ClusterSpec(directory=directory, node_count=2, cpus=8, plugin=plugin, plugin_args=plugin_args,
+    base = _free_port_block(node_count + 2)
+    spec = devcluster.ClusterSpec(directory=directory, node_count=node_count, cpus=8, plugin=plugin,
+                                  plugin_args=plugin_args,
                                   controller_port=base, first_node_port=base + 1, shared_tmp_paths=shared_tmp_paths)
     devcluster.up(spec)
     try:

@@ -15,6 +15,13 @@ def test_invalid_boolean_refuses_to_load(slurm, plugin_args):
     assert "use_squashfuse: invalid value: maybe" in done.stderr
 
 
+def test_invalid_fanout_mode_refuses_to_load(slurm, plugin_args):
+    plugin_args(fanout="always")
+    done = slurm.srun("true")
+    assert done.returncode != 0
+    assert "fanout: invalid value: always" in done.stderr
+
+
 def test_sbatch_support_off(slurm, plugin_args, busybox_uri):
     plugin_args(sbatch_support="0")
     done = slurm.user.run(["sbatch", f"--container-image={busybox_uri}", "--wrap", "true"], env=slurm.env())

@@ -34,7 +34,7 @@ def _verb_raising(monkeypatch, tmp_path, exc: BaseException) -> None:
         raise exc
 
     fake = types.SimpleNamespace(add_arguments=lambda parser: None, run=run)
-    monkeypatch.setattr(cli, "_command_module", lambda verb: fake)
+    monkeypatch.setattr(cli, "command_module", lambda verb: fake)
     monkeypatch.setenv("ENROOT_SYSCONF_PATH", str(tmp_path))  # no settings file from the host
     monkeypatch.delenv("PYENROOT_DEBUG", raising=False)
 
@@ -80,7 +80,7 @@ def test_usage_errors_keep_exit_code_2(monkeypatch, tmp_path, capsys):
 
 
 def _fake_verb(monkeypatch, tmp_path, run) -> None:
-    monkeypatch.setattr(cli, "_command_module", lambda verb: types.SimpleNamespace(
+    monkeypatch.setattr(cli, "command_module", lambda verb: types.SimpleNamespace(
         add_arguments=lambda parser: None, run=run))
     monkeypatch.setenv("ENROOT_SYSCONF_PATH", str(tmp_path))
 
@@ -150,7 +150,7 @@ def test_unpack_in_a_user_namespace_skips_device_nodes_and_unmapped_owners(monke
 def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
     target = tmp_path / "rootfs"
     target.mkdir()
-    monkeypatch.setattr(squashmount.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "unsquashfs" else None)
+    monkeypatch.setattr(squashmount, "find_program", lambda name: f"/usr/bin/{name}" if name == "unsquashfs" else None)
     _tool_output(monkeypatch, 1, "Write on output file failed because No space left on device\n"
                                  "FATAL ERROR: writer: failed to write file root/usr/lib/big\n")
     with pytest.raises(RuntimeStartError) as info:
@@ -162,7 +162,7 @@ def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
 def test_direct_start_unpack_error_is_one_line(monkeypatch, tmp_path):
     target = tmp_path / "rootfs"
     target.mkdir()
-    monkeypatch.setattr(squashmount.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(squashmount, "find_program", lambda name: f"/usr/bin/{name}")
     _tool_output(monkeypatch, 1, "Read on filesystem failed because EOF\nread_id_table: failed\n"
                                  "FATAL ERROR: File system corruption detected\n")
     with pytest.raises(ImageError) as info:

@@ -79,10 +79,19 @@ def floor_and_ours(start, ours: float) -> tuple[list, dict]:
 
 
 def test_verdict_on_the_floor_target(start):
-    cases, times = floor_and_ours(start, 60.0)
-    assert "= 2.73 (target <= 3: met)" in start.verdicts(cases, times)[0]
-    cases, times = floor_and_ours(start, 70.0)
+    cases, times = floor_and_ours(start, 40.0)
+    assert "= 1.82 (target <= 2: met)" in start.verdicts(cases, times)[0]
+    cases, times = floor_and_ours(start, 50.0)
     assert "NOT met" in start.verdicts(cases, times)[0]
+
+
+def test_verdict_on_the_direct_start_target(start):
+    cases, times = floor_and_ours(start, 40.0)
+    cases.append(start.Case(start.OURS["sqsh"], []))
+    times[start.OURS["sqsh"]] = [58.0]
+    assert "`start IMAGE.sqsh true` / `start NAME true` = 1.45 (target <= 1.5: met)" in start.verdicts(cases, times)[1]
+    times[start.OURS["sqsh"]] = [62.0]
+    assert "= 1.55 (target <= 1.5: NOT met)" in start.verdicts(cases, times)[1]
 
 
 def test_verdicts_compare_each_peer_with_the_same_form_of_start(start):

@@ -102,16 +102,19 @@ def test_full_disk_is_named(tmp_path, monkeypatch):
     cache = BlobCache(tmp_path)
 
     class FullFile:
-        def __init__(self, *a, **k):
-            pass
+        """A file on a full disk: the write fails, and so does the close that would flush what is buffered."""
 
-        def __enter__(self):
-            return self
+        closed = False
 
-        def __exit__(self, *exc):
-            return False
+        def __init__(self, fd, *a, **k):
+            self.fd = fd
 
         def write(self, chunk):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.closed = True
+            os.close(self.fd)
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fdopen", FullFile)

@@ -111,7 +111,7 @@ def test_script_registers_the_function(completion_script):
 
 
 def test_verbs_and_global_options(completion_script, workspace):
-    assert complete(completion_script, workspace, "pyenroot", "st") == ["start"]
+    assert complete(completion_script, workspace, "pyenroot", "st") == ["start", "store"]
     assert complete(completion_script, workspace, "pyenroot", "--deb") == ["--debug"]
     assert "spank" not in complete(completion_script, workspace, "pyenroot", "")
 

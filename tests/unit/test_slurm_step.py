@@ -241,10 +241,13 @@ def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeyp
     calls = []
     trusted_cache(monkeypatch)
     monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: None)
-    monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: calls.append((uri, output)))
-    found = step._import_image(request(image="reg#x/y:1"), None, step.Reporter(None), tmp_path / "t.sqsh")
+    monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: calls.append((uri, output, settings)))
+    settings = Settings({"PYENROOT_IMAGE_STORE": "/site/store"})
+    found = step._import_image(request(image="reg#x/y:1"), settings, step.Reporter(None), tmp_path / "t.sqsh")
     assert found == (tmp_path / "t.sqsh", True)
-    assert calls == [("docker://reg#x/y:1", tmp_path / "t.sqsh")]
+    (uri, output, used), = calls
+    assert (uri, output) == ("docker://reg#x/y:1", tmp_path / "t.sqsh")
+    assert used.get("PYENROOT_IMAGE_STORE") is None  # build_into_cache asked the store already
 
 
 def test_container_mounts_check_x_create():

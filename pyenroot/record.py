@@ -1,0 +1,114 @@
+"""Value classes for the modules a container start imports, without `dataclasses`.
+
+Importing `dataclasses` (it brings `inspect`, `ast`, `dis`, `tokenize`) and building each class with it cost a
+`start NAME true` more than all the work the start does after reading its options; so the types a start
+passes between modules (settings, options, request, plan, mounts, hooks, launch) are `@record` classes. They
+behave as the dataclasses they were for everything pyenroot uses: an `__init__` taking the annotated fields in
+order (positionally or by name, defaults as class attributes, `factory(make)` for a fresh mutable default),
+`__post_init__`, `__repr__`, `__eq__` between instances of the same class, and with `frozen=True` immutability
+and `__hash__`; `replace(value, **changes)` makes a changed copy. Other modules keep using `dataclasses`.
+"""
+
+from __future__ import annotations
+
+_UNSET = object()
+
+
+class FrozenRecordError(AttributeError):
+    """A field of a frozen record was assigned or deleted."""
+
+
+class _Factory:
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        self.make = make
+
+
+def factory(make):
+    """A default made afresh for each instance (`dataclasses.field(default_factory=make)`)."""
+    return _Factory(make)
+
+
+def record(cls=None, *, frozen: bool = False):
+    """Make `cls` a value class of its annotated fields (see the module's docstring)."""
+    if cls is None:
+        return lambda cls: _build(cls, frozen)
+    return _build(cls, frozen)
+
+
+def fields(value_or_class) -> tuple[str, ...]:
+    return value_or_class.__record_fields__
+
+
+def replace(value, **changes):
+    """A copy of `value` with some fields changed (through `__init__`, so `__post_init__` checks it again)."""
+    unknown = set(changes) - set(value.__record_fields__)
+    if unknown:
+        raise TypeError(f"{type(value).__name__} has no field {sorted(unknown)[0]!r}")
+    return type(value)(**{name: changes.get(name, getattr(value, name)) for name in value.__record_fields__})
+
+
+def _build(cls, frozen: bool):
+    names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063 (inspect is what this module avoids)
+    scope: dict = {"_UNSET": _UNSET, "_set": object.__setattr__}
+    params, body = [], []
+    for name in names:
+        default = cls.__dict__.get(name, _UNSET)
+        if isinstance(default, _Factory):
+            scope[f"_make_{name}"] = default.make
+            params.append(f"{name}=_UNSET")
+            body.append(f"    if {name} is _UNSET: {name} = _make_{name}()")
+            delattr(cls, name)
+        elif default is not _UNSET:
+            scope[f"_default_{name}"] = default
+            params.append(f"{name}=_default_{name}")
+        elif params and "=" in params[-1]:
+            raise TypeError(f"{cls.__name__}: field {name} without a default follows one with a default")
+        else:
+            params.append(name)
+    body += [f"    _set(self, {name!r}, {name})" if frozen else f"    self.{name} = {name}" for name in names]
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"])
+    exec(source, scope)  # one small function per class, as collections.namedtuple makes its __new__
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+    cls.__record_fields__ = names
+    cls.__repr__ = _repr
+    cls.__eq__ = _eq
+    if frozen:
+        cls.__hash__ = _hash
+        cls.__setattr__ = _frozen_setattr
+        cls.__delattr__ = _frozen_delattr
+    else:
+        cls.__hash__ = None  # mutable and compared by value: unhashable, as a dataclass is
+    return cls
+
+
+def _values(value) -> tuple:
+    return tuple(getattr(value, name) for name in value.__record_fields__)
+
+
+def _repr(self) -> str:
+    inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__record_fields__)
+    return f"{type(self).__qualname__}({inner})"
+
+
+def _eq(self, other) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _values(self) == _values(other)
+
+
+def _hash(self) -> int:
+    return hash(_values(self))
+
+
+def _frozen_setattr(self, name, value) -> None:
+    raise FrozenRecordError(f"cannot assign to field {name!r}")
+
+
+def _frozen_delattr(self, name) -> None:
+    raise FrozenRecordError(f"cannot delete field {name!r}")
