@@ -128,6 +128,9 @@ class LayerCopies:
             return None
         if lock is None:
             return None
+        copy_name = self.cache.copy_paths(digest)[0].name
+        for leftover in self.cache.copies.glob(f".{copy_name}.*{_PARTIAL_SUFFIX}*"):
+            leftover.unlink(missing_ok=True)  # a killed writer's: with the lock held, nobody else writes one
         try:
             return CopyWriter(self.cache, digest, lock, lock_path)
         except OSError:

@@ -120,6 +120,15 @@ def test_a_copy_being_written_elsewhere_is_left_to_that_writer(cache):
     assert all(copies.open_copy(layer) is not None for layer in layers)
 
 
+def test_a_killed_writers_partial_copy_is_removed_by_the_next_writer(cache):
+    layers = _cached_layers(cache)
+    cache.copies.mkdir(parents=True)
+    leftover = cache.copies / f".{cache.copy_paths(layers[0].descriptor.digest)[0].name}.abc123.part"
+    leftover.write_bytes(b"half")
+    _merged(layers, LayerCopies(cache))
+    assert not leftover.exists() and LayerCopies(cache).open_copy(layers[0]) is not None
+
+
 def test_prune_removes_the_copy_with_its_blob(cache):
     layers = _cached_layers(cache)
     _merged(layers, LayerCopies(cache))
