@@ -339,15 +339,16 @@ class Merger:
         try:
             for index, item in enumerate(top_first):
                 stream = ahead.pop(index, None) or LayerStream(_local(item), self.decompressor, copies=self.copies)
-                # Start the next decompressors now, so they work while this layer is copied (if on disk).
-                for following in range(index + 1, min(index + 1 + self.ahead, len(top_first))):
-                    if following not in ahead and _ready(top_first[following]):
-                        ahead[following] = LayerStream(_local(top_first[following]), self.decompressor,
-                                                       self.read_ahead, self.copies)
-                if self.on_layer:
-                    self.on_layer(index, len(top_first), stream.layer)
-                label = f"layer {len(top_first) - index} ({stream.layer.descriptor.digest[:19]})"
                 try:
+                    # Start the next decompressors now, so they work while this layer is copied (if on disk);
+                    # a failed download raises here, and this layer's stream (and copy) must end too.
+                    for following in range(index + 1, min(index + 1 + self.ahead, len(top_first))):
+                        if following not in ahead and _ready(top_first[following]):
+                            ahead[following] = LayerStream(_local(top_first[following]), self.decompressor,
+                                                           self.read_ahead, self.copies)
+                    if self.on_layer:
+                        self.on_layer(index, len(top_first), stream.layer)
+                    label = f"layer {len(top_first) - index} ({stream.layer.descriptor.digest[:19]})"
                     self._layer(stream, label=label)
                 except BaseException:
                     stream.close(check=False)

@@ -7,11 +7,13 @@ import hashlib
 import io
 import os
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
 from pyenroot.devtools import imagebuilder as ib
+from pyenroot.errors import ImageError
 from pyenroot.image.cache import BlobCache, hold_lock
 from pyenroot.image.layercopy import CopyRecord, LayerCopies
 from pyenroot.image.merge import Decompressor, write_merged
@@ -102,6 +104,15 @@ def test_a_layer_that_fails_leaves_no_copy(cache):
         _merged(layers, LayerCopies(cache))
     assert not cache.copy_paths(layers[1].descriptor.digest)[0].exists()
     assert not [p for p in cache.copies.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_download_of_the_next_layer_leaves_no_partial_copy(cache):
+    layers = _cached_layers(cache)
+    failed: Future = Future()
+    failed.set_exception(ImageError("download failed"))
+    with pytest.raises(ImageError, match="download failed"):
+        _merged([failed, layers[1]], LayerCopies(cache))
+    assert not list(cache.copies.iterdir())
 
 
 def test_a_copy_being_written_elsewhere_is_left_to_that_writer(cache):
