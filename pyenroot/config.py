@@ -129,6 +129,9 @@ SETTINGS: tuple[Setting, ...] = (
             " ENROOT_CACHE_PATH are trusted"),
     Setting("PYENROOT_CACHE_MAX_SIZE", None, "when set (e.g. 50G), every import prunes ENROOT_CACHE_PATH down to"
             " this size afterwards, least recently used first"),
+    Setting("PYENROOT_CACHE_LAYER_COPIES", "yes", "keep a zstd copy of each gzip layer next to its blob in"
+            " ENROOT_CACHE_PATH, written while the layer is first merged, so that later builds decompress it"
+            " several times faster (no: gzip blobs only)"),
     Setting("PYENROOT_IMAGE_STORE", None, "a site-wide store of squashfs images (a directory its owner fills with"
             " `pyenroot store add`): imports and Slurm steps take an image from it when its digest is there"),
     Setting("PYENROOT_IMAGE_STORE_TTL", "0", "how long (e.g. 1h) a tag that `store add` resolved is taken from the"

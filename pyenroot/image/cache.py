@@ -5,6 +5,7 @@ place only when the digest matches, so a reader never sees a partial or corrupt 
 A per-digest `fcntl` lock (`ROOT/locks/<hex>.lock`) lets concurrent importers download each blob once.
 Whoever reads a blob holds a shared `flock` on `ROOT/locks/<hex>.use` for as long as it needs it; `cache prune`
 removes only entries whose exclusive lock it gets at once (`hold_lock`, shared with the built-image cache).
+A gzip blob may have a fast copy next to it in `ROOT/copies/` (`layercopy.py`); it goes with its blob.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class BlobCache:
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.locks = self.root / "locks"
+        self.copies = self.root / "copies"
         self.owners = frozenset(owners)
 
     @classmethod
@@ -129,6 +131,19 @@ class BlobCache:
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest_hex(digest)
+
+    def copy_paths(self, digest: str) -> tuple[Path, Path]:
+        """A blob's fast copy and its record (`layercopy.py` writes and checks them)."""
+        hex_part = digest_hex(digest)
+        return self.copies / f"{hex_part}.zst", self.copies / f"{hex_part}.json"
+
+    def copy_size(self, digest: str) -> int:
+        """Disk use of a blob's fast copy (0 without one)."""
+        total = 0
+        for path in self.copy_paths(digest):
+            with contextlib.suppress(OSError):
+                total += os.lstat(path).st_size
+        return total
 
     def has(self, digest: str) -> bool:
         path = self.path(digest)
@@ -192,6 +207,8 @@ class BlobCache:
                 return False
             try:
                 self.path(digest).unlink(missing_ok=True)
+                for path in self.copy_paths(digest):
+                    path.unlink(missing_ok=True)
             finally:
                 os.close(download)
             self.use_lock(digest).unlink(missing_ok=True)

@@ -235,6 +235,7 @@ def _generated(image: ResolvedImage, arch: str | None, progress: ImportProgress)
 
 def _stream_into(sink, image: ResolvedImage, layers: list[LocalLayer | Future], settings: Settings, arch: str | None,
                  progress: ImportProgress) -> MergeResult:
+    from pyenroot.image.layercopy import LayerCopies
     from pyenroot.image.merge import write_merged
 
     generated = _generated(image, arch, progress)
@@ -245,7 +246,7 @@ def _stream_into(sink, image: ResolvedImage, layers: list[LocalLayer | Future], 
     ahead, budget = read_ahead_plan(settings.max_processors())
     return write_merged(layers, generated, sink, decompressor=_decompressor(settings),
                         workdir=imagefiles.workdir_of(image.config), mtime=_generation_time(), on_layer=on_layer,
-                        ahead=ahead, read_ahead_budget=budget)
+                        ahead=ahead, read_ahead_budget=budget, copies=LayerCopies.of(settings))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Stream the merged image as one tar: generated files first, then each layer top first, filtered by the planner.
 
 Nothing is extracted: each layer is decompressed once (pigz/gzip or zstd in a subprocess, the next layer's
-decompressor started ahead so it works while this one is copied), its headers are decided by
+decompressor started ahead so it works while this one is copied; a gzip layer's zstd copy from the cache
+when there is one, see `layercopy.py`), its headers are decided by
 `layers.MergePlanner` as they are read, and surviving entries are copied straight to the sink (tar2sqfs's
 stdin, or `tar -x` for `load`). Memory stays bounded by the pipe buffers and the planner's path table.
 """
@@ -18,13 +19,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pyenroot.errors import ImageError
 from pyenroot.image import layers as plan
 from pyenroot.image import tarstream
 from pyenroot.image.model import LocalLayer
 from pyenroot.image.squash import die_with_parent
+
+if TYPE_CHECKING:
+    from pyenroot.image.layercopy import CopyWriter, LayerCopies
 
 BLOCK = tarstream.BLOCK
 COPY_CHUNK = tarstream.CHUNK
@@ -158,32 +162,77 @@ class ReadAhead:
         self._raw.close()
 
 
+class LayerTee:
+    """Passes a layer's uncompressed bytes through, and hands each to a copy writer (`layercopy.CopyWriter`)."""
+
+    def __init__(self, inner: BinaryIO | ReadAhead, writer: CopyWriter):
+        self._inner = inner
+        self.writer = writer
+
+    def readinto(self, buffer) -> int:
+        count = self._inner.readinto(buffer)
+        if count:
+            self.writer.write(memoryview(buffer).cast("B")[:count])
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self.writer.write(data)
+        return data
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class LayerStream:
     """A layer's uncompressed tar bytes, read from a decompressor's pipe (or the file itself).
 
     With `read_ahead` (bytes), the pipe is emptied by a thread into a bounded buffer, so the decompressor
-    keeps working while earlier layers are merged.
+    keeps working while earlier layers are merged. With `copies`, a gzip layer is read from its zstd copy
+    when a good one exists; otherwise (and with `tee`) its bytes are also written into a new copy, which is
+    kept only once the layer was read to its end and its decompressor succeeded.
     """
 
-    def __init__(self, layer: LocalLayer, decompressor: Decompressor, read_ahead: int = 0):
+    def __init__(self, layer: LocalLayer, decompressor: Decompressor, read_ahead: int = 0,
+                 copies: LayerCopies | None = None, *, tee: bool = True):
         self.layer = layer
         self.process: subprocess.Popen | None = None
+        self.copy_writer: CopyWriter | None = None
         kind = sniff_compression(layer.path)
+        source: BinaryIO | None = copies.open_copy(layer) if copies is not None and kind == "gzip" else None
+        if source is not None:
+            kind = "zstd"
+        elif copies is not None and kind == "gzip" and tee:
+            self.copy_writer = copies.writer(layer)
         argv = decompressor.argv(kind)
         if argv is None:
-            self.file: BinaryIO | ReadAhead = open(layer.path, "rb", buffering=COPY_CHUNK)  # noqa: SIM115
+            self.file: BinaryIO | ReadAhead | LayerTee = open(layer.path, "rb", buffering=COPY_CHUNK)  # noqa: SIM115
             return
-        with open(layer.path, "rb") as source:
-            try:
-                self.process = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                bufsize=0 if read_ahead else COPY_CHUNK, preexec_fn=die_with_parent)
-            except FileNotFoundError:
-                raise ImageError(f"cannot decompress layer {layer.descriptor.digest}: {argv[0]} is not installed",
-                                 hint="install pigz or gzip, and zstd") from None
+        try:
+            self.process = self._start(argv, source or open(layer.path, "rb"), read_ahead)  # noqa: SIM115
+        except BaseException:
+            if self.copy_writer is not None:
+                self.copy_writer.abort()
+            raise
         assert self.process.stdout is not None
         with contextlib.suppress(OSError):  # a bigger pipe keeps the decompressor busy while we copy
             fcntl.fcntl(self.process.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
         self.file = ReadAhead(self.process.stdout, read_ahead) if read_ahead else self.process.stdout
+        if self.copy_writer is not None:
+            self.file = LayerTee(self.file, self.copy_writer)
+
+    def _start(self, argv: list[str], source: BinaryIO, read_ahead: int) -> subprocess.Popen:
+        with source:
+            try:
+                return subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        bufsize=0 if read_ahead else COPY_CHUNK, preexec_fn=die_with_parent)
+            except FileNotFoundError:
+                raise ImageError(f"cannot decompress layer {self.layer.descriptor.digest}: {argv[0]} is not "
+                                 "installed", hint="install pigz or gzip, and zstd") from None
 
     def close(self, *, check: bool) -> None:
         """Close the stream (once); with `check`, a decompressor failure becomes an ImageError."""
@@ -202,6 +251,11 @@ class LayerStream:
         err = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
         if self.process.stderr:
             self.process.stderr.close()
+        if self.copy_writer is not None:
+            if check and rc == 0:
+                self.copy_writer.commit()
+            else:
+                self.copy_writer.abort()
         if check and rc != 0:
             raise ImageError(f"layer {self.layer.descriptor.digest} is corrupt: "
                              f"{err.splitlines()[-1] if err else 'decompression failed'}")
@@ -266,9 +320,10 @@ class Merger:
 
     def __init__(self, writer: TarWriter, decompressor: Decompressor,
                  on_layer: Callable[[int, int, LocalLayer], None] | None = None, *, ahead: int = 1,
-                 read_ahead_budget: int = 0):
+                 read_ahead_budget: int = 0, copies: LayerCopies | None = None):
         self.writer = writer
         self.decompressor = decompressor
+        self.copies = copies
         self.planner = plan.MergePlanner()
         self.on_layer = on_layer
         # Decompressors running before their layer is read: one just needs the pipe's buffer; more need
@@ -283,16 +338,17 @@ class Merger:
         ahead: dict[int, LayerStream] = {}
         try:
             for index, item in enumerate(top_first):
-                stream = ahead.pop(index, None) or LayerStream(_local(item), self.decompressor)
-                # Start the next decompressors now, so they work while this layer is copied (if on disk).
-                for following in range(index + 1, min(index + 1 + self.ahead, len(top_first))):
-                    if following not in ahead and _ready(top_first[following]):
-                        ahead[following] = LayerStream(_local(top_first[following]), self.decompressor,
-                                                       self.read_ahead)
-                if self.on_layer:
-                    self.on_layer(index, len(top_first), stream.layer)
-                label = f"layer {len(top_first) - index} ({stream.layer.descriptor.digest[:19]})"
+                stream = ahead.pop(index, None) or LayerStream(_local(item), self.decompressor, copies=self.copies)
                 try:
+                    # Start the next decompressors now, so they work while this layer is copied (if on disk);
+                    # a failed download raises here, and this layer's stream (and copy) must end too.
+                    for following in range(index + 1, min(index + 1 + self.ahead, len(top_first))):
+                        if following not in ahead and _ready(top_first[following]):
+                            ahead[following] = LayerStream(_local(top_first[following]), self.decompressor,
+                                                           self.read_ahead, self.copies)
+                    if self.on_layer:
+                        self.on_layer(index, len(top_first), stream.layer)
+                    label = f"layer {len(top_first) - index} ({stream.layer.descriptor.digest[:19]})"
                     self._layer(stream, label=label)
                 except BaseException:
                     stream.close(check=False)
@@ -338,7 +394,7 @@ class Merger:
     def _materialize(self, layer: LocalLayer, pending: list[plan.Materialization]) -> None:
         """Read the layer again for the shadowed files that its own hard links still need (rare)."""
         wanted = {m.target: m for m in pending}
-        again = LayerStream(layer, self.decompressor)
+        again = LayerStream(layer, self.decompressor, copies=self.copies, tee=False)
         try:
             for reader, member in _members(again):
                 if member.kind != plan.FILE:
@@ -382,7 +438,9 @@ class Merger:
 def write_merged(image_layers: list[LayerSource], generated: dict[str, bytes], sink: BinaryIO, *,
                  decompressor: Decompressor, workdir: str | None = None, mtime: int = 0,
                  on_layer: Callable[[int, int, LocalLayer], None] | None = None, ahead: int = 1,
-                 read_ahead_budget: int = 0) -> MergeResult:
-    """Write the merged tar stream of an image to `sink` (layers bottom first); return counts and warnings."""
-    merger = Merger(TarWriter(sink), decompressor, on_layer, ahead=ahead, read_ahead_budget=read_ahead_budget)
+                 read_ahead_budget: int = 0, copies: LayerCopies | None = None) -> MergeResult:
+    """Write the merged tar stream of an image to `sink` (layers bottom first); return counts and warnings.
+    With `copies`, gzip layers are read from their zstd copies, and copies are written where missing."""
+    merger = Merger(TarWriter(sink), decompressor, on_layer, ahead=ahead, read_ahead_budget=read_ahead_budget,
+                    copies=copies)
     return merger.run(image_layers, generated, workdir, mtime)

@@ -96,7 +96,8 @@ def list_entries(settings) -> list[CacheEntry]:
             st = blobs.path(digest).stat()
         except OSError:
             continue  # pruned meanwhile
-        entries.append(CacheEntry("blob", digest, st.st_size, st.st_mtime, tuple(dict.fromkeys(users.get(digest, ())))))
+        size = st.st_size + blobs.copy_size(digest)  # a layer's fast copy lives and goes with its blob
+        entries.append(CacheEntry("blob", digest, size, st.st_mtime, tuple(dict.fromkeys(users.get(digest, ())))))
     return entries
 
 

@@ -131,18 +131,24 @@ def fails_cleanly(user, args: list[str], code: int | None, says: str = "", env: 
 
 
 def only_verified_blobs(cache: Path) -> None:
-    """A failed import may keep verified blobs (named by their digest), lock files and complete built images
-    (built in the cache before the output could not be written), nothing partial."""
+    """A failed import may keep verified blobs (named by their digest), lock files, complete layer copies and
+    complete built images (built in the cache before the output could not be written), nothing partial."""
     from pyenroot.image.built import BuiltImages
+    from pyenroot.image.layercopy import CopyRecord
 
     images = BuiltImages(cache / "enroot" if (cache / "enroot").is_dir() else cache)
     recorded = {name for name, record, _ in images.entries() if record is not None}
     for path in cache.rglob("*"):
         if path.is_file() and path.parent.name == "squashfs":
             assert path.name.split(".")[0] in recorded, path
+        elif path.is_file() and path.parent.name == "copies":
+            hex_part, _, suffix = path.name.partition(".")
+            assert len(hex_part) == 64 and suffix in ("zst", "json"), path
+            record = CopyRecord.from_json(path.with_suffix(".json").read_text())
+            assert record is not None and record.size == path.with_suffix(".zst").stat().st_size, path
         elif path.is_file():
             assert path.parent.name in ("sha256", "locks"), path
-            assert len(path.name.removesuffix(".lock")) == 64, path
+            assert len(path.name.removesuffix(".lock").removesuffix(".copy")) == 64, path
 
 
 # ------------------------------------------------------------------------------------ arguments

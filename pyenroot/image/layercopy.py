@@ -1,0 +1,221 @@
+"""Fast copies of gzip layers: `ROOT/copies/<hex>.zst` and its record `<hex>.json`, next to the blob cache.
+
+gzip decompresses at a fraction of zstd's speed, and on a machine of few cores it competes with the squashfs
+compressor: a rebuild of an image whose blobs are cached (other squash options, another platform's config)
+reads each gzip layer's zstd copy instead. The copy is written while the merge reads the layer the first time
+(`CopyWriter`, fed by `merge.LayerStream`'s tee), so it costs no extra decompression. Its record holds the
+copy's size and crc32: a copy is used only when both match and the files pass the blob cache's trust check,
+checked through the very descriptor the decompressor then reads; otherwise the gzip blob is read and the copy
+written again. One writer per blob at a time (a non-blocking flock: a second importer simply reads gzip);
+readers hold the blob's use lock, and `cache prune` removes the copy with its blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pyenroot import trust
+from pyenroot.errors import ImageError, PyenrootError
+from pyenroot.image.cache import BlobCache, hold_lock, release_lock
+from pyenroot.image.model import LocalLayer
+from pyenroot.image.squash import die_with_parent
+
+_BUFFER = 1 << 20  # the tee writes to zstd in chunks this large, not per tar block
+_PARTIAL_SUFFIX = ".part"
+# Level 1: several hundred MB/s on one core, so the first import hardly notices it; threads stay at one
+# because the merge's decompressor and the squashfs builder already use the cores.
+COMPRESS_ARGV = ("zstd", "-1", "-q", "-c", "-T1", "--check")
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """What was written: the blob it copies, the copy's length and crc32, and the uncompressed length."""
+
+    blob: str
+    size: int
+    crc32: int
+    uncompressed: int
+
+    def to_json(self) -> str:
+        return json.dumps({"blob": self.blob, "size": self.size, "crc32": self.crc32,
+                           "uncompressed": self.uncompressed})
+
+    @classmethod
+    def from_json(cls, text: str) -> CopyRecord | None:
+        """None for anything but a complete record."""
+        try:
+            data = json.loads(text)
+            record = cls(str(data["blob"]), int(data["size"]), int(data["crc32"]), int(data["uncompressed"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return record if record.size >= 0 and record.uncompressed >= 0 else None
+
+
+def file_crc32(file: BinaryIO) -> tuple[int, int]:
+    """(length, crc32) of an open file from its start; zlib's crc32 runs at GB/s."""
+    crc, length = 0, 0
+    file.seek(0)
+    while chunk := file.read(_BUFFER):
+        crc = zlib.crc32(chunk, crc)
+        length += len(chunk)
+    file.seek(0)
+    return length, crc
+
+
+class LayerCopies:
+    """The copies of the layers in a blob cache."""
+
+    def __init__(self, cache: BlobCache):
+        self.cache = cache
+
+    @classmethod
+    def of(cls, settings) -> LayerCopies | None:
+        """The copies of ENROOT_CACHE_PATH's blobs; None when PYENROOT_CACHE_LAYER_COPIES is off."""
+        if not settings.flag("PYENROOT_CACHE_LAYER_COPIES"):
+            return None
+        return cls(BlobCache.of(settings))
+
+    def _cached(self, layer: LocalLayer) -> bool:
+        """Only a blob of the cache (verified by its digest) gets a copy under that digest."""
+        try:
+            return layer.path == self.cache.path(layer.descriptor.digest)
+        except ImageError:  # a digest the cache cannot name has no copy
+            return False
+
+    def open_copy(self, layer: LocalLayer) -> BinaryIO | None:
+        """The layer's zstd copy, opened and checked against its record; None when there is none fit to use."""
+        if not self._cached(layer):
+            return None
+        copy_path, record_path = self.cache.copy_paths(layer.descriptor.digest)
+        owners = self.cache.owners
+        if trust.untrusted(record_path, "file", owners=owners) or trust.untrusted(copy_path, "file", owners=owners):
+            return None  # missing, or someone else could have written it
+        try:
+            record = CopyRecord.from_json(record_path.read_text())
+            file = open(copy_path, "rb")  # noqa: SIM115 - handed to the caller
+        except (OSError, UnicodeDecodeError):
+            return None
+        if record is None or record.blob != layer.descriptor.digest or os.fstat(file.fileno()).st_size != record.size:
+            file.close()
+            return None
+        try:
+            ok = file_crc32(file) == (record.size, record.crc32)
+        except OSError:
+            ok = False
+        if not ok:
+            file.close()
+            return None
+        return file
+
+    def writer(self, layer: LocalLayer) -> CopyWriter | None:
+        """A writer of the layer's copy, unless another process is writing it or it cannot be written."""
+        if not self._cached(layer):
+            return None
+        digest = layer.descriptor.digest
+        try:
+            self.cache.copies.mkdir(mode=0o700, exist_ok=True)
+            lock_path = self.cache.locks / f"{self.cache.path(digest).name}.copy"
+            lock = hold_lock(lock_path, exclusive=True, wait=False)
+        except (OSError, PyenrootError):  # an optimisation: a cache we cannot write goes without
+            return None
+        if lock is None:
+            return None
+        copy_name = self.cache.copy_paths(digest)[0].name
+        for leftover in self.cache.copies.glob(f".{copy_name}.*{_PARTIAL_SUFFIX}*"):
+            leftover.unlink(missing_ok=True)  # a killed writer's: with the lock held, nobody else writes one
+        try:
+            return CopyWriter(self.cache, digest, lock, lock_path)
+        except OSError:
+            release_lock(lock, lock_path)
+            return None
+
+
+class CopyWriter:
+    """Compresses a layer's uncompressed bytes with zstd into a temp file; `commit` checks and names it.
+    Any failure of its own drops the copy silently: the import goes on from gzip."""
+
+    def __init__(self, cache: BlobCache, digest: str, lock: int, lock_path: Path):
+        self.cache = cache
+        self.digest = digest
+        self._lock, self._lock_path = lock, lock_path
+        self.final, self.record_path = cache.copy_paths(digest)
+        fd, name = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=_PARTIAL_SUFFIX, dir=cache.copies)
+        self.temp = Path(name)
+        try:
+            self.process: subprocess.Popen | None = subprocess.Popen(
+                COMPRESS_ARGV, stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent)
+        except OSError:
+            self.temp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        self._pending = bytearray()
+        self.uncompressed = 0
+
+    def write(self, data) -> None:
+        if self.process is None:
+            return
+        self._pending += data
+        self.uncompressed += len(data)
+        if len(self._pending) >= _BUFFER:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(self._pending)
+        except OSError:
+            self.abort()
+            return
+        self._pending.clear()
+
+    def commit(self) -> None:
+        """The whole layer was read and its decompressor succeeded: finish the copy and name it."""
+        if self.process is None:
+            return
+        if self._pending:
+            self._flush()
+            if self.process is None:
+                return
+        process, self.process = self.process, None
+        try:
+            assert process.stdin is not None
+            process.stdin.close()
+            if process.wait() != 0:
+                raise OSError("zstd failed")
+            with open(self.temp, "rb") as written:
+                size, crc = file_crc32(written)
+            record = CopyRecord(self.digest, size, crc, self.uncompressed)
+            record_temp = self.temp.with_name(self.temp.name + ".json")
+            record_temp.write_text(record.to_json())
+            os.chmod(record_temp, 0o600)
+            # The copy first: a reader between the two renames sees a record that does not match, and reads gzip.
+            os.rename(self.temp, self.final)
+            os.rename(record_temp, self.record_path)
+        except OSError:
+            self.temp.unlink(missing_ok=True)
+            self.temp.with_name(self.temp.name + ".json").unlink(missing_ok=True)
+        finally:
+            release_lock(self._lock, self._lock_path)
+
+    def abort(self) -> None:
+        """Drop the copy (the layer was not read whole, or writing failed)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.kill()
+        with contextlib.suppress(OSError):
+            assert process.stdin is not None
+            process.stdin.close()
+        process.wait()
+        self.temp.unlink(missing_ok=True)
+        release_lock(self._lock, self._lock_path)
