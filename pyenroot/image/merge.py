@@ -20,11 +20,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from pyenroot import tools
 from pyenroot.errors import ImageError
 from pyenroot.image import layers as plan
 from pyenroot.image import tarstream
 from pyenroot.image.model import LocalLayer
-from pyenroot.image.squash import die_with_parent
 
 BLOCK = tarstream.BLOCK
 COPY_CHUNK = tarstream.CHUNK
@@ -175,8 +175,8 @@ class LayerStream:
             return
         with open(layer.path, "rb") as source:
             try:
-                self.process = subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                bufsize=0 if read_ahead else COPY_CHUNK, preexec_fn=die_with_parent)
+                self.process = tools.spawn(argv, stdin=source, stdout=tools.PIPE,
+                                           bufsize=0 if read_ahead else COPY_CHUNK)
             except FileNotFoundError:
                 raise ImageError(f"cannot decompress layer {layer.descriptor.digest}: {argv[0]} is not installed",
                                  hint="install pigz or gzip, and zstd") from None
