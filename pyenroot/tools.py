@@ -23,19 +23,21 @@ _SIGKILL = 9
 _PR_SET_PDEATHSIG = 1
 # unsquashfs needs one descriptor per open file while writing; enroot caps the request at 2^26.
 _NOFILE_WANTED = 1 << 26
-NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as the tools report it
+NO_SPACE = os.strerror(errno.ENOSPC)
+NO_SUCH_FILE = os.strerror(errno.ENOENT)  # "No space left on device", as the tools report it
 
-# The exec wrapper: argv = -c PARENT_PID PATH ARGV0 ARGS...; exits 137 (as if killed) when the parent is gone.
+# The exec wrapper: argv = -c PARENT_PID NOFILE PATH ARGV0 ARGS...; exits 137 (as if killed) when the parent is
+# already gone; NOFILE 0 leaves the limit of open files alone.
 _WRAPPER = (
     "import ctypes,os,resource,sys\n"
     f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG},{_SIGKILL},0,0,0)\n"
     "if os.getppid()!=int(sys.argv[1]):os._exit(137)\n"
     "s,h=resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-    f"w={_NOFILE_WANTED} if h==resource.RLIM_INFINITY else min(h,{_NOFILE_WANTED})\n"
+    "w=int(sys.argv[2]) if h==resource.RLIM_INFINITY else min(h,int(sys.argv[2]))\n"
     "if s!=resource.RLIM_INFINITY and s<w:\n"
     " try:resource.setrlimit(resource.RLIMIT_NOFILE,(w,h))\n"
     " except (ValueError,OSError):pass\n"
-    "os.execv(sys.argv[2],sys.argv[3:])\n"
+    "os.execv(sys.argv[3],sys.argv[4:])\n"
 )
 
 
@@ -48,7 +50,7 @@ def _single_threaded() -> bool:
         return threading.active_count() == 1
 
 
-def _in_child(parent: int, prctl, child_setup):
+def _in_child(parent: int, prctl, nofile: int, child_setup):
     """What the child of a one-thread process runs before exec: no imports, no new objects to speak of."""
     import resource  # loaded here, in the parent: the function below only uses it
 
@@ -57,7 +59,7 @@ def _in_child(parent: int, prctl, child_setup):
         if os.getppid() != parent:
             os._exit(137)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = _NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_WANTED)
+        wanted = nofile if hard == resource.RLIM_INFINITY else min(hard, nofile)
         if soft != resource.RLIM_INFINITY and soft < wanted:
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
@@ -74,16 +76,19 @@ def not_installed(tool: str, hint: str | None):
 
 def spawn(argv: list[str], *, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE, keep_fds: tuple[int, ...] = (),
           env: dict[str, str] | None = None, cwd: str | None = None, bufsize: int = -1, child_setup=None,
-          hint: str | None = None):
+          hint: str | None = None, many_files: bool = False):
     """Start a tool that dies with us (a `subprocess.Popen`). With `hint`, a missing tool becomes the one-line
     "X is not installed" ImageError; without, FileNotFoundError is the caller's. `child_setup` (a start's
-    capability call) runs in the child before exec and needs a one-thread process."""
+    capability call) runs in the child before exec and needs a one-thread process. `many_files`: the image
+    tools' raised limit of open files (not for hooks and scripts: some programs close every descriptor up
+    to that limit)."""
+    nofile = _NOFILE_WANTED if many_files else 0
     import ctypes
     import subprocess
 
     try:
         if _single_threaded():
-            setup = _in_child(os.getpid(), ctypes.CDLL(None).prctl, child_setup)
+            setup = _in_child(os.getpid(), ctypes.CDLL(None).prctl, nofile, child_setup)
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=keep_fds, env=env,
                                     cwd=cwd, bufsize=bufsize, preexec_fn=setup)
         if child_setup is not None:
@@ -94,7 +99,8 @@ def spawn(argv: list[str], *, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE, keep_f
         path = shutil.which(argv[0], path=(env if env is not None else os.environ).get("PATH"))
         if path is None:
             raise FileNotFoundError(errno.ENOENT, NO_SUCH_FILE, argv[0])
-        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WRAPPER, str(os.getpid()), path, *argv],
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WRAPPER, str(os.getpid()), str(nofile), path,
+                                 *argv],
                                 stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=keep_fds, env=env, cwd=cwd,
                                 bufsize=bufsize)
     except FileNotFoundError:
@@ -103,18 +109,15 @@ def spawn(argv: list[str], *, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE, keep_f
         raise not_installed(argv[0], hint) from None
 
 
-NO_SUCH_FILE = os.strerror(errno.ENOENT)
-
-
 def run(argv: list[str], *, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, env: dict[str, str] | None = None,
         cwd: str | None = None, keep_fds: tuple[int, ...] = (), timeout: float | None = None, text: bool = True,
-        child_setup=None, hint: str | None = None):
+        child_setup=None, hint: str | None = None, many_files: bool = False):
     """Run a tool to its end (a `subprocess.CompletedProcess`, text by default). A timeout kills it and raises
     TimeoutError (an OSError)."""
     import subprocess
 
     process = spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, keep_fds=keep_fds,
-                    child_setup=child_setup, hint=hint)
+                    child_setup=child_setup, hint=hint, many_files=many_files)
     with process:
         try:
             out, err = process.communicate(timeout=timeout)
@@ -149,7 +152,7 @@ def check(argv: list[str], what: str, *, hint: str = "install squashfs-tools", k
     from pyenroot.errors import ImageError, StorageError
 
     if on_count is None:
-        result = run(argv, keep_fds=keep_fds, env=env, hint=hint)
+        result = run(argv, keep_fds=keep_fds, env=env, hint=hint, many_files=True)
         returncode, output = result.returncode, result.stderr or result.stdout
     else:
         returncode, output = _run_counting(argv, on_count, keep_fds=keep_fds, env=env, hint=hint)
@@ -174,7 +177,7 @@ def _run_counting(argv: list[str], on_count, *, keep_fds: tuple[int, ...], env: 
     from pyenroot.image.progress import tool_count
 
     with tempfile.TemporaryFile() as errors:
-        process = spawn(argv, stdout=PIPE, stderr=errors, keep_fds=keep_fds, env=env, hint=hint)
+        process = spawn(argv, stdout=PIPE, stderr=errors, keep_fds=keep_fds, env=env, hint=hint, many_files=True)
         try:
             rest = b""
             while chunk := os.read(process.stdout.fileno(), 1 << 16):

@@ -252,7 +252,7 @@ def _extractor(rootfs: Path) -> Iterator[subprocess.Popen]:
     """`tar -x` into an empty directory, fed the merged stream (which never leads through a link)."""
     argv = ["tar", "-x", "-f", "-", "-C", str(rootfs), "--no-same-owner", "--preserve-permissions",
             "--delay-directory-restore", "--warning=no-timestamp"]
-    process = tools.spawn(argv, stdin=tools.PIPE, bufsize=1 << 20)
+    process = tools.spawn(argv, stdin=tools.PIPE, bufsize=1 << 20, many_files=True)
     try:
         yield process
     except BaseException:

@@ -176,7 +176,7 @@ class LayerStream:
         with open(layer.path, "rb") as source:
             try:
                 self.process = tools.spawn(argv, stdin=source, stdout=tools.PIPE,
-                                           bufsize=0 if read_ahead else COPY_CHUNK)
+                                           bufsize=0 if read_ahead else COPY_CHUNK, many_files=True)
             except FileNotFoundError:
                 raise ImageError(f"cannot decompress layer {layer.descriptor.digest}: {argv[0]} is not installed",
                                  hint="install pigz or gzip, and zstd") from None

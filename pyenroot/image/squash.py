@@ -206,7 +206,7 @@ class Tar2Sqfs:
     def __init__(self, squash: SquashPlan, output: Path, jobs: int, *, pass_fds: tuple[int, ...] = ()):
         self.output = output
         self.process = tools.spawn(squash.tar2sqfs_argv(output, jobs), stdin=tools.PIPE, keep_fds=pass_fds,
-                                   bufsize=1 << 20, hint="install squashfs-tools-ng")
+                                   bufsize=1 << 20, hint="install squashfs-tools-ng", many_files=True)
         assert self.process.stdin is not None
         self.stdin = self.process.stdin
 
@@ -238,7 +238,7 @@ def squash_error(stderr: str, output: Path) -> ImageError:
 def run_mksquashfs(squash: SquashPlan, source: Path, output: Path, jobs: int, *,
                    pass_fds: tuple[int, ...] = ()) -> None:
     result = tools.run(squash.mksquashfs_argv(source, output, jobs), stdout=tools.DEVNULL, keep_fds=pass_fds,
-                       hint="install squashfs-tools")
+                       hint="install squashfs-tools", many_files=True)
     if result.returncode != 0:
         raise squash_error(result.stderr.strip(), output)
 
