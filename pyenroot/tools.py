@@ -23,15 +23,15 @@ _SIGKILL = 9
 _PR_SET_PDEATHSIG = 1
 # unsquashfs needs one descriptor per open file while writing; enroot caps the request at 2^26.
 _NOFILE_WANTED = 1 << 26
-NO_SPACE = os.strerror(errno.ENOSPC)
-NO_SUCH_FILE = os.strerror(errno.ENOENT)  # "No space left on device", as the tools report it
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as the tools report it
+NO_SUCH_FILE = os.strerror(errno.ENOENT)
 
 # The exec wrapper: argv = -c PARENT_PID NOFILE PATH ARGV0 ARGS...; exits 137 (as if killed) when the parent is
-# already gone; NOFILE 0 leaves the limit of open files alone.
+# already gone (a parent outside the child's PID namespace reads as 0); NOFILE 0 leaves the limit of open files alone.
 _WRAPPER = (
     "import ctypes,os,resource,sys\n"
     f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG},{_SIGKILL},0,0,0)\n"
-    "if os.getppid()!=int(sys.argv[1]):os._exit(137)\n"
+    "if os.getppid() not in (int(sys.argv[1]),0):os._exit(137)\n"
     "s,h=resource.getrlimit(resource.RLIMIT_NOFILE)\n"
     "w=int(sys.argv[2]) if h==resource.RLIM_INFINITY else min(h,int(sys.argv[2]))\n"
     "if s!=resource.RLIM_INFINITY and s<w:\n"
@@ -56,7 +56,7 @@ def _in_child(parent: int, prctl, nofile: int, child_setup):
 
     def setup() -> None:
         prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
+        if os.getppid() not in (parent, 0):  # 0: the parent is outside our PID namespace
             os._exit(137)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         wanted = nofile if hard == resource.RLIM_INFINITY else min(hard, nofile)
