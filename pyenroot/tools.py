@@ -14,7 +14,6 @@ the thread that started the child, so tools are started from the thread that wai
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 
@@ -52,7 +51,8 @@ def _single_threaded() -> bool:
 
 def _in_child(parent: int, prctl, nofile: int, child_setup):
     """What the child of a one-thread process runs before exec: no imports, no new objects to speak of."""
-    import resource  # loaded here, in the parent: the function below only uses it
+    import contextlib  # loaded here, in the parent: the function below only uses them
+    import resource
 
     def setup() -> None:
         prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
