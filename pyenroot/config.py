@@ -244,10 +244,10 @@ def _read_layer(path: Path) -> dict[str, str]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    import subprocess  # only when a settings file exists
+    from pyenroot import tools  # only when a settings file exists
 
     # enroot's files are shell syntax; keep rejecting what bash would reject.
-    if text.strip() and subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode != 0:
+    if text.strip() and tools.run(["bash", "-n", str(path)]).returncode != 0:
         raise ConfigError(f"invalid configuration file: {path}", hint="the file must be valid shell syntax")
     return parse_settings_file(text, str(path))
 

@@ -11,16 +11,15 @@ import errno
 import fcntl
 import os
 import re
-import resource
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyenroot import octal, squashfs
+from pyenroot import octal, squashfs, tools
 from pyenroot.errors import ImageError, StorageError, UsageError
 from pyenroot.names import is_valid_name, validate_name
 
@@ -32,9 +31,6 @@ WORK_PREFIX = ".pyenroot-work-"
 NEW_PREFIX = ".pyenroot-new-"  # a work entry before it is locked: never cleaned while young
 # Only what start needs (name -> directory) is imported at module level; the tools' imports wait for create,
 # export and remove, to keep `pyenroot start NAME` quick.
-
-# unsquashfs needs one descriptor per open file while writing; enroot caps the request at 2^26.
-_NOFILE_WANTED = 1 << 26
 
 
 # ----------------------------------------------------------------------------------------------- names
@@ -201,19 +197,6 @@ def _remove_abandoned_new_entries(base: Path, new_prefix: str = NEW_PREFIX) -> N
 # ------------------------------------------------------------------------------------ squashfs tools
 
 
-def die_with_parent() -> None:
-    """In the tool's process: die with pyenroot (no orphan keeps writing), allow many open files."""
-    from pyenroot.runtime import syscalls  # already loaded by run_tool: nothing is imported after the fork
-
-    with contextlib.suppress(OSError):
-        syscalls.set_parent_death_signal(signal.SIGKILL)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_WANTED)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
 # What unsquashfs says (exit code 2, not fatal) for each device node an unprivileged user cannot create: as
 # the user ("not superuser") and as root of a user namespace (EPERM). A root filesystem never holds working
 # device nodes anyway: start mounts /dev. In a user namespace (a direct `.sqsh` start unpacks there) an owner
@@ -223,67 +206,9 @@ _DEVICE_NODE_SKIPPED = re.compile(r"(create_inode: )?could not create (character
                                   r"|set_attributes: failed to change uid and gids on .*Invalid argument")
 
 
-_NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as unsquashfs and mksquashfs report it
-
-
-def run_tool(argv: list[str], what: str, *, keep_fds: tuple[int, ...] = (), tolerate_device_nodes: bool = False,
-             env: dict[str, str] | None = None, package: str = "squashfs-tools",
-             on_count: Callable[[int, int], None] | None = None) -> None:
-    """Run a tool that dies with us; its failure becomes one error line (`what`: what we were doing). With
-    `on_count`, the tool (a squashfs tool without -no-progress) draws its bar on stdout and each `done/total`
-    it shows is passed on."""
-    import subprocess
-
-    from pyenroot.runtime import syscalls  # noqa: F401 (for die_with_parent)
-
-    try:
-        if on_count is None:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                    errors="replace", preexec_fn=die_with_parent, pass_fds=keep_fds, env=env)
-        else:
-            result = _run_counting(argv, on_count, keep_fds=keep_fds, env=env)
-    except FileNotFoundError:
-        raise ImageError(f"{argv[0]} is not installed", hint=f"install {package}") from None
-    if result.returncode == 0:
-        return
-    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-    if tolerate_device_nodes and result.returncode == 2 and lines and all(map(_DEVICE_NODE_SKIPPED.fullmatch, lines)):
-        return
-    if any(_NO_SPACE in line for line in lines):
-        # The tools' last line only says that a write failed; the reason is on an earlier one.
-        raise StorageError(f"{what}: {argv[0]} failed: {_NO_SPACE.lower()}",
-                           hint="free some space there, or choose another location")
-    detail = lines[-1] if lines else f"exit code {result.returncode}"
-    raise ImageError(f"{what}: {argv[0]} failed: {detail}")
-
-
-def _run_counting(argv: list[str], on_count: Callable[[int, int], None], *, keep_fds: tuple[int, ...],
-                  env: dict[str, str] | None):
-    """run_tool's run for a tool whose stdout is its progress bar: read as it comes (stderr, the tool's messages,
-    goes to a file meanwhile, so that neither pipe can fill up)."""
-    import subprocess
-    import tempfile
-
-    from pyenroot.image.progress import tool_count
-
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
-                                   preexec_fn=die_with_parent, pass_fds=keep_fds, env=env)
-        try:
-            rest = b""
-            while chunk := os.read(process.stdout.fileno(), 1 << 16):
-                count, rest = tool_count(rest + chunk)
-                if count:
-                    on_count(*count)
-            process.stdout.close()
-            returncode = process.wait()
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace")
-    return subprocess.CompletedProcess(argv, returncode, stdout="", stderr=stderr)
+def only_device_nodes_skipped(returncode: int, lines: list[str]) -> bool:
+    """unsquashfs's harmless failure: exit code 2, every message a device node it could not create."""
+    return returncode == 2 and bool(lines) and all(map(_DEVICE_NODE_SKIPPED.fullmatch, lines))
 
 
 # ------------------------------------------------------------------------------------------ create
@@ -351,8 +276,8 @@ def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep
     argv = ["unsquashfs", *_progress_flags(progress), "-quiet", "-processors", str(processors), "-user-xattrs",
             "-d", str(rootfs), str(image)]
     try:
-        run_tool(argv, f"unpack {label}", keep_fds=keep_fds, tolerate_device_nodes=True,
-                 on_count=progress.count if progress is not None else None)
+        tools.check(argv, f"unpack {label}", keep_fds=keep_fds, accept=only_device_nodes_skipped,
+                    on_count=progress.count if progress is not None else None)
         return
     except ImageError as first:
         import shutil
@@ -366,7 +291,7 @@ def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep
     # -D: no device nodes (see above); -C/-T: modes and times as in the image; ownership stays the user's.
     fallback = ["rdsquashfs", "-q", "-D", "-C", "-T", "-u", "/", "-p", str(rootfs), str(image)]
     try:
-        run_tool(fallback, f"unpack {label}", keep_fds=keep_fds)
+        tools.check(fallback, f"unpack {label}", keep_fds=keep_fds)
     except ImageError:
         raise failure from None
 
@@ -555,7 +480,7 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
                     "-ef", str(exclude_file)]
             if progress is not None:
                 progress.phase("squash")
-            run_tool(argv, f"export {name}", on_count=progress.count if progress is not None else None)
+            tools.check(argv, f"export {name}", on_count=progress.count if progress is not None else None)
         finally:
             with contextlib.suppress(OSError):
                 exclude_file.unlink()

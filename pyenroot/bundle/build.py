@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyenroot
-from pyenroot import squashfs, storage
+from pyenroot import squashfs, storage, tools
 from pyenroot.bundle import model
 from pyenroot.errors import ConfigError, ImageError
 from pyenroot.image.progress import ImportProgress
@@ -109,5 +109,5 @@ def _pack(makeself: str, payload: Path, temp: Path, scratch: Path, info: model.B
             "--packaging-date", info.created,
             str(payload), str(temp), "pyenroot bundle", "true"]
     # makeself keeps its temporary copies of the archive in TMPDIR: our work entry.
-    storage.run_tool(argv, f"bundle {info.image_name}", env={**os.environ, "TMPDIR": str(scratch)},
-                     package="makeself")
+    tools.check(argv, f"bundle {info.image_name}", env={**os.environ, "TMPDIR": str(scratch)},
+                hint="install makeself")

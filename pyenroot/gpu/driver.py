@@ -11,11 +11,11 @@ import csv
 import os
 import platform
 import re
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pyenroot import tools
 from pyenroot.gpu import ldcache
 
 # Driver libraries by capability, as file name stems: a file matches when its name is STEM.so.<anything>.
@@ -231,9 +231,8 @@ def run_smi(root: Path, *args: str) -> str | None:
     if smi is None:
         return None
     try:
-        result = subprocess.run([str(smi), *args], capture_output=True, text=True, timeout=SMI_TIMEOUT,
-                                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
-    except (OSError, subprocess.TimeoutExpired):
+        result = tools.run([str(smi), *args], timeout=SMI_TIMEOUT, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
+    except OSError:  # TimeoutError too
         return None
     return result.stdout if result.returncode == 0 else None
 

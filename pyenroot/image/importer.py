@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pyenroot import storage
+from pyenroot import storage, tools
 from pyenroot.config import Settings
 from pyenroot.errors import ImageError, StorageError, UsageError
 from pyenroot.image import imagefiles, squash
@@ -254,8 +254,7 @@ def _extractor(rootfs: Path) -> Iterator[subprocess.Popen]:
     """`tar -x` into an empty directory, fed the merged stream (which never leads through a link)."""
     argv = ["tar", "-x", "-f", "-", "-C", str(rootfs), "--no-same-owner", "--preserve-permissions",
             "--delay-directory-restore", "--warning=no-timestamp"]
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               bufsize=1 << 20, preexec_fn=squash.die_with_parent)
+    process = tools.spawn(argv, stdin=tools.PIPE, bufsize=1 << 20, many_files=True)
     try:
         yield process
     except BaseException:
@@ -267,7 +266,7 @@ def _extractor(rootfs: Path) -> Iterator[subprocess.Popen]:
     rc = process.wait()
     err = process.stderr.read().decode(errors="replace").strip()
     if rc != 0:
-        if "No space left" in err:
+        if tools.out_of_space(err):
             raise StorageError(f"no space left on device while unpacking into {rootfs}")
         raise ImageError(f"unpacking the image failed: {(err.splitlines() or ['tar failed'])[-1]}")
 

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pyenroot import trust
+from pyenroot import tools, trust
 from pyenroot.errors import ImageError, PyenrootError
 from pyenroot.image.cache import BlobCache, hold_lock, release_lock
 from pyenroot.image.model import LocalLayer
-from pyenroot.image.squash import die_with_parent
 
 _BUFFER = 1 << 20  # the tee writes to zstd in chunks this large, not per tar block
 _PARTIAL_SUFFIX = ".part"
@@ -150,9 +149,8 @@ class CopyWriter:
         fd, name = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=_PARTIAL_SUFFIX, dir=cache.copies)
         self.temp = Path(name)
         try:
-            self.process: subprocess.Popen | None = subprocess.Popen(
-                COMPRESS_ARGV, stdin=subprocess.PIPE, stdout=fd, stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent)
+            self.process: subprocess.Popen | None = tools.spawn(COMPRESS_ARGV, stdin=tools.PIPE, stdout=fd,
+                                                                stderr=tools.DEVNULL, many_files=True)
         except OSError:
             self.temp.unlink(missing_ok=True)
             raise

@@ -9,13 +9,13 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from pyenroot import tools
 from pyenroot.errors import ImageError, UsageError
 from pyenroot.image.cache import BlobCache
 from pyenroot.image.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
@@ -289,13 +289,10 @@ def save_from_engine(engine: str, image: str, directory: Path) -> Path:
     output = Path(name)
     os.unlink(output)  # podman refuses to overwrite an existing file
     argv = engine_save_argv(engine, image, output)
-    try:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise ImageError(f"{argv[0]} is not installed", hint=f"{engine}:// images are read through the {argv[0]} "
-                                                              "command") from None
+    result = tools.run(argv, stdout=tools.DEVNULL,
+                       hint=f"{engine}:// images are read through the {argv[0]} command")
     if result.returncode != 0:
         output.unlink(missing_ok=True)
-        message = (result.stderr.decode(errors="replace").strip().splitlines() or ["failed"])[-1]
+        message = (result.stderr.strip().splitlines() or ["failed"])[-1]
         raise ImageError(f"{argv[0]} save {image}: {message}")
     return output

@@ -21,11 +21,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
+from pyenroot import tools
 from pyenroot.errors import ImageError
 from pyenroot.image import layers as plan
 from pyenroot.image import tarstream
 from pyenroot.image.model import LocalLayer
-from pyenroot.image.squash import die_with_parent
 
 if TYPE_CHECKING:
     from pyenroot.image.layercopy import CopyWriter, LayerCopies
@@ -228,8 +228,8 @@ class LayerStream:
     def _start(self, argv: list[str], source: BinaryIO, read_ahead: int) -> subprocess.Popen:
         with source:
             try:
-                return subprocess.Popen(argv, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        bufsize=0 if read_ahead else COPY_CHUNK, preexec_fn=die_with_parent)
+                return tools.spawn(argv, stdin=source, stdout=tools.PIPE, bufsize=0 if read_ahead else COPY_CHUNK,
+                                   many_files=True)
             except FileNotFoundError:
                 raise ImageError(f"cannot decompress layer {self.layer.descriptor.digest}: {argv[0]} is not "
                                  "installed", hint="install pigz or gzip, and zstd") from None

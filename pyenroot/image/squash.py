@@ -13,14 +13,11 @@ import os
 import re
 import shlex
 import struct
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyenroot import squashfs
+from pyenroot import squashfs, tools
 from pyenroot.errors import ConfigError, ImageError
-from pyenroot.runtime import syscalls  # noqa: F401 - loaded before any fork: die_with_parent imports nothing new
-from pyenroot.storage import die_with_parent  # the tools get PDEATHSIG=SIGKILL: no orphans
 
 COMPRESSORS = ("gzip", "lzma", "lzo", "xz", "lz4", "zstd")
 DEFAULT_OPTIONS = "-comp lz4"
@@ -208,12 +205,8 @@ class Tar2Sqfs:
 
     def __init__(self, squash: SquashPlan, output: Path, jobs: int, *, pass_fds: tuple[int, ...] = ()):
         self.output = output
-        try:
-            self.process = subprocess.Popen(squash.tar2sqfs_argv(output, jobs), stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                                            bufsize=1 << 20, preexec_fn=die_with_parent)
-        except FileNotFoundError:
-            raise ImageError("tar2sqfs is not installed", hint="install squashfs-tools-ng") from None
+        self.process = tools.spawn(squash.tar2sqfs_argv(output, jobs), stdin=tools.PIPE, keep_fds=pass_fds,
+                                   bufsize=1 << 20, hint="install squashfs-tools-ng", many_files=True)
         assert self.process.stdin is not None
         self.stdin = self.process.stdin
 
@@ -236,7 +229,7 @@ class Tar2Sqfs:
 
 def squash_error(stderr: str, output: Path) -> ImageError:
     last = stderr.splitlines()[-1] if stderr else "unknown error"
-    if "No space left" in stderr:
+    if tools.out_of_space(stderr):
         return ImageError(f"no space left on device while writing {output}",
                           hint="free some space or write the image elsewhere with -o")
     return ImageError(f"building the squashfs image failed: {last}")
@@ -244,14 +237,10 @@ def squash_error(stderr: str, output: Path) -> ImageError:
 
 def run_mksquashfs(squash: SquashPlan, source: Path, output: Path, jobs: int, *,
                    pass_fds: tuple[int, ...] = ()) -> None:
-    try:
-        result = subprocess.run(squash.mksquashfs_argv(source, output, jobs), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
-                                preexec_fn=die_with_parent)
-    except FileNotFoundError:
-        raise ImageError("mksquashfs is not installed", hint="install squashfs-tools") from None
+    result = tools.run(squash.mksquashfs_argv(source, output, jobs), stdout=tools.DEVNULL, keep_fds=pass_fds,
+                       hint="install squashfs-tools", many_files=True)
     if result.returncode != 0:
-        raise squash_error(result.stderr.decode(errors="replace").strip(), output)
+        raise squash_error(result.stderr.strip(), output)
 
 
 def remove_quietly(path: Path) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyenroot import tools
 from pyenroot.config import expand_variables
 from pyenroot.errors import ConfigError
 
@@ -61,7 +61,7 @@ def check_syntax(path: Path, what: str = "configuration script") -> None:
     """`bash -n`: a syntax error is reported before anything else is read from the script."""
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
-    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    result = tools.run(["bash", "-n", str(path)])
     if result.returncode != 0:
         raise ConfigError(f"invalid {what} {path}: {syntax_error(result.stderr, str(path))}")
 
@@ -95,8 +95,7 @@ def evaluate(path: Path, command: Sequence[str], environ: Mapping[str, str]) -> 
     """Run the script's environ() and mounts() and read rc() (hooks() runs later, with the hooks)."""
     path = Path(os.path.abspath(path))  # hooks() runs later from another working directory
     env = dict(environ, PYENROOT_CONF=str(path))
-    result = subprocess.run(["bash", "-c", _DRIVER, "bash", *command], env=env, stdout=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    result = tools.run(["bash", "-c", _DRIVER, "bash", *command], env=env, stderr=tools.INHERIT)
     if result.returncode != 0:
         raise ConfigError(f"configuration script {path} failed with exit code {result.returncode}")
     sections = _sections(result.stdout)

@@ -122,10 +122,10 @@ def run_external(argv: Sequence[str], name: str, ctx: HookContext, workdir: Path
     env.update(extra_env or {})
     env.update(ENROOT_PID=str(ctx.pid), ENROOT_ROOTFS=str(ctx.rootfs), ENROOT_ENVIRON=str(environ_file),
                ENROOT_MOUNTS=str(mounts_file))
-    import subprocess  # only when there are hook executables: keeps a plain start free of it
+    from pyenroot import tools  # only when there are hook executables: keeps a plain start free of it
 
-    result = subprocess.run(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            preexec_fn=keep_capabilities, cwd="/")
+    result = tools.run(list(argv), env=env, stdout=tools.DEVNULL, stderr=tools.INHERIT, cwd="/",
+                       child_setup=keep_capabilities)
     if result.returncode != 0:
         raise RuntimeStartError(f"hook {name} exited with return code {result.returncode}")
     ctx.environ.clear()

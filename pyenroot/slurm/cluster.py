@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pyenroot import tools
 from pyenroot.errors import PyenrootError
 
 
@@ -67,7 +67,7 @@ def parse_squeue(text: str) -> list[JobInfo]:
 
 
 class JsonBackend:
-    """`sinfo --json` / `squeue --json` through subprocess."""
+    """`sinfo --json` / `squeue --json` through the process runner."""
 
     def __init__(self, slurm_conf: Path | None = None):
         self.env = dict(os.environ)
@@ -76,8 +76,8 @@ class JsonBackend:
 
     def _query(self, argv: list[str]) -> str:
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = tools.run(argv, env=self.env, timeout=60)
+        except OSError as exc:  # TimeoutError too
             raise SlurmQueryError(f"{argv[0]}: {exc}") from exc
         if done.returncode != 0:
             raise SlurmQueryError(f"{' '.join(argv)} failed: {done.stderr.strip()}")

@@ -19,7 +19,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pyenroot import squashfs, storage, trust
+from pyenroot import squashfs, storage, tools, trust
 from pyenroot.errors import PyenrootError
 from pyenroot.slurm import step
 
@@ -176,7 +176,7 @@ def _sbcast(request: step.StepRequest, source: Path, destination: Path, report: 
     the image itself, so a partial failure is only reported."""
     argv = ["sbcast", "--force", f"--jobid={request.job}.{request.step}", str(source), str(destination)]
     try:
-        storage.run_tool(argv, "broadcast the image", package="slurm-client")
+        tools.check(argv, "broadcast the image", hint="install slurm-client")
     except PyenrootError as exc:
         report.log(f"fanout: {exc.message}; nodes without the image import it themselves")
 

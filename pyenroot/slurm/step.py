@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pyenroot import trust
+from pyenroot import tools, trust
 from pyenroot.atomic import write_atomically
 from pyenroot.errors import PyenrootError
 from pyenroot.runtime import environ as envdialect
@@ -369,8 +368,7 @@ def _received_image(request: StepRequest, report: Reporter) -> Path | None:
 
 def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
     assert request.importer
-    done = subprocess.run([request.importer, "get", docker_uri(image)], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)
+    done = tools.run([request.importer, "get", docker_uri(image)])
     if done.returncode != 0:
         report.error(f"importer get failed with exit code {done.returncode}")
         for line in done.stderr.splitlines():
@@ -587,7 +585,7 @@ def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete
         except PyenrootError as exc:
             report.info(f"couldn't remove container {state.name}: {exc.message}")
     if state.importer:
-        subprocess.run([state.importer, "release"], stdin=subprocess.DEVNULL, capture_output=True)
+        tools.run([state.importer, "release"])
     for leftover in (state.squashfs, str(state_path(request))):
         if leftover:
             with contextlib.suppress(OSError):

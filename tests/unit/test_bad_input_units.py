@@ -11,7 +11,7 @@ import types
 import pytest
 import requests
 
-from pyenroot import cli, storage
+from pyenroot import cli, storage, tools
 from pyenroot.config import Settings
 from pyenroot.errors import (
     ConfigError,
@@ -118,14 +118,14 @@ def _tool_output(monkeypatch, returncode: int, stderr: str) -> None:
     def run(argv, **kwargs):
         return subprocess.CompletedProcess(argv, returncode, "", stderr)
 
-    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(tools, "run", run)
 
 
 def test_full_disk_is_named(monkeypatch):
     _tool_output(monkeypatch, 1, "Write on output file failed because No space left on device\n"
                                  "FATAL ERROR: writer: failed to write file /data/x/bin/busybox\n")
     with pytest.raises(StorageError) as info:
-        storage.run_tool(["unsquashfs", "x"], "unpack x.sqsh")
+        tools.check(["unsquashfs", "x"], "unpack x.sqsh")
     assert info.value.message == "unpack x.sqsh: unsquashfs failed: no space left on device"
     assert info.value.hint
 
@@ -133,7 +133,7 @@ def test_full_disk_is_named(monkeypatch):
 def test_other_tool_failures_show_the_last_line(monkeypatch):
     _tool_output(monkeypatch, 1, "some detail\nFATAL ERROR: File system corruption detected\n")
     with pytest.raises(ImageError, match=r"^unpack x: unsquashfs failed: FATAL ERROR: File system corruption"):
-        storage.run_tool(["unsquashfs", "x"], "unpack x")
+        tools.check(["unsquashfs", "x"], "unpack x")
 
 
 def test_unpack_in_a_user_namespace_skips_device_nodes_and_unmapped_owners(monkeypatch):
@@ -141,10 +141,10 @@ def test_unpack_in_a_user_namespace_skips_device_nodes_and_unmapped_owners(monke
     _tool_output(monkeypatch, 2, "create_inode: failed to create character device root/dev/null, because "
                                  "Operation not permitted\nset_attributes: failed to change uid and gids on "
                                  "root/etc/gshadow, because Invalid argument\n")
-    storage.run_tool(["unsquashfs", "x"], "unpack x", tolerate_device_nodes=True)
+    tools.check(["unsquashfs", "x"], "unpack x", accept=storage.only_device_nodes_skipped)
     _tool_output(monkeypatch, 2, "write_file: failed to create file root/etc/x, because Permission denied\n")
     with pytest.raises(ImageError, match="Permission denied"):
-        storage.run_tool(["unsquashfs", "x"], "unpack x", tolerate_device_nodes=True)
+        tools.check(["unsquashfs", "x"], "unpack x", accept=storage.only_device_nodes_skipped)
 
 
 def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
