@@ -318,7 +318,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     (same manifest digest, platform and options) is not rebuilt:
     steps of every node use the built-image cache's file, and the first builds it while the others wait. The
     step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone."""
-    from pyenroot.image import importer
+    from pyenroot.image import cached_images, importer
 
     image = request.image or ""
     # Both lines every time, also from the cache: scripts count them and read what follows them.
@@ -333,7 +333,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         report.log(f"not using the squashfs cache: {problem}")
     try:
         # The site's image store first (PYENROOT_IMAGE_STORE), then the user's cache.
-        built = importer.build_into_cache(uri, None, settings, inheritable=True)
+        built = cached_images.build_into_cache(uri, None, settings, inheritable=True)
         if built is not None:
             output, temporary = built.path, False
             importer.prune_to_limit(settings)

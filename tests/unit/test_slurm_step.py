@@ -219,11 +219,11 @@ def trusted_cache(monkeypatch) -> None:
 
 
 def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
-    from pyenroot.image import importer
+    from pyenroot.image import cached_images, importer
 
     held = types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=-1)
     trusted_cache(monkeypatch)
-    monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: held)
+    monkeypatch.setattr(cached_images, "build_into_cache", lambda uri, arch, settings, **kw: held)
     monkeypatch.setattr(importer, "prune_to_limit", lambda settings: None)
     read_end, write_end = os.pipe()
     report = step.Reporter(write_end)
@@ -236,11 +236,11 @@ def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeypatch):
-    from pyenroot.image import importer
+    from pyenroot.image import cached_images
 
     calls = []
     trusted_cache(monkeypatch)
-    monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: None)
+    monkeypatch.setattr(cached_images, "build_into_cache", lambda uri, arch, settings, **kw: None)
     monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: calls.append((uri, output, settings)))
     settings = Settings({"PYENROOT_IMAGE_STORE": "/site/store"})
     found = step._import_image(request(image="reg#x/y:1"), settings, step.Reporter(None), tmp_path / "t.sqsh")
