@@ -7,9 +7,10 @@ import types
 import pytest
 
 from pyenroot.config import Settings
+from pyenroot.devtools import devcluster
 from pyenroot.errors import PyenrootError
 from pyenroot.runtime import flags, startup
-from pyenroot.slurm import cluster, devcluster, reporter, step, translate
+from pyenroot.slurm import cluster, reporter, step, translate
 from pyenroot.slurm import state as slurm_state
 
 
