@@ -1,5 +1,8 @@
 """`import` and `load`: resolve an image, fetch its layers, stream the merged tree into a squashfs image or a
 container root filesystem. Nothing half-written is ever visible under the final name.
+
+The orchestration only: the source a URI names is in `uri_source`, the layer downloads in `layerfetch`, the
+build in `pipeline`, the output file in `output`, images built before (store and cache) in `cached_images`.
 """
 
 from __future__ import annotations
