@@ -33,9 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.slurm import build_plugin  # noqa: E402
-from pyenroot.devtools import imagebuilder, rootfs  # noqa: E402
+from pyenroot.devtools import devcluster, imagebuilder, rootfs  # noqa: E402
 from pyenroot.devtools.registry import LocalRegistry  # noqa: E402
-from pyenroot.slurm import devcluster  # noqa: E402
 from tests.helpers import users  # noqa: E402
 from tests.helpers.faultproxy import FaultProxy  # noqa: E402
 

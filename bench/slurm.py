@@ -36,9 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pyenroot.devtools import imagebuilder, rootfs  # noqa: E402
+from pyenroot.devtools import devcluster, imagebuilder, rootfs  # noqa: E402
 from pyenroot.devtools.registry import LocalRegistry  # noqa: E402
-from pyenroot.slurm import devcluster  # noqa: E402
 from tests.helpers import users  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 `start` prepares the step's container and becomes its stopped anchor process; `cleanup` runs at step end,
 `epilog` at job end; `fanout` runs in srun before the launch (pyenroot/slurm/fanout.py). Results for the
-plugin go to fd 3 (see pyenroot/slurm/step.py).
+plugin go to fd 3 (see pyenroot/slurm/reporter.py).
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> int:
-    from pyenroot.slurm import step
+    from pyenroot.slurm import reporter, state, step
 
-    report = step.result_reporter()
+    report = reporter.result_reporter()
     if args.action == "epilog":
         return step.epilog(args.job, args.runtime_path, os.environ, report)
-    request = step.StepRequest(
+    request = state.StepRequest(
         job=args.job, step=args.step, total_tasks=args.total_tasks, scope=args.scope, runtime_path=args.runtime_path,
         squashfuse=args.squashfuse, importer=args.importer, cwd=args.cwd, batch_script=args.batch_script,
         image=args.image, name=args.name, mounts=args.mounts, save=args.save, env_names=args.env_names,
@@ -73,8 +73,8 @@ def run(args, settings) -> int:
         return step.cleanup_step(request, settings, report, incomplete=args.incomplete)
     try:
         return step.start_step(request, settings, report)
-    except step.ReportedError:
+    except state.ReportedError:
         return 1
-    except step.StepError as exc:
+    except state.StepError as exc:
         report.error(exc.message)
         return 1

@@ -31,10 +31,10 @@ def _store(settings):
 
 
 def _add(args, settings) -> None:
-    from pyenroot.image import importer
+    from pyenroot.image.cached_images import store_add
 
     for uri in args.uris:
-        entry, built = importer.store_add(uri, args.arch, settings, verbose=getattr(args, "verbose", 0))
+        entry, built = store_add(uri, args.arch, settings, verbose=getattr(args, "verbose", 0))
         what = "added" if built else "up to date"
         print(f"{what} {uri}: {entry.reference_digest} {entry.platform.rstrip('/')} ({entry.name}.sqsh)")
 

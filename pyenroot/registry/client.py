@@ -8,25 +8,21 @@ and turns every failure into a one-line RegistryError.
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import json
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
-from pyenroot.config import Settings
-from pyenroot.errors import ConfigError, RegistryError
+from pyenroot.errors import RegistryError
 from pyenroot.registry.auth import Challenge, Credentials, parse_www_authenticate, preferred_challenge
+from pyenroot.registry.endpoints import Endpoint
 from pyenroot.registry.manifest import ACCEPT
-from pyenroot.registry.uri import canonical_registry, is_registry_host
+from pyenroot.registry.session import TransferOptions
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -35,132 +31,6 @@ MAX_RETRY_AFTER = 120.0
 CHUNK_SIZE = 1 << 20
 MAX_MANIFEST = 8 << 20  # the distribution spec asks registries to accept 4 MiB manifests
 MAX_ERROR_BODY = 64 << 10
-# With ENROOT_TRANSFER_TIMEOUT=0 (no limit on a whole transfer) a connection that sends nothing for this
-# long is still considered dead, so that a stalled server cannot hang an import forever.
-STALL_TIMEOUT = 300.0
-
-
-# Proxy settings -> keys of requests' `proxies` mapping.
-_PROXY_SETTINGS = {"http_proxy": "http", "https_proxy": "https", "all_proxy": "all", "no_proxy": "no_proxy"}
-
-
-@dataclass(frozen=True)
-class TransferOptions:
-    allow_http: bool = False
-    connect_timeout: float | None = 30.0
-    transfer_timeout: float | None = None  # whole transfer; None = unlimited
-    retries: int = 3
-    ca_bundle: str | None = None
-    max_connections: int = 10  # 0 = unlimited
-    # SSL_CERT_FILE / SSL_CERT_DIR and proxies may come from enroot.conf, not only from the environment.
-    ssl_cert_file: str | None = None
-    ssl_cert_dir: str | None = None
-    proxies: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TransferOptions:
-        connect = settings.integer("ENROOT_CONNECT_TIMEOUT")
-        transfer = settings.integer("ENROOT_TRANSFER_TIMEOUT")
-        return cls(
-            allow_http=settings.flag("ENROOT_ALLOW_HTTP"),
-            connect_timeout=float(connect) if connect > 0 else None,
-            transfer_timeout=float(transfer) if transfer > 0 else None,
-            retries=max(0, settings.integer("ENROOT_TRANSFER_RETRIES")),
-            ca_bundle=settings.get("PYENROOT_CA_BUNDLE") or None,
-            max_connections=max(0, settings.integer("ENROOT_MAX_CONNECTIONS")),
-            ssl_cert_file=settings.get("SSL_CERT_FILE") or None,
-            ssl_cert_dir=settings.get("SSL_CERT_DIR") or None,
-            proxies=tuple((name, value) for key, name in _PROXY_SETTINGS.items() if (value := settings.get(key))),
-        )
-
-    @property
-    def request_timeout(self) -> tuple[float | None, float]:
-        return (self.connect_timeout, self.transfer_timeout or STALL_TIMEOUT)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to send requests: host[:port], an optional forced scheme and a repository prefix (mirrors)."""
-
-    host: str
-    scheme: str | None = None
-    prefix: str = ""
-
-
-def parse_mirrors(text: str | None) -> dict[str, list[Endpoint]]:
-    """`REGISTRY=MIRROR[,MIRROR...];...` where MIRROR is `[http[s]://]HOST[:PORT][/PREFIX]`.
-
-    A mirror written with `http://` is used over plain HTTP even without ENROOT_ALLOW_HTTP: the site's
-    configuration chose it. PREFIX is put before the repository (proxy caches that serve several registries).
-    """
-    mirrors: dict[str, list[Endpoint]] = {}
-    for item in (text or "").split(";"):
-        if not item.strip():
-            continue
-        registry, sep, targets = item.partition("=")
-        if not sep or not registry.strip() or not targets.strip():
-            raise ConfigError(f"PYENROOT_REGISTRY_MIRRORS: {item.strip()!r} is not REGISTRY=MIRROR[,MIRROR...]")
-        endpoints = [_mirror_endpoint(t.strip()) for t in targets.split(",") if t.strip()]
-        mirrors.setdefault(canonical_registry(registry.strip()), []).extend(endpoints)
-    return mirrors
-
-
-def _mirror_endpoint(text: str) -> Endpoint:
-    scheme = None
-    if "://" in text:
-        scheme, text = text.split("://", 1)
-        if scheme not in ("http", "https"):
-            raise ConfigError(f"PYENROOT_REGISTRY_MIRRORS: unsupported scheme in {scheme}://{text}")
-    host, _, prefix = text.partition("/")
-    if not host:
-        raise ConfigError(f"PYENROOT_REGISTRY_MIRRORS: no host in {text!r}")
-    if not is_registry_host(host):
-        raise ConfigError(f"PYENROOT_REGISTRY_MIRRORS: {host!r} is not a HOST[:PORT]")
-    return Endpoint(host.lower(), scheme, prefix.strip("/"))
-
-
-def endpoints_for(registry: str, mirrors: dict[str, list[Endpoint]]) -> list[Endpoint]:
-    """The mirrors of `registry` in order, then the registry itself."""
-    return [*mirrors.get(canonical_registry(registry), []), Endpoint(registry)]
-
-
-class _ContextAdapter(HTTPAdapter):
-    """An HTTPS adapter with our own SSLContext: the system CA store plus PYENROOT_CA_BUNDLE."""
-
-    def __init__(self, context: ssl.SSLContext, **kwargs):
-        self._context = context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["ssl_context"] = self._context
-        return super().init_poolmanager(*args, **kwargs)
-
-
-def make_ssl_context(ca_bundle: str | None, cert_file: str | None = None, cert_dir: str | None = None
-                     ) -> ssl.SSLContext:
-    """System CAs (or SSL_CERT_FILE / SSL_CERT_DIR, as OpenSSL reads them) plus our extra bundle."""
-    context = ssl.create_default_context()
-    if cert_file or cert_dir:
-        with contextlib.suppress(OSError, ssl.SSLError):
-            context.load_verify_locations(cafile=cert_file, capath=cert_dir)
-    if ca_bundle:
-        try:
-            context.load_verify_locations(cafile=ca_bundle)
-        except (OSError, ssl.SSLError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError(f"PYENROOT_CA_BUNDLE: cannot load {ca_bundle}: {why}") from None
-    return context
-
-
-def make_session(options: TransferOptions) -> requests.Session:
-    """A session whose pools hold as many connections as we may open at once."""
-    session = requests.Session()
-    pool = max(10, options.max_connections or 32)
-    context = make_ssl_context(options.ca_bundle, options.ssl_cert_file, options.ssl_cert_dir)
-    session.mount("https://", _ContextAdapter(context, pool_maxsize=pool))
-    session.mount("http://", HTTPAdapter(pool_maxsize=pool))
-    session.proxies.update(dict(options.proxies))  # the environment's own proxies still take precedence
-    return session
 
 
 def _no_auth(request):

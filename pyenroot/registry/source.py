@@ -21,16 +21,8 @@ from pyenroot.errors import ImageError, PyenrootError, RegistryError, UsageError
 from pyenroot.image.cache import BlobCache
 from pyenroot.image.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
 from pyenroot.registry.auth import Credentials, find_credentials
-from pyenroot.registry.client import (
-    Endpoint,
-    RegistryClient,
-    TransferInterrupted,
-    TransferOptions,
-    endpoints_for,
-    make_session,
-    parse_mirrors,
-    retry_delay,
-)
+from pyenroot.registry.client import RegistryClient, TransferInterrupted, retry_delay
+from pyenroot.registry.endpoints import Endpoint, endpoints_for, parse_mirrors
 from pyenroot.registry.manifest import (
     Index,
     Manifest,
@@ -43,6 +35,7 @@ from pyenroot.registry.manifest import (
     sha256_digest,
     verify_digest,
 )
+from pyenroot.registry.session import TransferOptions, make_session
 from pyenroot.registry.uri import ImageRef
 
 T = TypeVar("T")

@@ -12,8 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pyenroot.devtools import devcluster
 from pyenroot.errors import PyenrootError
-from pyenroot.slurm import devcluster
 
 SOURCE = Path(__file__).resolve().parents[2] / "spank_plugin"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyenroot import squashfs, storage, tools, trust
 from pyenroot.errors import PyenrootError
-from pyenroot.slurm import step
+from pyenroot.slurm import reporter, state, step, translate
 
 MODES = ("auto", "sbcast", "off")
 # Filesystems that several machines mount at once: a cache on one of them is shared by the step's nodes.
@@ -92,7 +92,7 @@ def pinned(image: str, digest: str) -> str:
     return image if "@sha256:" in image else f"{image}@{digest}"
 
 
-def problem_with(found: Broadcast, request: step.StepRequest, uid: int, size: int | None) -> str | None:
+def problem_with(found: Broadcast, request: state.StepRequest, uid: int, size: int | None) -> str | None:
     """Why a broadcast does not belong to this step (None: it does). `size`: the file's (None: no file)."""
     if found.image != request.image:
         return f"it was made for image {found.image}"
@@ -123,7 +123,7 @@ def filesystem_of(path: Path) -> str:
     return mount.fstype if mount else ""
 
 
-def send(request: step.StepRequest, settings, report: step.Reporter, *, mode: str, nodes: int,
+def send(request: state.StepRequest, settings, report: reporter.Reporter, *, mode: str, nodes: int,
          shared: Sequence[str]) -> Broadcast | None:
     """srun: import the step's image once and sbcast it to the step's nodes when they would each import it;
     report the broadcast for the nodes. None when there is nothing to send (every node imports as before)."""
@@ -143,23 +143,23 @@ def send(request: step.StepRequest, settings, report: step.Reporter, *, mode: st
     return found
 
 
-def _import_and_broadcast(request: step.StepRequest, settings, report: step.Reporter) -> Broadcast | None:
+def _import_and_broadcast(request: state.StepRequest, settings, report: reporter.Reporter) -> Broadcast | None:
     from pyenroot.registry.source import RegistrySource
     from pyenroot.registry.uri import parse_uri
 
     image = request.image or ""
-    ref = parse_uri(step.docker_uri(image))
+    ref = parse_uri(translate.docker_uri(image))
     if ref.scheme != "docker":
         return None  # dockerd:// images live on each node's engine
     digest = RegistrySource(ref, settings).manifest_digest(None)
     target = Path(os.path.abspath(settings.path("PYENROOT_FANOUT_DIR")))
     name = broadcast_name(os.getuid(), request.job, request.step, digest)
     scratch = target / f".{name}.import"  # only when the cache cannot be used (someone else could write it)
-    quiet = step.Reporter(None)  # its lines go to our log, shown only if this fails: the nodes print theirs
+    quiet = reporter.Reporter(None)  # its lines go to our log, shown only if this fails: the nodes print theirs
     try:
         source, temporary = step.import_image(replace(request, image=pinned(image, digest)), settings, quiet,
                                               scratch)
-    except step.ReportedError:
+    except state.ReportedError:
         raise PyenrootError(f"the import of {image} failed here") from None
     try:
         size = source.stat().st_size
@@ -171,7 +171,7 @@ def _import_and_broadcast(request: step.StepRequest, settings, report: step.Repo
     return Broadcast(path=str(target / name), size=size, digest=digest, image=image)
 
 
-def _sbcast(request: step.StepRequest, source: Path, destination: Path, report: step.Reporter) -> None:
+def _sbcast(request: state.StepRequest, source: Path, destination: Path, report: reporter.Reporter) -> None:
     """Slurm's own broadcast (a tree of slurmd) to the nodes of this step only; a node it misses imports
     the image itself, so a partial failure is only reported."""
     argv = ["sbcast", "--force", f"--jobid={request.job}.{request.step}", str(source), str(destination)]
@@ -184,7 +184,7 @@ def _sbcast(request: step.StepRequest, source: Path, destination: Path, report: 
 # ------------------------------------------------------------------------------------------------ each node
 
 
-def receive(request: step.StepRequest, report: step.Reporter) -> Path | None:
+def receive(request: state.StepRequest, report: reporter.Reporter) -> Path | None:
     """The broadcast image if it is whole and this step's own; else None (the node imports the image itself,
     after one line saying why) and a copy of ours is removed. Called only when srun sent something."""
     found = Broadcast.decode(request.broadcast or "")
@@ -200,7 +200,7 @@ def receive(request: step.StepRequest, report: step.Reporter) -> Path | None:
     return None
 
 
-def _check(found: Broadcast, request: step.StepRequest) -> str | None:
+def _check(found: Broadcast, request: state.StepRequest) -> str | None:
     path = Path(found.path)
     try:
         size = os.lstat(path).st_size
@@ -217,7 +217,7 @@ def _check(found: Broadcast, request: step.StepRequest) -> str | None:
     return problem
 
 
-def discard_unused(request: step.StepRequest, kept: str | None) -> None:
+def discard_unused(request: state.StepRequest, kept: str | None) -> None:
     """Remove this step's broadcast image unless the step keeps it (`kept`, then cleanup removes it): only a
     file of the user's own under the name made for this step, whatever the description says."""
     found = Broadcast.decode(request.broadcast or "")

@@ -3,304 +3,46 @@
 `prepare_start` decides (names, scope, reuse, import, create) and leaves a stopped anchor process behind that
 the plugin's tasks join; `cleanup` runs when the step's last local task exits (save, remove unnamed
 containers); `epilog` removes job-scoped named containers at the end of the job. Messages keep pyxis's
-wording, since users' scripts look for them. Results go to the plugin over fd 3, one `KIND TEXT` line each.
+wording, since users' scripts look for them. Results go to the plugin over fd 3, one `KIND TEXT` line each
+(`reporter.py`); the request and state values are in `state.py`, the pure translation of options in `translate.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import sys
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
-from pyenroot import tools, trust
-from pyenroot.atomic import write_atomically
+from pyenroot import tools
 from pyenroot.errors import PyenrootError
-from pyenroot.runtime import environ as envdialect
-from pyenroot.runtime import fstab, plan
 from pyenroot.runtime.fstab import FstabEntry
-from pyenroot.runtime.options import StartOptions
-
-BATCH_STEP = 0xFFFFFFFB  # SLURM_BATCH_SCRIPT
-ANCHOR_COMMAND = ("sh", "-c", "kill -STOP $$ ; exit 0")
-NAME_FLAGS = ("auto", "create", "exec", "no_exec")
-MOUNTS_ORIGIN = "--container-mounts"
-
-
-class StepError(PyenrootError):
-    """A step cannot get its container; the message is shown to the srun user as is."""
-
-    reference = "slurm"
-
-
-class ReportedError(StepError):
-    """A failure whose messages were already sent to the plugin."""
-
-
-@dataclass(frozen=True)
-class StepRequest:
-    """Everything the plugin passes for one step on one node (--container-workdir and
-    --container-entrypoint-log are the plugin's own: it enters the directory and shows the log)."""
-
-    job: int
-    step: int
-    total_tasks: int = 1
-    scope: str = "global"
-    runtime_path: str = "/run/pyenroot"
-    squashfuse: bool = True
-    importer: str | None = None
-    cwd: str | None = None
-    batch_script: str | None = None
-    image: str | None = None
-    name: str | None = None
-    mounts: str | None = None
-    save: str | None = None
-    env_names: tuple[str, ...] = ()
-    unshare: tuple[str, ...] = ()
-    mount_home: bool | None = None
-    remap_root: bool | None = None
-    entrypoint: bool = False
-    writable: bool | None = None
-    broadcast: str | None = None  # srun's fan-out: the image it sent to this node (pyenroot/slurm/fanout.py)
-
-    @property
-    def step_label(self) -> str:
-        return f"{self.job}.{self.step}"
-
-
-@dataclass(frozen=True)
-class ContainerName:
-    name: str  # the container's name in ENROOT_DATA_PATH
-    flag: str  # auto | create | exec | no_exec
-    named: bool  # named containers persist (by scope); unnamed ones are removed at step end
-
-
-@dataclass
-class StepState:
-    """What cleanup must do, written at start (node-local runtime directory) and read at step end."""
-
-    name: str
-    named: bool
-    created: bool = False  # this step made the container filesystem (so an unnamed one is removed)
-    squashfs: str | None = None  # a temporary image to delete
-    broadcast: bool = False  # squashfs is srun's broadcast copy: the plugin deletes it without a cleanup run
-    save: str | None = None
-    importer: str | None = None
-    target: str | None = None  # what the anchor started: a container name, or a squashfs started directly
-    anchor: int | None = None  # its PID (this node)
-
-
-# ------------------------------------------------------------------------------------------------ pure
-
-
-def container_name(request: StepRequest) -> ContainerName:
-    """pyxis naming: pyxis_NAME (global) or pyxis_JOB_NAME (job); unnamed: pyxis_[JOB_]JOB.STEP."""
-    prefix = "pyxis_" if request.scope == "global" else f"pyxis_{request.job}_"
-    if request.name:
-        base, _, flag = request.name.partition(":")
-        flag = flag or "auto"
-        if not base:
-            raise StepError("--container-name: empty name")
-        if flag not in NAME_FLAGS:
-            raise StepError('--container-name: flag must be "auto", "create", "exec" or "no_exec"')
-        return ContainerName(prefix + base, flag, True)
-    return ContainerName(prefix + request.step_label, "auto", False)
-
-
-def is_path_image(image: str) -> bool:
-    return image.startswith((".", "/"))
-
-
-def docker_uri(image: str) -> str:
-    return image if image.startswith(("docker://", "dockerd://")) else f"docker://{image}"
-
-
-def resolve_path(path: str, cwd: str | None, what: str) -> str:
-    if os.path.isabs(path):
-        return os.path.normpath(path)
-    if not cwd:
-        raise StepError(f"{what}: a relative path needs the job's working directory (PWD is not set)")
-    return os.path.normpath(os.path.join(cwd, path))
-
-
-def _mount_entry(entry: str) -> tuple[str, str, str]:
-    """One `--container-mounts` entry, SRC[:DST[:FLAGS]], checked with pyxis's rules and messages."""
-    src, colon, rest = entry.partition(":")
-    dst, _, flags = rest.partition(":")
-    dst = dst if colon else src
-    if not src or not dst or any(c.isspace() for c in flags):
-        raise StepError(f"--container-mounts: invalid format: {entry}")
-    if not src.startswith((".", "/")) and src not in ("tmpfs", "umount"):
-        raise StepError('--container-mounts: mount source must be a relative path, an absolute path, "tmpfs" '
-                        'or "umount"')
-    if not dst.startswith((".", "/")):
-        raise StepError("--container-mounts: mount target must be a relative path or an absolute path")
-    return src, dst, flags
-
-
-def mount_entries(spec: str | None, cwd: str | None,
-                  exists: Callable[[str], bool] = os.path.exists) -> list[FstabEntry]:
-    """`--container-mounts` entries as fstab entries (pyxis semantics: defaults per source kind, '+' for ',').
-
-    The plugin passes the value on unchecked: this is the one place that validates it, before any import."""
-    if spec is None:
-        return []
-    if not spec or spec.startswith(",") or spec.endswith(",") or ",," in spec:
-        raise StepError(f"--container-mounts: invalid format: {spec}")
-    entries: list[FstabEntry] = []
-    for item in spec.split(","):
-        src, dst, flags = _mount_entry(item)
-        if src == "tmpfs":
-            source, fstype, defaults = "tmpfs", "tmpfs", "x-create=dir"
-        elif src == "umount":
-            source, fstype, defaults = "none", "none", "x-detach"
-        else:
-            source, fstype, defaults = resolve_path(src, cwd, "--container-mounts"), "none", "x-create=auto,rbind"
-            if not exists(source):
-                raise StepError(f"--container-mounts: source path does not exist: {source}")
-        options = defaults + ("," + flags.replace("+", ",") if flags else "")
-        entry = FstabEntry(source, dst, fstype, tuple(o for o in options.split(",") if o), 0, MOUNTS_ORIGIN)
-        fstab.check_create(entry.options, MOUNTS_ORIGIN)
-        if entry not in entries:
-            entries.append(entry)
-    return entries
-
-
-def setting_overrides(request: StepRequest) -> dict[str, str]:
-    """ENROOT_* settings the user asked for that are no start option; unset, the node's configuration rules."""
-    if request.mount_home is None:
-        return {}
-    return {"ENROOT_MOUNT_HOME": "y" if request.mount_home else "n"}
-
-
-def container_env(names: tuple[str, ...], host_environ: Mapping[str, str]) -> tuple[envdialect.EnvEntry, ...]:
-    """--container-env: the named host variables that are set and not empty, with their host values.
-    ENROOT_* names are reserved (as in environment files); a name no shell could have is skipped."""
-    return tuple((name, host_environ[name]) for name in names
-                 if envdialect.is_name(name) and not name.startswith("ENROOT_") and host_environ.get(name))
-
-
-def start_options(request: StepRequest, target: str, mounts: list[FstabEntry],
-                  host_environ: Mapping[str, str]) -> StartOptions:
-    """What the step's anchor starts: the target, stopped at once (the tasks join it), with the user's mounts,
-    environment and switches; a None switch leaves the node's settings in charge."""
-    return StartOptions(
-        target=target,
-        command=ANCHOR_COMMAND,
-        entrypoint=request.entrypoint,
-        env=container_env(request.env_names, host_environ),
-        mounts=tuple(plan.mount_from_entry(entry) for entry in [*mounts, *_batch_mount(request)]),
-        remap_root=request.remap_root,
-        writable=request.writable,
-        namespaces=frozenset(request.unshare),
-    )
-
-
-# ------------------------------------------------------------------------------------------------ reporting
-
-
-class Reporter:
-    """Result lines for the plugin (fd 3); without the plugin (tests, manual runs) they go to stderr."""
-
-    def __init__(self, fd: int | None):
-        self.fd = fd
-
-    def _write(self, kind: str, text: str) -> None:
-        line = f"{kind} {text.replace(chr(10), ' ')}\n"
-        if self.fd is None:
-            sys.stderr.write(line)
-            return
-        with contextlib.suppress(OSError):
-            os.write(self.fd, line.encode())
-
-    def log(self, text: str) -> None:
-        self._write("log", text)
-
-    def info(self, text: str) -> None:
-        self._write("info", text)
-
-    def error(self, text: str) -> None:
-        self._write("error", text)
-
-    def join(self, pid: int) -> None:
-        self._write("join", str(pid))
-
-    def seccomp(self, program: bytes) -> None:
-        self._write("seccomp", program.hex())
-
-    def cleanup(self) -> None:
-        self._write("cleanup", "1")
-
-    def broadcast(self, description: str) -> None:
-        self._write("broadcast", description)
-
-    def unlink(self, path: str) -> None:
-        self._write("unlink", path)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-
-
-def result_reporter(environ: dict[str, str] | None = None) -> Reporter:
-    """The pipe the plugin names in PYENROOT_SPANK_RESULT_FD (taken out of the environment, which the
-    container inherits), else stderr (manual runs)."""
-    environ = os.environ if environ is None else environ
-    try:
-        fd = int(environ.pop("PYENROOT_SPANK_RESULT_FD", ""))
-        os.fstat(fd)
-    except (ValueError, OSError):
-        return Reporter(None)
-    os.set_inheritable(fd, False)  # the container must not keep the plugin waiting
-    return Reporter(fd)
-
-
-# ------------------------------------------------------------------------------------------------ files
-
-
-def user_runtime(request: StepRequest) -> Path:
-    """Node-local per-user directory (the plugin creates it 0700): per-step files never collide across nodes."""
-    return private_runtime(request.runtime_path)
-
-
-def private_runtime(runtime_path: str) -> Path:
-    """The user's directory below the plugin's runtime path, checked to be the user's own: step state and
-    the epilog's list of containers to remove are trusted by their names there."""
-    path = Path(runtime_path) / str(os.getuid())
-    if os.path.lexists(path):
-        trust.check_private_dir(path, "the step's runtime directory")
-    return path
-
-
-def state_path(request: StepRequest) -> Path:
-    return user_runtime(request) / f"step-{request.step_label}.json"
-
-
-def job_list_path(runtime: Path, job: int) -> Path:
-    return runtime / f"job-{job}.containers"
-
-
-def save_state(request: StepRequest, state: StepState) -> None:
-    write_atomically(state_path(request), json.dumps(asdict(state)))
-
-
-def load_state(request: StepRequest) -> StepState | None:
-    try:
-        return StepState(**json.loads(state_path(request).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def remember_job_container(request: StepRequest, data_path: Path, name: str) -> None:
-    """Job-scoped containers are removed by the epilog, which has no job environment: record where they live."""
-    with open(job_list_path(user_runtime(request), request.job), "a") as handle:
-        handle.write(f"{data_path}\t{name}\n")
-
+from pyenroot.slurm.reporter import Reporter
+from pyenroot.slurm.state import (
+    ContainerName,
+    ReportedError,
+    StepError,
+    StepRequest,
+    StepState,
+    job_list_path,
+    load_state,
+    private_runtime,
+    remember_job_container,
+    save_state,
+    state_path,
+    user_runtime,
+)
+from pyenroot.slurm.translate import (
+    container_name,
+    docker_uri,
+    is_path_image,
+    mount_entries,
+    resolve_path,
+    save_target,
+    setting_overrides,
+    start_options,
+)
 
 # ------------------------------------------------------------------------------------------------ actions
 
@@ -317,7 +59,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     (same manifest digest, platform and options) is not rebuilt:
     steps of every node use the built-image cache's file, and the first builds it while the others wait. The
     step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone."""
-    from pyenroot.image import importer
+    from pyenroot.image import cached_images, importer
 
     image = request.image or ""
     # Both lines every time, also from the cache: scripts count them and read what follows them.
@@ -332,7 +74,7 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         report.log(f"not using the squashfs cache: {problem}")
     try:
         # The site's image store first (PYENROOT_IMAGE_STORE), then the user's cache.
-        built = importer.build_into_cache(uri, None, settings, inheritable=True)
+        built = cached_images.build_into_cache(uri, None, settings, inheritable=True)
         if built is not None:
             output, temporary = built.path, False
             importer.prune_to_limit(settings)
@@ -463,7 +205,7 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
     from pyenroot import storage
 
     cname = container_name(request)
-    state = StepState(cname.name, cname.named, save=_save_target(request))
+    state = StepState(cname.name, cname.named, save=save_target(request))
     exists = cname.name in storage.container_names(settings)
     running = [pid for pid in storage.running_pids(settings, cname.name) if on_this_node(pid)] if (
         exists and cname.flag in ("auto", "exec")) else []
@@ -508,21 +250,6 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
     if cname.named and request.scope == "job":
         remember_job_container(request, storage.data_path(settings), cname.name)
     return cname.name, state, mounts
-
-
-def _save_target(request: StepRequest) -> str | None:
-    if not request.save:
-        return None
-    return resolve_path(request.save, request.cwd, "--container-save")
-
-
-def _batch_mount(request: StepRequest) -> list[FstabEntry]:
-    """The batch script, read-only at its own path, for the batch step (as pyxis does)."""
-    if request.step != BATCH_STEP or not request.batch_script:
-        return []
-    path = request.batch_script
-    return [FstabEntry(path, path, "none", ("x-create=file", "bind", "ro", "nosuid", "nodev", "private"), 0,
-                       "--container-image (batch script)")]
 
 
 def _unprivileged(settings) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pyenroot.slurm import devcluster
+from pyenroot.devtools import devcluster
 from tests.helpers import users
 
 REPO = Path(__file__).resolve().parents[2]

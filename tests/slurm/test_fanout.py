@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pyenroot.slurm import devcluster
+from pyenroot.devtools import devcluster
 from tests.helpers.faultproxy import FaultProxy
 from tests.slurm.conftest import Slurm, running_cluster, shared_tmp
 

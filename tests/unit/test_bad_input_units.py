@@ -21,7 +21,7 @@ from pyenroot.errors import (
     StorageError,
     UsageError,
 )
-from pyenroot.registry import auth, client
+from pyenroot.registry import auth, endpoints, session
 from pyenroot.registry.uri import is_registry_host, parse_uri
 from pyenroot.runtime import assemble, attach, imagemount
 
@@ -229,7 +229,7 @@ def test_registry_hosts():
     for bad in ("a..b", "a.b.", "-a", "[bad", "h:65536", "h:0", "h:", "a b", "x" * 64 + ".io"):
         assert not is_registry_host(bad), bad
     with pytest.raises(ConfigError, match="is not a HOST"):
-        client.parse_mirrors("reg=mirror..io")
+        endpoints.parse_mirrors("reg=mirror..io")
 
 
 def test_unusable_url_is_a_registry_error(tmp_path):
@@ -248,7 +248,7 @@ def test_unusable_url_is_a_registry_error(tmp_path):
 
 def test_missing_ca_bundle_message():
     with pytest.raises(ConfigError) as info:
-        client.make_ssl_context("/no/such/ca.pem")
+        session.make_ssl_context("/no/such/ca.pem")
     assert info.value.message == "PYENROOT_CA_BUNDLE: cannot load /no/such/ca.pem: No such file or directory"
 
 

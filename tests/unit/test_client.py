@@ -21,7 +21,8 @@ from pyenroot.config import Settings
 from pyenroot.errors import ConfigError, ImageError, RegistryError
 from pyenroot.image.model import Descriptor
 from pyenroot.registry import manifest as m
-from pyenroot.registry.client import Endpoint, parse_mirrors, retry_delay
+from pyenroot.registry.client import retry_delay
+from pyenroot.registry.endpoints import Endpoint, parse_mirrors
 from pyenroot.registry.source import RegistrySource
 from pyenroot.registry.uri import parse_uri
 
@@ -542,7 +543,7 @@ def test_no_netrc_from_requests_itself(fake, settings, tmp_path, monkeypatch):
 
 
 def test_transfer_options_from_settings():
-    from pyenroot.registry.client import TransferOptions
+    from pyenroot.registry.session import TransferOptions
 
     options = TransferOptions.from_settings(Settings({
         "ENROOT_ALLOW_HTTP": "yes", "ENROOT_CONNECT_TIMEOUT": "0", "ENROOT_TRANSFER_TIMEOUT": "0",

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pyenroot.slurm import devcluster
+from pyenroot.devtools import devcluster
 
 
 def test_kept_paths_outermost_first_and_only_under_tmp():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-from pyenroot.slurm import fanout, step
+from pyenroot.slurm import fanout, reporter, state
 
 DIGEST = "sha256:" + "ab" * 32
 
 
-def request(**changes) -> step.StepRequest:
-    return step.StepRequest(**{"job": 7, "step": 0, "image": "reg#busybox:1", **changes})
+def request(**changes) -> state.StepRequest:
+    return state.StepRequest(**{"job": 7, "step": 0, "image": "reg#busybox:1", **changes})
 
 
 def test_auto_broadcasts_only_node_local_caches_of_multi_node_steps():
@@ -60,7 +60,7 @@ def test_receive_refuses_a_damaged_copy_and_removes_it(tmp_path, capsys):
     path.write_bytes(b"not a squashfs image" * 300)
     tmp_path.chmod(0o755)
     sent = fanout.Broadcast(path=str(path), size=path.stat().st_size, digest=DIGEST, image="reg#busybox:1")
-    got = fanout.receive(request(broadcast=sent.encode()), step.Reporter(None))
+    got = fanout.receive(request(broadcast=sent.encode()), reporter.Reporter(None))
     assert got is None
     line = capsys.readouterr().err
     assert f"not using the broadcast image on {os.uname().nodename}: not a squashfs image" in line

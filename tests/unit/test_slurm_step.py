@@ -7,13 +7,15 @@ import types
 import pytest
 
 from pyenroot.config import Settings
+from pyenroot.devtools import devcluster
 from pyenroot.errors import PyenrootError
 from pyenroot.runtime import assemble, flags
-from pyenroot.slurm import cluster, devcluster, step
+from pyenroot.slurm import cluster, reporter, step, translate
+from pyenroot.slurm import state as slurm_state
 
 
-def request(**kw) -> step.StepRequest:
-    return step.StepRequest(job=42, step=3, **kw)
+def request(**kw) -> slurm_state.StepRequest:
+    return slurm_state.StepRequest(job=42, step=3, **kw)
 
 
 @pytest.mark.parametrize(("scope", "name", "expected"), [
@@ -24,20 +26,21 @@ def request(**kw) -> step.StepRequest:
     ("global", "web:create", ("pyxis_web", "create", True)),
 ])
 def test_container_names(scope, name, expected):
-    got = step.container_name(request(scope=scope, name=name))
+    got = translate.container_name(request(scope=scope, name=name))
     assert (got.name, got.flag, got.named) == expected
 
 
 @pytest.mark.parametrize("name", [":exec", "x:attach"])
 def test_bad_names(name):
-    with pytest.raises(step.StepError):
-        step.container_name(request(name=name))
+    with pytest.raises(slurm_state.StepError):
+        translate.container_name(request(name=name))
 
 
 def test_docker_uri_and_path_images():
-    assert step.docker_uri("ubuntu:24.04") == "docker://ubuntu:24.04"
-    assert step.docker_uri("dockerd://x") == "dockerd://x"
-    assert step.is_path_image("./a.sqsh") and step.is_path_image("/a.sqsh") and not step.is_path_image("a")
+    assert translate.docker_uri("ubuntu:24.04") == "docker://ubuntu:24.04"
+    assert translate.docker_uri("dockerd://x") == "dockerd://x"
+    assert translate.is_path_image("./a.sqsh") and translate.is_path_image("/a.sqsh")
+    assert not translate.is_path_image("a")
 
 
 def _fields(entries) -> list[tuple[str, str, str, str]]:
@@ -45,8 +48,8 @@ def _fields(entries) -> list[tuple[str, str, str, str]]:
 
 
 def test_mount_entries_follow_pyxis_defaults():
-    entries = step.mount_entries("/data:/mnt/d:ro+rprivate,tmpfs:/scratch,umount:/root,./rel,/data:/mnt/d:ro+rprivate",
-                                 "/home/u", exists=lambda p: True)
+    spec = "/data:/mnt/d:ro+rprivate,tmpfs:/scratch,umount:/root,./rel,/data:/mnt/d:ro+rprivate"
+    entries = translate.mount_entries(spec, "/home/u", exists=lambda p: True)
     assert _fields(entries) == [
         ("/data", "/mnt/d", "none", "x-create=auto,rbind,ro,rprivate"),
         ("tmpfs", "/scratch", "tmpfs", "x-create=dir"),
@@ -58,7 +61,7 @@ def test_mount_entries_follow_pyxis_defaults():
 
 def test_mount_paths_keep_blanks():
     """Mounts travel as values: blanks in paths need no escaping to survive."""
-    got = step.mount_entries("/a b:/c\td", None, exists=lambda p: True)
+    got = translate.mount_entries("/a b:/c\td", None, exists=lambda p: True)
     assert _fields(got) == [("/a b", "/c\td", "none", "x-create=auto,rbind")]
 
 
@@ -76,50 +79,50 @@ def test_mount_paths_keep_blanks():
 ])
 def test_bad_mounts_get_pyxis_messages(spec, message):
     """The plugin passes --container-mounts on unchecked: these are the only checks, with pyxis's words."""
-    with pytest.raises(step.StepError) as caught:
-        step.mount_entries(spec, "/home/u", exists=lambda p: True)
+    with pytest.raises(slurm_state.StepError) as caught:
+        translate.mount_entries(spec, "/home/u", exists=lambda p: True)
     assert message in caught.value.message
 
 
 def test_missing_mount_source():
-    with pytest.raises(step.StepError, match="source path does not exist: /nope"):
-        step.mount_entries("/nope:/x", None, exists=lambda p: False)
+    with pytest.raises(slurm_state.StepError, match="source path does not exist: /nope"):
+        translate.mount_entries("/nope:/x", None, exists=lambda p: False)
 
 
 def test_relative_path_needs_cwd():
-    with pytest.raises(step.StepError):
-        step.resolve_path("out.sqsh", None, "--container-save")
-    assert step.resolve_path("../out.sqsh", "/home/u/w", "--container-save") == "/home/u/out.sqsh"
+    with pytest.raises(slurm_state.StepError):
+        translate.resolve_path("out.sqsh", None, "--container-save")
+    assert translate.resolve_path("../out.sqsh", "/home/u/w", "--container-save") == "/home/u/out.sqsh"
 
 
 def test_start_options():
     """The anchor's start: mounts as values, the named host variables that are set, no entrypoint."""
-    mounts = step.mount_entries("/a:/b", None, exists=lambda p: True)
-    options = step.start_options(request(env_names=("FOO", "BAD;NAME", "UNSET", "EMPTY")), "pyxis_42.3", mounts,
+    mounts = translate.mount_entries("/a:/b", None, exists=lambda p: True)
+    options = translate.start_options(request(env_names=("FOO", "BAD;NAME", "UNSET", "EMPTY")), "pyxis_42.3", mounts,
                                  {"FOO": "bar", "BAD;NAME": "x", "EMPTY": ""})
-    assert options.target == "pyxis_42.3" and options.command == step.ANCHOR_COMMAND
+    assert options.target == "pyxis_42.3" and options.command == translate.ANCHOR_COMMAND
     assert [(m.source, m.target, m.is_bind, m.create) for m in options.mounts] == [("/a", "/b", True, "auto")]
     assert options.env == (("FOO", "bar"),)
     assert not options.entrypoint
-    assert step.start_options(request(entrypoint=True), "x", [], {}).entrypoint
+    assert translate.start_options(request(entrypoint=True), "x", [], {}).entrypoint
     assert assemble.WITHOUT_ENTRYPOINT_RC.rstrip().endswith('exec "$@"')
 
 
 def test_batch_script_is_mounted_read_only_in_the_batch_step():
-    batch = step.StepRequest(job=42, step=step.BATCH_STEP, batch_script="/spool/job42/slurm_script")
-    options = step.start_options(batch, "x", [], {})
+    batch = slurm_state.StepRequest(job=42, step=slurm_state.BATCH_STEP, batch_script="/spool/job42/slurm_script")
+    options = translate.start_options(batch, "x", [], {})
     [mount] = options.mounts
     assert (mount.source, mount.target, mount.create) == ("/spool/job42/slurm_script",) * 2 + ("file",)
     assert mount.flags & flags.MS_RDONLY and mount.propagation == flags.MS_PRIVATE
 
 
 def _settings_for(req, node: Settings):
-    settings = node.overridden(**step.setting_overrides(req))
-    return assemble._settings_with_options(settings, step.start_options(req, "x", [], {}), {})
+    settings = node.overridden(**translate.setting_overrides(req))
+    return assemble._settings_with_options(settings, translate.start_options(req, "x", [], {}), {})
 
 
 def test_setting_overrides():
-    assert step.setting_overrides(request()) == {}
+    assert translate.setting_overrides(request()) == {}
     node = Settings({"ENROOT_MOUNT_HOME": "y", "ENROOT_ROOTFS_WRITABLE": "y"})
     assert _settings_for(request(), node) == node  # unset options leave the node's configuration in charge
     got = _settings_for(request(mount_home=False, remap_root=True, writable=False, unshare=("net", "uts")), node)
@@ -133,14 +136,14 @@ def test_setting_overrides():
 def test_state_round_trip(tmp_path):
     req = request(runtime_path=str(tmp_path))
     (tmp_path / str(os.getuid())).mkdir()
-    state = step.StepState("pyxis_42.3", named=False, created=True, save="/x.sqsh")
-    step.save_state(req, state)
-    assert step.load_state(req) == state
+    state = slurm_state.StepState("pyxis_42.3", named=False, created=True, save="/x.sqsh")
+    slurm_state.save_state(req, state)
+    assert slurm_state.load_state(req) == state
 
 
 def test_reporter_lines():
     read_end, write_end = os.pipe()
-    report = step.Reporter(write_end)
+    report = reporter.Reporter(write_end)
     report.log("imported docker image: x")
     report.join(12)
     report.seccomp(b"\x01\xff")
@@ -202,13 +205,13 @@ def test_cluster_cli_arguments(tmp_path):
 def test_result_reporter_uses_the_named_fd():
     read_end, write_end = os.pipe()
     environ = {"PYENROOT_SPANK_RESULT_FD": str(write_end)}
-    report = step.result_reporter(environ)
+    report = reporter.result_reporter(environ)
     assert environ == {} and report.fd == write_end
     report.error("boom")
     report.close()
     assert os.read(read_end, 100) == b"error boom\n"
-    assert step.result_reporter({}).fd is None
-    assert step.result_reporter({"PYENROOT_SPANK_RESULT_FD": "999"}).fd is None
+    assert reporter.result_reporter({}).fd is None
+    assert reporter.result_reporter({"PYENROOT_SPANK_RESULT_FD": "999"}).fd is None
 
 
 def trusted_cache(monkeypatch) -> None:
@@ -219,14 +222,14 @@ def trusted_cache(monkeypatch) -> None:
 
 
 def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
-    from pyenroot.image import importer
+    from pyenroot.image import cached_images, importer
 
     held = types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=-1)
     trusted_cache(monkeypatch)
-    monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: held)
+    monkeypatch.setattr(cached_images, "build_into_cache", lambda uri, arch, settings, **kw: held)
     monkeypatch.setattr(importer, "prune_to_limit", lambda settings: None)
     read_end, write_end = os.pipe()
-    report = step.Reporter(write_end)
+    report = reporter.Reporter(write_end)
     for tasks in (1, 8):
         found = step._import_image(request(image="reg:5000#x/y:1", total_tasks=tasks), None, report, tmp_path / "t")
         assert found == (held.path, False)
@@ -236,14 +239,14 @@ def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeypatch):
-    from pyenroot.image import importer
+    from pyenroot.image import cached_images
 
     calls = []
     trusted_cache(monkeypatch)
-    monkeypatch.setattr(importer, "build_into_cache", lambda uri, arch, settings, **kw: None)
+    monkeypatch.setattr(cached_images, "build_into_cache", lambda uri, arch, settings, **kw: None)
     monkeypatch.setattr(step, "_import_to", lambda uri, output, settings: calls.append((uri, output, settings)))
     settings = Settings({"PYENROOT_IMAGE_STORE": "/site/store"})
-    found = step._import_image(request(image="reg#x/y:1"), settings, step.Reporter(None), tmp_path / "t.sqsh")
+    found = step._import_image(request(image="reg#x/y:1"), settings, reporter.Reporter(None), tmp_path / "t.sqsh")
     assert found == (tmp_path / "t.sqsh", True)
     (uri, output, used), = calls
     assert (uri, output) == ("docker://reg#x/y:1", tmp_path / "t.sqsh")
@@ -252,4 +255,4 @@ def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeyp
 
 def test_container_mounts_check_x_create():
     with pytest.raises(PyenrootError, match="x-create must be dir, file or auto"):
-        step.mount_entries("/tmp:/d:x-create=bogus", "/", exists=lambda path: True)
+        translate.mount_entries("/tmp:/d:x-create=bogus", "/", exists=lambda path: True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyenroot import trust
-from pyenroot.slurm import step
+from pyenroot.slurm import reporter, state, step
 
 ME, OTHER = 1000, 54321  # OTHER: a uid no account has
 
@@ -98,12 +98,12 @@ def test_step_runtime_directory_must_be_private(tmp_path):
     runtime = tmp_path / "run"
     mine = runtime / str(os.getuid())
     mine.mkdir(parents=True)
-    assert step.private_runtime(str(runtime)) == mine
+    assert state.private_runtime(str(runtime)) == mine
     mine.chmod(0o777)
     with pytest.raises(trust.UntrustedPathError, match="the step's runtime directory"):
-        step.private_runtime(str(runtime))
+        state.private_runtime(str(runtime))
     mine.chmod(0o700)
     os.chown(mine, OTHER, OTHER)
     with pytest.raises(trust.UntrustedPathError, match="belongs to"):
-        step.epilog(1, str(runtime), {}, step.Reporter(None))
-    assert step.private_runtime(str(tmp_path / "missing")) == Path(tmp_path / "missing" / str(os.getuid()))
+        step.epilog(1, str(runtime), {}, reporter.Reporter(None))
+    assert state.private_runtime(str(tmp_path / "missing")) == Path(tmp_path / "missing" / str(os.getuid()))
