@@ -380,8 +380,8 @@ PEERS = [
 
 def squash_baseline(r: Runner, blobs: Path, manifest: dict, jobs: int) -> tuple[float, int]:
     """tar2sqfs alone over the already merged tree (as one tar): the floor of any import to squashfs."""
+    from pyenroot.content.model import Descriptor, LocalLayer
     from pyenroot.image.merge import Decompressor, write_merged
-    from pyenroot.image.model import Descriptor, LocalLayer
 
     merged = r.home / "merged.tar"
     layers = [LocalLayer(Descriptor(layer["mediaType"], layer["digest"], layer["size"]), blobs / layer["file"])

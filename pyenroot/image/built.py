@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyenroot import __version__, squashfs, trust
 from pyenroot.atomic import write_atomically
-from pyenroot.image.cache import hold_lock, release_lock, touch
+from pyenroot.content.blobs import hold_lock, release_lock, touch
 
 # Bump when the merge writes different bytes for the same layers (so that older entries are not reused).
 BUILDER_VERSION = "1"

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pyenroot.config import Settings
+from pyenroot.content.model import ResolvedImage
 from pyenroot.errors import StorageError, UsageError
 from pyenroot.image import squash
 from pyenroot.image.built import BuildKey, BuiltEntry, BuiltImages, builder_identity, squash_description
-from pyenroot.image.model import ResolvedImage
 from pyenroot.image.output import TempOutput
 from pyenroot.image.pipeline import build_into, new_progress, scratch_dir
 from pyenroot.image.progress import ImportProgress

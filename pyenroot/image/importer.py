@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, TextIO
 
 from pyenroot import storage
 from pyenroot.config import Settings
+from pyenroot.content.model import ResolvedImage
 from pyenroot.errors import StorageError
 from pyenroot.image import squash
 from pyenroot.image.built import BuiltImages
 from pyenroot.image.cached_images import StoredImage, build_cached, cached, from_store
 from pyenroot.image.layerfetch import start_layer_fetch
-from pyenroot.image.model import ResolvedImage
 from pyenroot.image.output import EXISTING_OUTPUT_HINT, TempOutput, check_output_name, deliver, output_path
 from pyenroot.image.pipeline import build_into, merge_to_directory, new_progress, scratch_dir
 from pyenroot.image.progress import ImportProgress

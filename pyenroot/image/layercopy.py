@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pyenroot import tools, trust
+from pyenroot.content.blobs import BlobCache, hold_lock, release_lock
+from pyenroot.content.model import LocalLayer
 from pyenroot.errors import ImageError, PyenrootError
-from pyenroot.image.cache import BlobCache, hold_lock, release_lock
-from pyenroot.image.model import LocalLayer
 
 _BUFFER = 1 << 20  # the tee writes to zstd in chunks this large, not per tar block
 _PARTIAL_SUFFIX = ".part"

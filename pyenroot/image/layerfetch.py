@@ -11,8 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pyenroot.config import Settings
-from pyenroot.image.cache import BlobCache
-from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
+from pyenroot.content.blobs import BlobCache
+from pyenroot.content.model import ImageSource, LocalLayer, ResolvedImage
 from pyenroot.image.progress import ImportProgress
 
 

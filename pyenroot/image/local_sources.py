@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pyenroot import tools
+from pyenroot.content.blobs import BlobCache
+from pyenroot.content.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
 from pyenroot.errors import ImageError, UsageError
-from pyenroot.image.cache import BlobCache
-from pyenroot.image.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
 from pyenroot.registry.manifest import sha256_digest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

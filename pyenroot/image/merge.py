@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from pyenroot import tools
+from pyenroot.content.model import LocalLayer
 from pyenroot.errors import ImageError
 from pyenroot.image import layers as plan
 from pyenroot.image import tarstream
-from pyenroot.image.model import LocalLayer
 
 if TYPE_CHECKING:
     from pyenroot.image.layercopy import CopyWriter, LayerCopies

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from pyenroot import storage, tools
 from pyenroot.config import Settings
+from pyenroot.content.model import LocalLayer, ResolvedImage
 from pyenroot.errors import ImageError, StorageError
 from pyenroot.image import imagefiles, squash
 from pyenroot.image.layerfetch import start_layer_fetch
-from pyenroot.image.model import LocalLayer, ResolvedImage
 from pyenroot.image.output import TempOutput
 from pyenroot.image.progress import ImportProgress
 from pyenroot.image.uri_source import OpenedSource

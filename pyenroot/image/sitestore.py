@@ -294,7 +294,7 @@ class SiteStore:
     def writing(self) -> Iterator[StoreIndex]:
         """The index, under the store's lock (one writer at a time: cron and an admin); written back, atomically,
         when the block ends without an error."""
-        from pyenroot.image.cache import hold_lock, release_lock
+        from pyenroot.content.blobs import hold_lock, release_lock
 
         lock = self.root / ".lock"
         fd = hold_lock(lock, exclusive=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyenroot.config import Settings
-from pyenroot.image.cache import BlobCache
-from pyenroot.image.model import ImageSource
+from pyenroot.content.blobs import BlobCache
+from pyenroot.content.model import ImageSource
 
 if TYPE_CHECKING:
     from pyenroot.image.local_sources import DockerArchiveSource, OciArchiveSource

@@ -10,8 +10,8 @@ import json
 import platform as _platform
 from dataclasses import dataclass
 
+from pyenroot.content.model import Descriptor
 from pyenroot.errors import ImageError, UsageError
-from pyenroot.image.model import Descriptor
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

@@ -17,9 +17,9 @@ from typing import TypeVar
 import requests
 
 from pyenroot.config import Settings
+from pyenroot.content.blobs import BlobCache
+from pyenroot.content.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
 from pyenroot.errors import ImageError, PyenrootError, RegistryError, UsageError
-from pyenroot.image.cache import BlobCache
-from pyenroot.image.model import Descriptor, LocalLayer, ProgressReporter, ResolvedImage
 from pyenroot.registry.auth import Credentials, find_credentials
 from pyenroot.registry.client import RegistryClient, TransferInterrupted, retry_delay
 from pyenroot.registry.endpoints import Endpoint, endpoints_for, parse_mirrors

@@ -523,7 +523,7 @@ def test_full_disk_import_and_load(user, busybox_image, tiny_fs):
 
 
 def test_unwritable_data_path_for_load(user, busybox_image):
-    # (an unwritable ENROOT_CACHE_PATH is left out: image/cache.py lets PermissionError through, reported)
+    # (an unwritable ENROOT_CACHE_PATH is left out: content/blobs.py lets PermissionError through, reported)
     fails_cleanly(user, ["load", "-n", "box", busybox_image.uri], 1, "/root", ignore=(".cache",),
                   env={**HTTP, "ENROOT_DATA_PATH": "/root/pyenroot-data"})
     assert not Path("/root/pyenroot-data").exists()

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from pyenroot.content.blobs import BlobCache
 from pyenroot.devtools import imagebuilder as ib
-from pyenroot.image.cache import BlobCache
 from pyenroot.image.layercopy import CopyRecord
 from tests.integration.imagecheck import HTTP, import_as, push, squashfs_tree, uri
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from pyenroot.content.blobs import BlobCache
 from pyenroot.devtools import imagebuilder
-from pyenroot.image.cache import BlobCache
 from tests.helpers.faultproxy import Fault, FaultProxy
 
 ENV = {"ENROOT_ALLOW_HTTP": "y", "ENROOT_TRANSFER_RETRIES": "3"}

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
+from pyenroot.content.blobs import BlobCache
 from pyenroot.errors import ImageError
-from pyenroot.image.cache import BlobCache
 
 
 def digest_of(data: bytes) -> str:

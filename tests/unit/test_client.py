@@ -18,8 +18,8 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from pyenroot.config import Settings
+from pyenroot.content.model import Descriptor
 from pyenroot.errors import ConfigError, ImageError, RegistryError
-from pyenroot.image.model import Descriptor
 from pyenroot.registry import manifest as m
 from pyenroot.registry.client import retry_delay
 from pyenroot.registry.endpoints import Endpoint, parse_mirrors

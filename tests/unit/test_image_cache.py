@@ -7,10 +7,10 @@ import struct
 
 import pytest
 
+from pyenroot.content.blobs import hold_lock
 from pyenroot.errors import UsageError
 from pyenroot.image import prune
 from pyenroot.image.built import BuildKey, BuiltEntry, BuiltImages, squash_description
-from pyenroot.image.cache import hold_lock
 from pyenroot.image.squash import translate_options
 from pyenroot.squashfs import problem as squashfs_problem
 

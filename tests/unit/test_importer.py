@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pyenroot.content.model import Descriptor, ResolvedImage
 from pyenroot.errors import StorageError, UsageError
 from pyenroot.image import layerfetch, output, pipeline
-from pyenroot.image.model import Descriptor, ResolvedImage
 from pyenroot.image.progress import ImportProgress
 
 

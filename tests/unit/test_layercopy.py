@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from pyenroot.content.blobs import BlobCache, hold_lock
+from pyenroot.content.model import Descriptor, LocalLayer
 from pyenroot.devtools import imagebuilder as ib
 from pyenroot.errors import ImageError
-from pyenroot.image.cache import BlobCache, hold_lock
 from pyenroot.image.layercopy import CopyRecord, LayerCopies
 from pyenroot.image.merge import Decompressor, write_merged
-from pyenroot.image.model import Descriptor, LocalLayer
 
 pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from pyenroot.content.blobs import BlobCache
 from pyenroot.devtools import imagebuilder as ib
 from pyenroot.errors import ImageError
 from pyenroot.image import local_sources
-from pyenroot.image.cache import BlobCache
 
 
 def test_engine_commands():

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pyenroot.content.model import Descriptor, LocalLayer
 from pyenroot.devtools import imagebuilder as ib
 from pyenroot.errors import ImageError
 from pyenroot.image.merge import Decompressor, ReadAhead, write_merged
-from pyenroot.image.model import Descriptor, LocalLayer
 
 E = ib.Entry
 
