@@ -51,6 +51,20 @@ def write_files(files: dict[Path, bytes]) -> None:
         write_atomically(path, data, 0o644)
 
 
+def apply_plan(ctx: HookContext, plan, error: type[Exception]) -> None:
+    """Carry out a GPU or MPI plan: its cache files written (a failure becomes `error`), then its mounts and
+    environment handed to the start."""
+    try:
+        write_files(plan.files)
+    except OSError as exc:
+        raise error(f"cannot write the container's library cache {exc.filename}: {exc.strerror}",
+                    hint="check that ENROOT_RUNTIME_PATH is writable") from None
+    for line in plan.mounts:
+        ctx.add_mount(line)
+    for name, value in plan.environ.items():
+        ctx.set_env(name, value)
+
+
 def nvidia_hook(ctx: HookContext) -> None:
     request = gpu_request.from_environ(ctx.environ, ctx.host_environ)
     if request is None:
@@ -62,12 +76,4 @@ def nvidia_hook(ctx: HookContext) -> None:
                                  want_arch="arch" in needs, cache_dir=files_dir)
     plan = gpu_plan.make_plan(request, driver, container_cache=_read_container_cache(ctx.rootfs),
                               container_path=ctx.environ.get("PATH"), cache_dir=files_dir)
-    try:
-        write_files(plan.files)
-    except OSError as exc:
-        raise gpu_request.GpuError(f"cannot write the container's library cache {exc.filename}: {exc.strerror}",
-                                   hint="check that ENROOT_RUNTIME_PATH is writable") from None
-    for line in plan.mounts:
-        ctx.add_mount(line)
-    for name, value in plan.environ.items():
-        ctx.set_env(name, value)
+    apply_plan(ctx, plan, gpu_request.GpuError)

@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 
 from pyenroot.gpu import ldcache
-from pyenroot.gpu.hook import cache_dir, write_files
+from pyenroot.gpu.hook import apply_plan, cache_dir
 from pyenroot.mpi import plan as mpi_plan
 from pyenroot.runtime.hookapi import HookContext
 from pyenroot.runtime.mounter import host_path
@@ -78,12 +78,4 @@ def mpi_hook(ctx: HookContext) -> None:
     present = {p for p in (*site.directories, *site.devices) if os.path.exists(p)}
     files_dir = cache_dir(ctx.host_environ, ctx.outer_uid, "mpi", "the MPI cache directory")
     plan = mpi_plan.make_plan(site, host_names, container_cache, libraries, present, files_dir, flags)
-    try:
-        write_files(plan.files)
-    except OSError as exc:
-        raise mpi_plan.MpiError(f"cannot write the container's library cache {exc.filename}: {exc.strerror}",
-                                hint="check that ENROOT_RUNTIME_PATH is writable") from None
-    for line in plan.mounts:
-        ctx.add_mount(line)
-    for name, value in plan.environ.items():
-        ctx.set_env(name, value)
+    apply_plan(ctx, plan, mpi_plan.MpiError)
