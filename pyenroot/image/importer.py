@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pyenroot import storage, tools
+from pyenroot import tools
 from pyenroot.config import Settings
 from pyenroot.errors import ImageError, StorageError, UsageError
 from pyenroot.image import imagefiles, squash
@@ -35,6 +35,10 @@ from pyenroot.image.cache import BlobCache
 from pyenroot.image.model import ImageSource, LocalLayer, ResolvedImage
 from pyenroot.image.progress import ImportProgress
 from pyenroot.image.sitestore import SiteStore, StoreEntry, TagEntry, entry_name, file_sha256, tag_reference
+from pyenroot.names import validate_name
+from pyenroot.store.create import create_container, install_rootfs
+from pyenroot.store.names import container_dir, data_path
+from pyenroot.store.work import WorkKind, clean_stale_work, work_dir
 
 if TYPE_CHECKING:  # the merge and the archive sources load only when an image is built (not for a cached one)
     from pyenroot.image.local_sources import DockerArchiveSource, OciArchiveSource
@@ -381,16 +385,16 @@ def _report(result: MergeResult, progress: ImportProgress) -> None:
 
 
 # The scratch directory (an engine's saved archive, the unpacked tree of the mksquashfs fallback) is a locked
-# work entry like storage's: a SIGKILLed import leaves it unlocked, and the next import or load removes it.
-SCRATCH = storage.WorkKind(prefix="pyenroot-import-", new_prefix="pyenroot-new-import-",
+# work entry like the store's: a SIGKILLed import leaves it unlocked, and the next import or load removes it.
+SCRATCH = WorkKind(prefix="pyenroot-import-", new_prefix="pyenroot-new-import-",
                            place="the temporary directory", setting="ENROOT_TEMP_PATH")
 
 
 @contextlib.contextmanager
 def _scratch(settings: Settings) -> Iterator[Path]:
     base = Path(settings.get("ENROOT_TEMP_PATH") or tempfile.gettempdir())
-    storage.clean_stale_work(base, SCRATCH)
-    with storage.work_dir(base, SCRATCH) as work:
+    clean_stale_work(base, SCRATCH)
+    with work_dir(base, SCRATCH) as work:
         yield work.path
 
 
@@ -864,7 +868,7 @@ def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings,
     if hit is None:
         return False
     try:
-        storage.create_container(settings, hit.path, name, force=force)
+        create_container(settings, hit.path, name, force=force)
     finally:
         hit.release()
     for warning in hit.entry.warnings:
@@ -882,27 +886,27 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
 
     parse_uri(uri)
     if name is not None:
-        storage.validate_name(name)  # before anything is fetched
+        validate_name(name)  # before anything is fetched
     force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
     with _progress(verbose, stream) as progress, _scratch(settings) as scratch, \
             open_source(uri, settings, scratch) as opened:
         default = opened.default_name[:-len(".sqsh")] if opened.default_name.endswith(".sqsh") else opened.default_name
-        name = storage.validate_name(name if name is not None else default)
-        target = storage.container_dir(settings, name)
+        name = validate_name(name if name is not None else default)
+        target = container_dir(settings, name)
         if os.path.lexists(target) and not force:
             raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
         if _load_from_cache(opened, arch, settings, progress, name, force):
             return target
         with contextlib.ExitStack() as hold:
             image, fetch = _fetch(opened.source, arch, settings, progress, hold)
-            base = storage.data_path(settings)
-            storage.clean_stale_work(base)
+            base = data_path(settings)
+            clean_stale_work(base)
             try:
-                with storage.work_dir(base) as work:
+                with work_dir(base) as work:
                     rootfs = work.path / "rootfs"
                     rootfs.mkdir(mode=0o755)
                     result = _merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
-                    storage.install_rootfs(rootfs, target, force=force)
+                    install_rootfs(rootfs, target, force=force)
             finally:
                 fetch.close()
         _report(result, progress)
