@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyenroot
-from pyenroot import squashfs, storage, tools
+from pyenroot import squashfs, tools
 from pyenroot.bundle import model
 from pyenroot.errors import ConfigError, ImageError
 from pyenroot.image.progress import ImportProgress
+from pyenroot.store.export import check_output_file, temp_output
+from pyenroot.store.work import WorkKind, clean_stale_work, work_dir
 
 HEADER = Path(__file__).with_name("header.sh")
 PACKAGE_DIR = Path(pyenroot.__file__).resolve().parent
 # The staging directory and makeself's own temporary files (it writes the archive twice before the output) live in
 # a locked work entry of ENROOT_TEMP_PATH: a killed run leaves nothing that the next one does not remove.
-STAGING = storage.WorkKind(prefix="pyenroot-bundle-", new_prefix="pyenroot-new-bundle-",
+STAGING = WorkKind(prefix="pyenroot-bundle-", new_prefix="pyenroot-new-bundle-",
                            place="the temporary directory", setting="ENROOT_TEMP_PATH")
 
 
@@ -42,7 +44,7 @@ def make_bundle(settings, request: BundleRequest, progress: ImportProgress) -> P
     """Write the bundle of a squashfs image; the file appears complete or not at all."""
     image = squashfs.check_image(request.image)
     out = model.output_path(request.output, image)
-    storage.check_output_file(out, request.force or settings.flag("ENROOT_FORCE_OVERRIDE"))
+    check_output_file(out, request.force or settings.flag("ENROOT_FORCE_OVERRIDE"))
     makeself = shutil.which("makeself")
     if makeself is None:
         raise ImageError("makeself is not installed", hint="install makeself (bundles are packed with it)")
@@ -60,13 +62,13 @@ def make_bundle(settings, request: BundleRequest, progress: ImportProgress) -> P
         settings=model.captured_settings(settings.values) if all_config else {},
     )
     base = Path(settings.get("ENROOT_TEMP_PATH") or "/tmp")
-    storage.clean_stale_work(base, STAGING)
-    with storage.work_dir(base, STAGING) as work:
+    clean_stale_work(base, STAGING)
+    with work_dir(base, STAGING) as work:
         progress.phase("stage")
         payload = work.path / "payload"
         _stage(payload, image, settings, info)
         progress.phase("pack")
-        with storage.temp_output(out) as temp:
+        with temp_output(out) as temp:
             _pack(makeself, payload, temp, work.path, info)
     progress.finish()
     return out

@@ -19,13 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pyenroot import cli, cliparser, storage
+from pyenroot import cli, cliparser
 from pyenroot.bundle import model
 from pyenroot.config import PACKAGE_DATA, Settings, load_settings
 from pyenroot.errors import ImageError, StorageError
 from pyenroot.image.progress import ImportProgress
+from pyenroot.store.create import install_rootfs, unpack_rootfs
+from pyenroot.store.work import DATA_WORK, WorkKind, clean_stale_work, work_dir
 
-ROOTFS_WORK = storage.WorkKind(prefix="pyenroot-bundle-rootfs-", new_prefix="pyenroot-new-bundle-rootfs-",
+ROOTFS_WORK = WorkKind(prefix="pyenroot-bundle-rootfs-", new_prefix="pyenroot-new-bundle-rootfs-",
                                place="the temporary directory", setting="ENROOT_TEMP_PATH")
 UNPACKERS = ("unsquashfs", "rdsquashfs")
 
@@ -90,8 +92,8 @@ def _run(runtime: Path, bundle: Path, offset: int, argv: list[str]) -> int:
                                hint="remove it, or run the bundle without --keep")
         if not os.path.isdir(target.parent):
             raise StorageError(f"cannot unpack into {target}: no such directory {target.parent}")
-        with unpacked(bundle, offset, target.parent, storage.DATA_WORK, settings, progress) as rootfs:
-            storage.install_rootfs(rootfs, target, force=False)
+        with unpacked(bundle, offset, target.parent, DATA_WORK, settings, progress) as rootfs:
+            install_rootfs(rootfs, target, force=False)
         if args.extract:
             progress.note(f"unpacked into {target}")
             return 0
@@ -102,18 +104,18 @@ def _run(runtime: Path, bundle: Path, offset: int, argv: list[str]) -> int:
 
 
 @contextmanager
-def unpacked(bundle: Path, offset: int, base: Path, kind: storage.WorkKind, settings: Settings,
+def unpacked(bundle: Path, offset: int, base: Path, kind: WorkKind, settings: Settings,
              progress: ImportProgress) -> Iterator[Path]:
     """The bundle's image unpacked into a new directory in a work entry of `base` (removed afterwards, unless
     the caller renamed the directory away). SIGTERM unwinds the unpacking, so that nothing is left of it."""
-    storage.clean_stale_work(base, kind)
-    with cli.sigterm_unwinds(), storage.work_dir(base, kind) as work:
+    clean_stale_work(base, kind)
+    with cli.sigterm_unwinds(), work_dir(base, kind) as work:
         image = work.path / model.IMAGE_FILE
         progress.phase("extract")
         copy_image(bundle, offset, image)
         progress.phase("unpack")
         rootfs = work.path / "rootfs"
-        storage.unpack_rootfs(image, rootfs, settings.max_processors(), work.lock_fd, bundle.name)
+        unpack_rootfs(image, rootfs, settings.max_processors(), work.lock_fd, bundle.name)
         image.unlink()
         progress.finish()
         yield rootfs

@@ -10,11 +10,11 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> int:
     import sys
 
-    from pyenroot import storage
     from pyenroot.image.progress import ImportProgress
+    from pyenroot.store.create import create_container
 
     with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
-        target = storage.create_container(settings, args.image, args.name, force=args.force, progress=progress)
+        target = create_container(settings, args.image, args.name, force=args.force, progress=progress)
         progress.finish()
     # The same line as load's, on stderr: stdout stays free for what a script reads.
     print(f"[pyenroot] created container {target.name}", file=sys.stderr)

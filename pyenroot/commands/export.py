@@ -10,13 +10,13 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> int:
     import sys
 
-    from pyenroot import storage
     from pyenroot.errors import UsageError
     from pyenroot.image.progress import ImportProgress
+    from pyenroot.store.export import export_container
 
     if args.output == "":  # not "the default": an empty value is a mistake (an unset variable, say)
         raise UsageError("the output file name is empty", hint="leave out -o to write NAME.sqsh")
     with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
-        storage.export_container(settings, args.name, args.output, force=args.force, progress=progress)
+        export_container(settings, args.name, args.output, force=args.force, progress=progress)
         progress.finish()
     return 0

@@ -96,16 +96,17 @@ def as_json(names: list[str], processes: list, data: str) -> list[dict]:
 
 
 def run(args, settings) -> int:
-    from pyenroot import storage
+    from pyenroot.store.discovery import running_containers
+    from pyenroot.store.names import container_names, data_path
 
-    names = storage.container_names(settings)
+    names = container_names(settings)
     if not args.fancy and not args.json:
         for name in names:
             print(name)
         return 0
-    processes = storage.running_containers(settings)
+    processes = running_containers(settings)
     if args.json:
-        data = str(storage.data_path(settings, create=False))
+        data = str(data_path(settings, create=False))
         print(json.dumps(as_json(names, processes, data), indent=2))
     else:
         import sys

@@ -18,15 +18,17 @@ def _confirm(path) -> bool:
 
 
 def run(args, settings) -> int:
-    from pyenroot import storage
     from pyenroot.errors import StorageError
+    from pyenroot.store.discovery import running_containers, stop_container
+    from pyenroot.store.names import existing_container
+    from pyenroot.store.remove import remove_container
 
     force = args.force or settings.flag("ENROOT_FORCE_OVERRIDE")
     names = list(dict.fromkeys(args.names))
     # Check every name before deleting anything, so that a typo in the list removes nothing.
-    paths = [storage.existing_container(settings, name) for name in names]
+    paths = [existing_container(settings, name) for name in names]
     if not force:
-        running = {p.name: p.pid for p in storage.running_containers(settings)}
+        running = {p.name: p.pid for p in running_containers(settings)}
         for name in names:
             if name in running:
                 raise StorageError(f"container {name} is running (PID {running[name]})",
@@ -35,9 +37,9 @@ def run(args, settings) -> int:
     for name, path in zip(names, paths, strict=True):
         if interactive and not _confirm(path):
             continue
-        stopped = storage.stop_container(settings, name)
+        stopped = stop_container(settings, name)
         if stopped:
             print(f"pyenroot: stopped {stopped} process{'es' if stopped > 1 else ''} of container {name}",
                   file=sys.stderr)
-        storage.remove_container(settings, name)
+        remove_container(settings, name)
     return 0

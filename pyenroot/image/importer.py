@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pyenroot import storage
 from pyenroot.config import Settings
 from pyenroot.content.model import ResolvedImage
 from pyenroot.errors import StorageError
@@ -24,6 +23,10 @@ from pyenroot.image.output import EXISTING_OUTPUT_HINT, TempOutput, check_output
 from pyenroot.image.pipeline import build_into, merge_to_directory, new_progress, scratch_dir
 from pyenroot.image.progress import ImportProgress
 from pyenroot.image.uri_source import OpenedSource, open_source
+from pyenroot.names import validate_name
+from pyenroot.store.create import create_container, install_rootfs
+from pyenroot.store.names import container_dir, data_path
+from pyenroot.store.work import clean_stale_work, work_dir
 
 if TYPE_CHECKING:
     from pyenroot.image.merge import MergeResult
@@ -109,7 +112,7 @@ def _load_from_cache(opened: OpenedSource, arch: str | None, settings: Settings,
     if hit is None:
         return False
     try:
-        storage.create_container(settings, hit.path, name, force=force)
+        create_container(settings, hit.path, name, force=force)
     finally:
         hit.release()
     for warning in hit.entry.warnings:
@@ -127,27 +130,27 @@ def load_image(uri: str, name: str | None, force: bool, arch: str | None, settin
 
     parse_uri(uri)
     if name is not None:
-        storage.validate_name(name)  # before anything is fetched
+        validate_name(name)  # before anything is fetched
     force = force or settings.flag("ENROOT_FORCE_OVERRIDE")
     with new_progress(verbose, stream) as progress, scratch_dir(settings) as scratch, \
             open_source(uri, settings, scratch) as opened:
         default = opened.default_name[:-len(".sqsh")] if opened.default_name.endswith(".sqsh") else opened.default_name
-        name = storage.validate_name(name if name is not None else default)
-        target = storage.container_dir(settings, name)
+        name = validate_name(name if name is not None else default)
+        target = container_dir(settings, name)
         if os.path.lexists(target) and not force:
             raise StorageError(f"container already exists: {name}", hint="use -f to replace it")
         if _load_from_cache(opened, arch, settings, progress, name, force):
             return target
         with contextlib.ExitStack() as hold:
             image, fetch = start_layer_fetch(opened.source, arch, settings, progress, hold)
-            base = storage.data_path(settings)
-            storage.clean_stale_work(base)
+            base = data_path(settings)
+            clean_stale_work(base)
             try:
-                with storage.work_dir(base) as work:
+                with work_dir(base) as work:
                     rootfs = work.path / "rootfs"
                     rootfs.mkdir(mode=0o755)
                     result = merge_to_directory(image, fetch.layers, settings, arch, progress, rootfs)
-                    storage.install_rootfs(rootfs, target, force=force)
+                    install_rootfs(rootfs, target, force=force)
             finally:
                 fetch.close()
         _report(result, progress)

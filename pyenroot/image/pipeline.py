@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pyenroot import storage, tools
+from pyenroot import tools
 from pyenroot.config import Settings
 from pyenroot.content.model import LocalLayer, ResolvedImage
 from pyenroot.errors import ImageError, StorageError
@@ -25,6 +25,7 @@ from pyenroot.image.layerfetch import start_layer_fetch
 from pyenroot.image.output import TempOutput
 from pyenroot.image.progress import ImportProgress
 from pyenroot.image.uri_source import OpenedSource
+from pyenroot.store.work import WorkKind, clean_stale_work, work_dir
 
 if TYPE_CHECKING:  # the merge loads only when an image is built (not for a cached one)
     from pyenroot.image.merge import Decompressor, MergeResult
@@ -116,15 +117,15 @@ def merge_to_directory(image, layers, settings, arch, progress, rootfs: Path) ->
 
 # The scratch directory (an engine's saved archive, the unpacked tree of the mksquashfs fallback) is a locked
 # work entry like storage's: a SIGKILLed import leaves it unlocked, and the next import or load removes it.
-SCRATCH = storage.WorkKind(prefix="pyenroot-import-", new_prefix="pyenroot-new-import-",
+SCRATCH = WorkKind(prefix="pyenroot-import-", new_prefix="pyenroot-new-import-",
                            place="the temporary directory", setting="ENROOT_TEMP_PATH")
 
 
 @contextlib.contextmanager
 def scratch_dir(settings: Settings) -> Iterator[Path]:
     base = Path(settings.get("ENROOT_TEMP_PATH") or tempfile.gettempdir())
-    storage.clean_stale_work(base, SCRATCH)
-    with storage.work_dir(base, SCRATCH) as work:
+    clean_stale_work(base, SCRATCH)
+    with work_dir(base, SCRATCH) as work:
         yield work.path
 
 

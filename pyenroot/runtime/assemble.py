@@ -37,20 +37,20 @@ def resolve_target(settings, target: str):
     fast = _plain_container(settings, target)
     if fast is not None:
         return Target("dir", fast)
-    from pyenroot import storage
+    from pyenroot.store.names import existing_container
 
-    return Target("dir", storage.existing_container(settings, target))
+    return Target("dir", existing_container(settings, target))
 
 
 def _plain_container(settings, name: str) -> Path | None:
-    """The common case without importing `storage` (slow to import): a plainly valid name of an existing
-    directory (names.py holds the one naming rule). Everything else goes through `storage`, which says what
+    """The common case without importing the store: a plainly valid name of an existing
+    directory (names.py holds the one naming rule). Everything else goes through `store/names.py`, which says what
     is wrong."""
     data = settings.get("ENROOT_DATA_PATH")
     if not data or not is_valid_name(name):
         return None
     path = Path(os.path.abspath(data)) / name
-    # os.path: an unreadable data path is "not found" here, and storage then says what is wrong with it
+    # os.path: an unreadable data path is "not found" here, and the store then says what is wrong with it
     return path if not os.path.islink(path) and os.path.isdir(path) else None
 
 

@@ -173,14 +173,14 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, n
 
 
 def _unpack(image: Path, target: Path, processors: int) -> None:
-    from pyenroot import storage  # only here: slow to import, and most starts mount instead
+    from pyenroot.store.create import unpack_image  # only here: most starts mount instead
 
     if not find_program("unsquashfs"):
         raise RuntimeStartError(f"cannot start {image}: FUSE is unusable and unsquashfs is not installed",
                                 hint="install squashfs-tools, or make /dev/fuse usable")
     target.rmdir()
     try:
-        storage.unpack_image(image, target, processors, str(image))
+        unpack_image(image, target, processors, str(image))
     except StorageError as exc:  # the private tmpfs is full (it may take half the memory)
         raise RuntimeStartError(f"{exc.message} (the image is unpacked into memory)",
                                 hint="start it without --rw, set PYENROOT_SQSH_WRITABLE=overlay, or make a "

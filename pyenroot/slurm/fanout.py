@@ -19,9 +19,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pyenroot import squashfs, storage, tools, trust
+from pyenroot import squashfs, tools, trust
 from pyenroot.errors import PyenrootError
 from pyenroot.slurm import reporter, state, step, translate
+from pyenroot.store.discovery import containing_mount, parse_mountinfo
 
 MODES = ("auto", "sbcast", "off")
 # Filesystems that several machines mount at once: a cache on one of them is shared by the step's nodes.
@@ -119,7 +120,7 @@ def filesystem_of(path: Path) -> str:
         mountinfo = Path("/proc/self/mountinfo").read_text()
     except OSError:
         return ""
-    mount = storage.containing_mount(storage.parse_mountinfo(mountinfo), os.path.realpath(existing))
+    mount = containing_mount(parse_mountinfo(mountinfo), os.path.realpath(existing))
     return mount.fstype if mount else ""
 
 

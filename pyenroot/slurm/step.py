@@ -127,14 +127,15 @@ def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
 
 def _create(settings, image: Path, name: str, request: StepRequest, report: Reporter) -> bool:
     """Unpack `image` as container `name`; False if a concurrent step created it first (then it is reused)."""
-    from pyenroot import storage
+    from pyenroot.store.create import create_container
+    from pyenroot.store.names import container_names
 
     report.info("creating container filesystem")
     try:
-        storage.create_container(settings, image, name)
+        create_container(settings, image, name)
         return True
     except PyenrootError as exc:
-        if name in storage.container_names(settings):
+        if name in container_names(settings):
             return False  # a concurrent step (maybe on another node) created it: reuse it
         failure = exc.message
     report.error(f"failed to create container filesystem for image: {request.image}")
@@ -181,7 +182,7 @@ def _check_flags(cname: ContainerName, exists: bool, running: list[int], request
 def running_step(request: StepRequest, cname: ContainerName, settings) -> StepState | None:
     """The state of the running step whose unnamed container `cname` names (`--container-name=JOB.STEP`) on
     this node, if that container runs without a directory of its own (started straight from a squashfs)."""
-    from pyenroot import storage
+    from pyenroot.store.discovery import running_containers
 
     job, dot, step_id = cname.name.rpartition("_")[2].partition(".")
     if not (dot and job.isdigit() and step_id.isdigit()):
@@ -196,18 +197,19 @@ def running_step(request: StepRequest, cname: ContainerName, settings) -> StepSt
         anchor_mnt = os.stat(f"/proc/{state.anchor}/ns/mnt").st_ino
     except OSError:
         return None
-    containers = {p.mntns for p in storage.running_containers(settings)}
+    containers = {p.mntns for p in running_containers(settings)}
     return state if anchor_mnt in containers and on_this_node(state.anchor) else None
 
 
 def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[FstabEntry]]:
     """Make sure the container filesystem exists; return the start target, the cleanup state and mounts."""
-    from pyenroot import storage
+    from pyenroot.store.discovery import running_pids
+    from pyenroot.store.names import container_names, data_path
 
     cname = container_name(request)
     state = StepState(cname.name, cname.named, save=save_target(request))
-    exists = cname.name in storage.container_names(settings)
-    running = [pid for pid in storage.running_pids(settings, cname.name) if on_this_node(pid)] if (
+    exists = cname.name in container_names(settings)
+    running = [pid for pid in running_pids(settings, cname.name) if on_this_node(pid)] if (
         exists and cname.flag in ("auto", "exec")) else []
     target = cname.name
     other_step = running_step(request, cname, settings) if (
@@ -248,7 +250,7 @@ def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, Step
             os.unlink(state.squashfs)
         state.squashfs = None
     if cname.named and request.scope == "job":
-        remember_job_container(request, storage.data_path(settings), cname.name)
+        remember_job_container(request, data_path(settings), cname.name)
     return cname.name, state, mounts
 
 
@@ -292,7 +294,8 @@ def needs_cleanup(state: StepState) -> bool:
 
 def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete: bool = False) -> int:
     """At step end on this node: --container-save, then remove what the step made for itself."""
-    from pyenroot import storage
+    from pyenroot.store.export import export_container
+    from pyenroot.store.remove import remove_container
 
     state = load_state(request)
     if state is None:
@@ -300,7 +303,7 @@ def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete
     failed = False
     if state.save and not incomplete:
         try:
-            storage.export_container(settings, state.name, state.save, force=True)
+            export_container(settings, state.name, state.save, force=True)
             report.log(f"exported container {state.name} to {state.save}")
         except PyenrootError as exc:
             report.error(f"failed to export container {state.name} to {state.save}: {exc.message}")
@@ -308,7 +311,7 @@ def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete
     if state.created and not state.named:
         report.info(f"removing container filesystem: {state.name}")
         try:
-            storage.remove_container(settings, state.name)
+            remove_container(settings, state.name)
         except PyenrootError as exc:
             report.info(f"couldn't remove container {state.name}: {exc.message}")
     if state.importer:
@@ -322,8 +325,9 @@ def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete
 
 def epilog(job: int, runtime_path: str, environ: Mapping[str, str], report: Reporter) -> int:
     """At job end: remove the job-scoped named containers recorded on this node."""
-    from pyenroot import storage
     from pyenroot.config import load_settings
+    from pyenroot.store.names import container_names
+    from pyenroot.store.remove import remove_container
 
     listing = job_list_path(private_runtime(runtime_path), job)
     try:
@@ -334,8 +338,8 @@ def epilog(job: int, runtime_path: str, environ: Mapping[str, str], report: Repo
     for data_path, name in dict.fromkeys(tuple(e) for e in entries):
         settings = load_settings({**environ, "ENROOT_DATA_PATH": data_path})
         try:
-            if name in storage.container_names(settings):
-                storage.remove_container(settings, name)
+            if name in container_names(settings):
+                remove_container(settings, name)
         except PyenrootError:
             report.error(f"epilog: container {name} was not removed")
             status = 1

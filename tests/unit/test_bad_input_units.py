@@ -11,7 +11,7 @@ import types
 import pytest
 import requests
 
-from pyenroot import cli, storage, tools
+from pyenroot import cli, tools
 from pyenroot.config import Settings
 from pyenroot.errors import (
     ConfigError,
@@ -24,6 +24,7 @@ from pyenroot.errors import (
 from pyenroot.registry import auth, endpoints, session
 from pyenroot.registry.uri import is_registry_host, parse_uri
 from pyenroot.runtime import assemble, attach, imagemount
+from pyenroot.store import create, export
 
 # ------------------------------------------------------------------------------------ the CLI's last line of defence
 
@@ -141,10 +142,10 @@ def test_unpack_in_a_user_namespace_skips_device_nodes_and_unmapped_owners(monke
     _tool_output(monkeypatch, 2, "create_inode: failed to create character device root/dev/null, because "
                                  "Operation not permitted\nset_attributes: failed to change uid and gids on "
                                  "root/etc/gshadow, because Invalid argument\n")
-    tools.check(["unsquashfs", "x"], "unpack x", accept=storage.only_device_nodes_skipped)
+    tools.check(["unsquashfs", "x"], "unpack x", accept=create.only_device_nodes_skipped)
     _tool_output(monkeypatch, 2, "write_file: failed to create file root/etc/x, because Permission denied\n")
     with pytest.raises(ImageError, match="Permission denied"):
-        tools.check(["unsquashfs", "x"], "unpack x", accept=storage.only_device_nodes_skipped)
+        tools.check(["unsquashfs", "x"], "unpack x", accept=create.only_device_nodes_skipped)
 
 
 def test_direct_start_out_of_memory_names_the_way_out(monkeypatch, tmp_path):
@@ -296,7 +297,7 @@ def test_stale_export_temp_files_are_cleaned(tmp_path):
     holder = os.open(live, os.O_RDONLY)  # an export in progress holds this lock
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        removed = storage.clean_stale_exports(out)
+        removed = export.clean_stale_exports(out)
     finally:
         os.close(holder)
     assert sorted(removed) == sorted([stale.name, stale.name + ".excludes", orphan_excludes.name])
@@ -304,7 +305,7 @@ def test_stale_export_temp_files_are_cleaned(tmp_path):
 
 
 def test_stale_export_cleaning_tolerates_a_missing_directory(tmp_path):
-    assert storage.clean_stale_exports(tmp_path / "missing" / "box.sqsh") == []
+    assert export.clean_stale_exports(tmp_path / "missing" / "box.sqsh") == []
 
 
 @pytest.mark.parametrize(("cls", "reference", "code"), [

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pyenroot import names, storage
+from pyenroot import names
 from pyenroot.config import Settings
 from pyenroot.errors import UsageError
 from pyenroot.runtime import assemble
+from pyenroot.store import names as store_names
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -17,9 +18,10 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 @pytest.mark.parametrize("name", ["busybox", "pyxis_1234_step", "nvidia+pytorch+24.01", "ubuntu+sha256:0a1b",
                                   "alice@host", "x" * names.NAME_MAX_LENGTH])
 def test_valid_names_everywhere(tmp_path, name):
-    """storage (create, export, remove, load) and start's quick path without storage agree."""
-    assert names.validate_name(name) == storage.validate_name(name) == name
+    """The store (create, export, remove, load) and start's quick path without the store agree."""
+    assert names.validate_name(name) == name
     data = tmp_path / "data"
+    assert store_names.container_dir(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
     (data / name).mkdir(parents=True)
     assert assemble._plain_container(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
 
