@@ -4,7 +4,7 @@
  * The plugin only checks options, execs `pyenroot spank start` as the job user once per step and node
  * (which imports/creates/starts the container and leaves a stopped anchor process), and makes every task
  * join the anchor's namespaces before exec. Every decision about images, names, mounts and environment is
- * made by the Python side; see pyenroot/slurm/step.py for the other half of the protocol.
+ * made by the Python side; see pyenroot/slurm/reporter.py for the other half of the protocol.
  *
  * Protocol: the child gets a pipe on fd 3 and writes lines "log TEXT" (shown to the user), "info TEXT"
  * (slurmd log), "error TEXT" (shown, step fails), "join PID" (namespaces to join instead of the anchor's),

@@ -404,7 +404,7 @@ static void protocol_error(const char *what)
 	st.failed = 1;
 }
 
-/* One result line (see pyenroot/slurm/step.py): written by a process the user could trace, so checked. */
+/* One result line (see pyenroot/slurm/reporter.py): written by a process the user could trace, so checked. */
 static void handle_line(char *line)
 {
 	char *text = strchr(line, ' ');
