@@ -110,6 +110,11 @@ class PushedImage:
         """enroot-style URI: docker://HOST:PORT#repository:tag."""
         return f"docker://{self.registry.host}#{self.repository}:{self.tag}"
 
+    @property
+    def srun_image(self) -> str:
+        """The reference as `srun --container-image` takes it (pyxis's form): HOST:PORT#repository:tag."""
+        return self.uri.removeprefix("docker://")
+
 
 @pytest.fixture(scope="session")
 def busybox_rootfs_dir(session_dir):

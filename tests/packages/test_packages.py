@@ -30,7 +30,7 @@ def test_packaged_import_and_start(installed, user, busybox_image):
 
 
 def test_srun_through_the_packaged_plugin(packaged_slurm, busybox_image):
-    uri = f"{busybox_image.registry.host}#{busybox_image.repository}:{busybox_image.tag}"
+    uri = busybox_image.srun_image
     done = packaged_slurm.srun("-N2", f"--container-image={uri}", "cat", "/etc/pyenroot-test")
     assert (done.returncode, done.stdout) == (0, "second layer\n" * 2), done.stderr
 

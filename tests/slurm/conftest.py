@@ -146,9 +146,9 @@ def plugin_args(slurm_cluster):
 @pytest.fixture(scope="session")
 def busybox_uri(busybox_image) -> str:
     """The busybox test image as srun takes it: HOST:PORT#repository:tag."""
-    return f"{busybox_image.registry.host}#{busybox_image.repository}:{busybox_image.tag}"
+    return busybox_image.srun_image
 
 
 @pytest.fixture(scope="session")
 def debian_uri(debian_image) -> str:
-    return f"{debian_image.registry.host}#{debian_image.repository}:{debian_image.tag}"
+    return debian_image.srun_image

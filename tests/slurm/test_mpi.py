@@ -64,12 +64,12 @@ MPICH_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "lo"}  # Debian builds MP
 
 @pytest.fixture(scope="module")
 def openmpi_uri(openmpi_image) -> str:
-    return f"{openmpi_image.registry.host}#{openmpi_image.repository}:{openmpi_image.tag}"
+    return openmpi_image.srun_image
 
 
 @pytest.fixture(scope="module")
 def mpich_uri(mpich_image) -> str:
-    return f"{mpich_image.registry.host}#{mpich_image.repository}:{mpich_image.tag}"
+    return mpich_image.srun_image
 
 
 def _mpi_srun(slurm, mpi: str, env: dict[str, str], *args: str, ntasks: int = 4):
