@@ -16,10 +16,10 @@ from pathlib import Path
 import pyenroot
 from pyenroot import squashfs, tools
 from pyenroot.bundle import model
+from pyenroot.containers.export import check_output_file, temp_output
+from pyenroot.containers.work import WorkKind, clean_stale_work, work_dir
 from pyenroot.errors import ConfigError, ImageError
 from pyenroot.image.progress import ImportProgress
-from pyenroot.store.export import check_output_file, temp_output
-from pyenroot.store.work import WorkKind, clean_stale_work, work_dir
 
 HEADER = Path(__file__).with_name("header.sh")
 PACKAGE_DIR = Path(pyenroot.__file__).resolve().parent

@@ -22,10 +22,10 @@ from pathlib import Path
 from pyenroot import cli, cliparser
 from pyenroot.bundle import model
 from pyenroot.config import PACKAGE_DATA, Settings, load_settings
+from pyenroot.containers.create import install_rootfs, unpack_rootfs
+from pyenroot.containers.work import DATA_WORK, WorkKind, clean_stale_work, work_dir
 from pyenroot.errors import ImageError, StorageError
 from pyenroot.image.progress import ImportProgress
-from pyenroot.store.create import install_rootfs, unpack_rootfs
-from pyenroot.store.work import DATA_WORK, WorkKind, clean_stale_work, work_dir
 
 ROOTFS_WORK = WorkKind(prefix="pyenroot-bundle-rootfs-", new_prefix="pyenroot-new-bundle-rootfs-",
                                place="the temporary directory", setting="ENROOT_TEMP_PATH")

@@ -10,8 +10,8 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> int:
     import sys
 
+    from pyenroot.containers.create import create_container
     from pyenroot.image.progress import ImportProgress
-    from pyenroot.store.create import create_container
 
     with ImportProgress(sys.stderr, verbose=getattr(args, "verbose", 0)) as progress:
         target = create_container(settings, args.image, args.name, force=args.force, progress=progress)

@@ -10,9 +10,9 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> int:
     import sys
 
+    from pyenroot.containers.export import export_container
     from pyenroot.errors import UsageError
     from pyenroot.image.progress import ImportProgress
-    from pyenroot.store.export import export_container
 
     if args.output == "":  # not "the default": an empty value is a mistake (an unset variable, say)
         raise UsageError("the output file name is empty", hint="leave out -o to write NAME.sqsh")

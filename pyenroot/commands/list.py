@@ -96,8 +96,8 @@ def as_json(names: list[str], processes: list, data: str) -> list[dict]:
 
 
 def run(args, settings) -> int:
-    from pyenroot.store.discovery import running_containers
-    from pyenroot.store.names import container_names, data_path
+    from pyenroot.containers.discovery import running_containers
+    from pyenroot.containers.names import container_names, data_path
 
     names = container_names(settings)
     if not args.fancy and not args.json:

@@ -18,10 +18,10 @@ def _confirm(path) -> bool:
 
 
 def run(args, settings) -> int:
+    from pyenroot.containers.discovery import running_containers, stop_container
+    from pyenroot.containers.names import existing_container
+    from pyenroot.containers.remove import remove_container
     from pyenroot.errors import StorageError
-    from pyenroot.store.discovery import running_containers, stop_container
-    from pyenroot.store.names import existing_container
-    from pyenroot.store.remove import remove_container
 
     force = args.force or settings.flag("ENROOT_FORCE_OVERRIDE")
     names = list(dict.fromkeys(args.names))

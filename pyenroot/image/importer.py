@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pyenroot.config import Settings
+from pyenroot.containers.create import create_container, install_rootfs
+from pyenroot.containers.names import container_dir, data_path
+from pyenroot.containers.work import clean_stale_work, work_dir
 from pyenroot.content.model import ResolvedImage
 from pyenroot.errors import StorageError
 from pyenroot.image import squash
@@ -24,9 +27,6 @@ from pyenroot.image.pipeline import build_into, merge_to_directory, new_progress
 from pyenroot.image.progress import ImportProgress
 from pyenroot.image.uri_source import OpenedSource, open_source
 from pyenroot.names import validate_name
-from pyenroot.store.create import create_container, install_rootfs
-from pyenroot.store.names import container_dir, data_path
-from pyenroot.store.work import clean_stale_work, work_dir
 
 if TYPE_CHECKING:
     from pyenroot.image.merge import MergeResult

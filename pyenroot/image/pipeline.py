@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from pyenroot import tools
 from pyenroot.config import Settings
+from pyenroot.containers.work import WorkKind, clean_stale_work, work_dir
 from pyenroot.content.model import LocalLayer, ResolvedImage
 from pyenroot.errors import ImageError, StorageError
 from pyenroot.image import imagefiles, squash
@@ -25,7 +26,6 @@ from pyenroot.image.layerfetch import start_layer_fetch
 from pyenroot.image.output import TempOutput
 from pyenroot.image.progress import ImportProgress
 from pyenroot.image.uri_source import OpenedSource
-from pyenroot.store.work import WorkKind, clean_stale_work, work_dir
 
 if TYPE_CHECKING:  # the merge loads only when an image is built (not for a cached one)
     from pyenroot.image.merge import Decompressor, MergeResult

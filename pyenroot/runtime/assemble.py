@@ -37,14 +37,14 @@ def resolve_target(settings, target: str):
     fast = _plain_container(settings, target)
     if fast is not None:
         return Target("dir", fast)
-    from pyenroot.store.names import existing_container
+    from pyenroot.containers.names import existing_container
 
     return Target("dir", existing_container(settings, target))
 
 
 def _plain_container(settings, name: str) -> Path | None:
     """The common case without importing the store: a plainly valid name of an existing
-    directory (names.py holds the one naming rule). Everything else goes through `store/names.py`, which says what
+    directory (names.py holds the one naming rule). Everything else goes through `containers/names.py`, which says what
     is wrong."""
     data = settings.get("ENROOT_DATA_PATH")
     if not data or not is_valid_name(name):

@@ -173,7 +173,7 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path, native: bool, n
 
 
 def _unpack(image: Path, target: Path, processors: int) -> None:
-    from pyenroot.store.create import unpack_image  # only here: most starts mount instead
+    from pyenroot.containers.create import unpack_image  # only here: most starts mount instead
 
     if not find_program("unsquashfs"):
         raise RuntimeStartError(f"cannot start {image}: FUSE is unusable and unsquashfs is not installed",

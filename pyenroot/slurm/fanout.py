@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pyenroot import squashfs, tools, trust
+from pyenroot.containers.discovery import containing_mount, parse_mountinfo
 from pyenroot.errors import PyenrootError
 from pyenroot.slurm import reporter, state, step, translate
-from pyenroot.store.discovery import containing_mount, parse_mountinfo
 
 MODES = ("auto", "sbcast", "off")
 # Filesystems that several machines mount at once: a cache on one of them is shared by the step's nodes.

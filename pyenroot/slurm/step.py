@@ -127,8 +127,8 @@ def _run_importer(request: StepRequest, report: Reporter, image: str) -> Path:
 
 def _create(settings, image: Path, name: str, request: StepRequest, report: Reporter) -> bool:
     """Unpack `image` as container `name`; False if a concurrent step created it first (then it is reused)."""
-    from pyenroot.store.create import create_container
-    from pyenroot.store.names import container_names
+    from pyenroot.containers.create import create_container
+    from pyenroot.containers.names import container_names
 
     report.info("creating container filesystem")
     try:
@@ -182,7 +182,7 @@ def _check_flags(cname: ContainerName, exists: bool, running: list[int], request
 def running_step(request: StepRequest, cname: ContainerName, settings) -> StepState | None:
     """The state of the running step whose unnamed container `cname` names (`--container-name=JOB.STEP`) on
     this node, if that container runs without a directory of its own (started straight from a squashfs)."""
-    from pyenroot.store.discovery import running_containers
+    from pyenroot.containers.discovery import running_containers
 
     job, dot, step_id = cname.name.rpartition("_")[2].partition(".")
     if not (dot and job.isdigit() and step_id.isdigit()):
@@ -203,8 +203,8 @@ def running_step(request: StepRequest, cname: ContainerName, settings) -> StepSt
 
 def prepare(request: StepRequest, settings, report: Reporter) -> tuple[str, StepState, list[FstabEntry]]:
     """Make sure the container filesystem exists; return the start target, the cleanup state and mounts."""
-    from pyenroot.store.discovery import running_pids
-    from pyenroot.store.names import container_names, data_path
+    from pyenroot.containers.discovery import running_pids
+    from pyenroot.containers.names import container_names, data_path
 
     cname = container_name(request)
     state = StepState(cname.name, cname.named, save=save_target(request))
@@ -294,8 +294,8 @@ def needs_cleanup(state: StepState) -> bool:
 
 def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete: bool = False) -> int:
     """At step end on this node: --container-save, then remove what the step made for itself."""
-    from pyenroot.store.export import export_container
-    from pyenroot.store.remove import remove_container
+    from pyenroot.containers.export import export_container
+    from pyenroot.containers.remove import remove_container
 
     state = load_state(request)
     if state is None:
@@ -326,8 +326,8 @@ def cleanup_step(request: StepRequest, settings, report: Reporter, *, incomplete
 def epilog(job: int, runtime_path: str, environ: Mapping[str, str], report: Reporter) -> int:
     """At job end: remove the job-scoped named containers recorded on this node."""
     from pyenroot.config import load_settings
-    from pyenroot.store.names import container_names
-    from pyenroot.store.remove import remove_container
+    from pyenroot.containers.names import container_names
+    from pyenroot.containers.remove import remove_container
 
     listing = job_list_path(private_runtime(runtime_path), job)
     try:

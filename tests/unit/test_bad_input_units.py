@@ -13,6 +13,7 @@ import requests
 
 from pyenroot import cli, tools
 from pyenroot.config import Settings
+from pyenroot.containers import create, export
 from pyenroot.errors import (
     ConfigError,
     ImageError,
@@ -24,7 +25,6 @@ from pyenroot.errors import (
 from pyenroot.registry import auth, endpoints, session
 from pyenroot.registry.uri import is_registry_host, parse_uri
 from pyenroot.runtime import assemble, attach, imagemount
-from pyenroot.store import create, export
 
 # ------------------------------------------------------------------------------------ the CLI's last line of defence
 

@@ -8,9 +8,9 @@ import pytest
 
 from pyenroot import names
 from pyenroot.config import Settings
+from pyenroot.containers import names as container_names
 from pyenroot.errors import UsageError
 from pyenroot.runtime import assemble
-from pyenroot.store import names as store_names
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -21,7 +21,7 @@ def test_valid_names_everywhere(tmp_path, name):
     """The store (create, export, remove, load) and start's quick path without the store agree."""
     assert names.validate_name(name) == name
     data = tmp_path / "data"
-    assert store_names.container_dir(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
+    assert container_names.container_dir(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
     (data / name).mkdir(parents=True)
     assert assemble._plain_container(Settings({"ENROOT_DATA_PATH": str(data)}), name) == data / name
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyenroot import squashfs, tools
+from pyenroot.containers.names import container_dir, data_path, default_name
+from pyenroot.containers.remove import discard
+from pyenroot.containers.tree import remove_tree
+from pyenroot.containers.work import clean_stale_work, work_dir
 from pyenroot.errors import ImageError, StorageError
 from pyenroot.names import validate_name
-from pyenroot.store.names import container_dir, data_path, default_name
-from pyenroot.store.remove import discard
-from pyenroot.store.tree import remove_tree
-from pyenroot.store.work import clean_stale_work, work_dir
 
 if TYPE_CHECKING:
     from pyenroot.image.progress import ImportProgress

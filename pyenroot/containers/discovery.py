@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass
 
 from pyenroot import octal
+from pyenroot.containers.names import data_path
 from pyenroot.errors import StorageError
 from pyenroot.names import is_valid_name
-from pyenroot.store.names import data_path
 
 UNKNOWN_NAME = "<unknown>"
 

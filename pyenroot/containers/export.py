@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyenroot import tools
+from pyenroot.containers.create import progress_flags
+from pyenroot.containers.names import existing_container
+from pyenroot.containers.work import take_lock
 from pyenroot.errors import StorageError, UsageError
-from pyenroot.store.create import progress_flags
-from pyenroot.store.names import existing_container
-from pyenroot.store.work import take_lock
 
 if TYPE_CHECKING:
     from pyenroot.image.progress import ImportProgress

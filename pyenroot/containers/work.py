@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyenroot.containers.tree import remove_tree
 from pyenroot.errors import StorageError
-from pyenroot.store.tree import remove_tree
 
 # Hidden work entries (creation in progress, removal in progress).
 WORK_PREFIX = ".pyenroot-work-"

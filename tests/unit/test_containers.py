@@ -1,4 +1,4 @@
-"""Container names, paths, work-entry clean-up, export excludes and /proc parsing of pyenroot/store/."""
+"""Container names, paths, work-entry clean-up, export excludes and /proc parsing of pyenroot/containers/."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from pyenroot.commands import list as list_command
 from pyenroot.config import Settings
+from pyenroot.containers import discovery, export, names, tree, work
 from pyenroot.errors import StorageError, UsageError
 from pyenroot.names import validate_name
-from pyenroot.store import discovery, export, names, tree, work
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pyenroot.containers.names import existing_container
+from pyenroot.containers.tree import ensure_owner_rwx, remove_tree
+from pyenroot.containers.work import clean_stale_work, take_lock, work_name
 from pyenroot.errors import StorageError
-from pyenroot.store.names import existing_container
-from pyenroot.store.tree import ensure_owner_rwx, remove_tree
-from pyenroot.store.work import clean_stale_work, take_lock, work_name
 
 
 def remove_container(settings, name: str) -> None:
