@@ -145,17 +145,18 @@ def out_of_space(text: str | None) -> bool:
 
 
 def check(argv: list[str], what: str, *, hint: str = "install squashfs-tools", keep_fds: tuple[int, ...] = (),
-          env: dict[str, str] | None = None, on_count=None, accept=None) -> None:
+          env: dict[str, str] | None = None, on_output=None, accept=None) -> None:
     """Run a tool; its failure becomes one error line (`what`: what we were doing, the tool named), ENOSPC a
-    StorageError with a hint. `accept(returncode, lines)` may call a failure harmless. With `on_count`, the tool
-    (a squashfs tool without -no-progress) draws its bar on stdout and each `done/total` it shows is passed on."""
+    StorageError with a hint. `accept(returncode, lines)` may call a failure harmless. With `on_output`, the
+    tool's stdout (a squashfs tool's own progress bar) is passed to it as it comes, in chunks of bytes: what
+    the output means is the caller's (image/progress.py reads the bar's counts)."""
     from pyenroot.errors import ImageError, StorageError
 
-    if on_count is None:
+    if on_output is None:
         result = run(argv, keep_fds=keep_fds, env=env, hint=hint, many_files=True)
         returncode, output = result.returncode, result.stderr or result.stdout
     else:
-        returncode, output = _run_counting(argv, on_count, keep_fds=keep_fds, env=env, hint=hint)
+        returncode, output = _run_streaming(argv, on_output, keep_fds=keep_fds, env=env, hint=hint)
     if returncode == 0:
         return
     lines = message_lines(output)
@@ -168,22 +169,17 @@ def check(argv: list[str], what: str, *, hint: str = "install squashfs-tools", k
     raise ImageError(f"{what}: {argv[0]} failed: {detail}")
 
 
-def _run_counting(argv: list[str], on_count, *, keep_fds: tuple[int, ...], env: dict[str, str] | None,
-                  hint: str) -> tuple[int, str]:
-    """check's run for a tool whose stdout is its progress bar: read as it comes (stderr, the tool's messages,
-    goes to a file meanwhile, so that neither pipe can fill up)."""
+def _run_streaming(argv: list[str], on_output, *, keep_fds: tuple[int, ...], env: dict[str, str] | None,
+                   hint: str) -> tuple[int, str]:
+    """check's run for a tool whose stdout is read as it comes (stderr, the tool's messages, goes to a file
+    meanwhile, so that neither pipe can fill up)."""
     import tempfile
-
-    from pyenroot.image.progress import tool_count
 
     with tempfile.TemporaryFile() as errors:
         process = spawn(argv, stdout=PIPE, stderr=errors, keep_fds=keep_fds, env=env, hint=hint, many_files=True)
         try:
-            rest = b""
             while chunk := os.read(process.stdout.fileno(), 1 << 16):
-                count, rest = tool_count(rest + chunk)
-                if count:
-                    on_count(*count)
+                on_output(chunk)
             process.stdout.close()
             returncode = process.wait()
         except BaseException:
