@@ -109,6 +109,38 @@ def spawn(argv: list[str], *, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE, keep_f
         raise not_installed(argv[0], hint) from None
 
 
+def start_server(argv: list[str], *, stderr: int, child_setup=None) -> int:
+    """Start a program that serves while we run (a direct start's FUSE servers) and return its pid, for the
+    caller to wait on. It dies with us, runs in a session of its own with no signal blocked, reads /dev/null
+    and writes its messages (and a failure before exec) to the descriptor `stderr`; `child_setup` (entering a
+    user namespace of its own, keeping capabilities) runs in the child before exec.
+
+    Forked here, not through subprocess: `start IMAGE.sqsh` imports nothing of subprocess otherwise, and its
+    import (threading, selectors, locale: about 4 ms) would cost every such start more than the mount itself.
+    Python runs between fork and exec, so the process must have one thread (a start has: it unshared a user
+    namespace, which needs that too)."""
+    if not _single_threaded():
+        raise RuntimeError(f"{argv[0]}: start_server needs a process with one thread")
+    import ctypes  # loaded already on a start's path (runtime/syscalls.py)
+    import signal
+
+    setup = _in_child(os.getpid(), ctypes.CDLL(None).prctl, 0, child_setup)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a caller (slurmstepd) may hand down blocked signals
+            os.setsid()
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(stderr, 2)
+            setup()
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(2, f"{argv[0]}: {exc.strerror or exc}\n".encode())
+        finally:
+            os._exit(127)
+    return pid
+
+
 def run(argv: list[str], *, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, env: dict[str, str] | None = None,
         cwd: str | None = None, keep_fds: tuple[int, ...] = (), timeout: float | None = None, text: bool = True,
         child_setup=None, hint: str | None = None, many_files: bool = False):
