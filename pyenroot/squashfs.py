@@ -2,7 +2,8 @@
 
 Every place that needs to know "is this a squashfs image" asks here: a direct start, `create`, `bundle`, the
 import's own output and the cached images. Reading the 96-byte superblock is enough to tell an image from any
-other file and a truncated copy from a whole one, without running a tool.
+other file and a truncated copy from a whole one, without running a tool. `problem` decides the fault and its
+sentence; `check_image` and the image cache both report that sentence.
 """
 
 from __future__ import annotations
@@ -43,17 +44,26 @@ def parse_superblock(data: bytes) -> Superblock | None:
                       id_table_start=fields[13])
 
 
-def problem(head: bytes, size: int) -> str | None:
-    """Why a file that starts with `head` and is `size` bytes long is not a whole squashfs 4 image (None: it is)."""
-    if len(head) < SUPERBLOCK.size:
-        return "is too short for a squashfs image"
+@record(frozen=True)
+class Fault:
+    """Why a file is not a whole squashfs 4 image: the one sentence every caller reports, and what to do."""
+    message: str
+    hint: str
+
+
+def problem(head: bytes, size: int, name: str | os.PathLike) -> Fault | None:
+    """Why the file `name`, which starts with `head` and is `size` bytes long, is not a whole squashfs 4 image
+    (None: it is). A file too short for a superblock has no squashfs magic either: one fault for both."""
     superblock = parse_superblock(head)
     if superblock is None:
-        return "has no squashfs magic"
+        return Fault(f"not a squashfs image: {name}",
+                     "the image must be a .sqsh file made by 'pyenroot import' or 'pyenroot export'")
     if superblock.major != 4:
-        return f"has unsupported squashfs version {superblock.major}"
-    if superblock.bytes_used > size:
-        return f"is truncated ({size} of {superblock.bytes_used} bytes)"
+        return Fault(f"unsupported squashfs version {superblock.major} in {name}",
+                     "squashfs 4 images are supported (what mksquashfs and tar2sqfs write)")
+    if size < superblock.bytes_used:
+        return Fault(f"truncated squashfs image: {name} has {size} of {superblock.bytes_used} bytes",
+                     "copy or import the image again")
     return None
 
 
@@ -89,14 +99,12 @@ def check_image(image: str | os.PathLike) -> Path:
         raise ImageError(f"not a squashfs image: {image} is not a regular file")
     if not os.access(path, os.R_OK):
         raise ImageError(f"cannot read image {image}: permission denied")
-    superblock = read_superblock(path)
-    if superblock is None:
-        raise ImageError(f"not a squashfs image: {image}",
-                         hint="the image must be a .sqsh file made by 'pyenroot import' or 'pyenroot export'")
-    if superblock.major != 4:
-        raise ImageError(f"unsupported squashfs version {superblock.major} in {image}",
-                         hint="squashfs 4 images are supported (what mksquashfs and tar2sqfs write)")
-    if size < superblock.bytes_used:
-        raise ImageError(f"truncated squashfs image: {image} has {size} of {superblock.bytes_used} bytes",
-                         hint="copy or import the image again")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SUPERBLOCK.size)
+    except OSError as exc:
+        raise ImageError(f"cannot read image {image}: {exc.strerror}") from None
+    fault = problem(head, size, image)
+    if fault is not None:
+        raise ImageError(fault.message, hint=fault.hint)
     return path

@@ -109,6 +109,38 @@ def spawn(argv: list[str], *, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE, keep_f
         raise not_installed(argv[0], hint) from None
 
 
+def start_server(argv: list[str], *, stderr: int, child_setup=None) -> int:
+    """Start a program that serves while we run (a direct start's FUSE servers) and return its pid, for the
+    caller to wait on. It dies with us, runs in a session of its own with no signal blocked, reads /dev/null
+    and writes its messages (and a failure before exec) to the descriptor `stderr`; `child_setup` (entering a
+    user namespace of its own, keeping capabilities) runs in the child before exec.
+
+    Forked here, not through subprocess: `start IMAGE.sqsh` imports nothing of subprocess otherwise, and its
+    import (threading, selectors, locale: about 4 ms) would cost every such start more than the mount itself.
+    Python runs between fork and exec, so the process must have one thread (a start has: it unshared a user
+    namespace, which needs that too)."""
+    if not _single_threaded():
+        raise RuntimeError(f"{argv[0]}: start_server needs a process with one thread")
+    import ctypes  # loaded already on a start's path (runtime/syscalls.py)
+    import signal
+
+    setup = _in_child(os.getpid(), ctypes.CDLL(None).prctl, 0, child_setup)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a caller (slurmstepd) may hand down blocked signals
+            os.setsid()
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(stderr, 2)
+            setup()
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(2, f"{argv[0]}: {exc.strerror or exc}\n".encode())
+        finally:
+            os._exit(127)
+    return pid
+
+
 def run(argv: list[str], *, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, env: dict[str, str] | None = None,
         cwd: str | None = None, keep_fds: tuple[int, ...] = (), timeout: float | None = None, text: bool = True,
         child_setup=None, hint: str | None = None, many_files: bool = False):
@@ -145,17 +177,18 @@ def out_of_space(text: str | None) -> bool:
 
 
 def check(argv: list[str], what: str, *, hint: str = "install squashfs-tools", keep_fds: tuple[int, ...] = (),
-          env: dict[str, str] | None = None, on_count=None, accept=None) -> None:
+          env: dict[str, str] | None = None, on_output=None, accept=None) -> None:
     """Run a tool; its failure becomes one error line (`what`: what we were doing, the tool named), ENOSPC a
-    StorageError with a hint. `accept(returncode, lines)` may call a failure harmless. With `on_count`, the tool
-    (a squashfs tool without -no-progress) draws its bar on stdout and each `done/total` it shows is passed on."""
+    StorageError with a hint. `accept(returncode, lines)` may call a failure harmless. With `on_output`, the
+    tool's stdout (a squashfs tool's own progress bar) is passed to it as it comes, in chunks of bytes: what
+    the output means is the caller's (image/progress.py reads the bar's counts)."""
     from pyenroot.errors import ImageError, StorageError
 
-    if on_count is None:
+    if on_output is None:
         result = run(argv, keep_fds=keep_fds, env=env, hint=hint, many_files=True)
         returncode, output = result.returncode, result.stderr or result.stdout
     else:
-        returncode, output = _run_counting(argv, on_count, keep_fds=keep_fds, env=env, hint=hint)
+        returncode, output = _run_streaming(argv, on_output, keep_fds=keep_fds, env=env, hint=hint)
     if returncode == 0:
         return
     lines = message_lines(output)
@@ -168,22 +201,17 @@ def check(argv: list[str], what: str, *, hint: str = "install squashfs-tools", k
     raise ImageError(f"{what}: {argv[0]} failed: {detail}")
 
 
-def _run_counting(argv: list[str], on_count, *, keep_fds: tuple[int, ...], env: dict[str, str] | None,
-                  hint: str) -> tuple[int, str]:
-    """check's run for a tool whose stdout is its progress bar: read as it comes (stderr, the tool's messages,
-    goes to a file meanwhile, so that neither pipe can fill up)."""
+def _run_streaming(argv: list[str], on_output, *, keep_fds: tuple[int, ...], env: dict[str, str] | None,
+                   hint: str) -> tuple[int, str]:
+    """check's run for a tool whose stdout is read as it comes (stderr, the tool's messages, goes to a file
+    meanwhile, so that neither pipe can fill up)."""
     import tempfile
-
-    from pyenroot.image.progress import tool_count
 
     with tempfile.TemporaryFile() as errors:
         process = spawn(argv, stdout=PIPE, stderr=errors, keep_fds=keep_fds, env=env, hint=hint, many_files=True)
         try:
-            rest = b""
             while chunk := os.read(process.stdout.fileno(), 1 << 16):
-                count, rest = tool_count(rest + chunk)
-                if count:
-                    on_count(*count)
+                on_output(chunk)
             process.stdout.close()
             returncode = process.wait()
         except BaseException:

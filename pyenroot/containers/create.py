@@ -99,7 +99,7 @@ def unpack_image(image: Path, rootfs: Path, processors: int, label: str, *, keep
             "-d", str(rootfs), str(image)]
     try:
         tools.check(argv, f"unpack {label}", keep_fds=keep_fds, accept=only_device_nodes_skipped,
-                    on_count=progress.count if progress is not None else None)
+                    on_output=progress.tool_output() if progress is not None else None)
         return
     except ImageError as first:
         import shutil

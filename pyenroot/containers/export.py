@@ -82,7 +82,7 @@ def export_container(settings, name: str, output: str | os.PathLike | None = Non
                     "-ef", str(exclude_file)]
             if progress is not None:
                 progress.phase("squash")
-            tools.check(argv, f"export {name}", on_count=progress.count if progress is not None else None)
+            tools.check(argv, f"export {name}", on_output=progress.tool_output() if progress is not None else None)
         finally:
             with contextlib.suppress(OSError):
                 exclude_file.unlink()

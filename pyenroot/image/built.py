@@ -150,7 +150,8 @@ class BuiltImages:
             return exc.strerror
         if size != entry.size:
             return f"is {size} bytes, {entry.size} were recorded"
-        return squashfs.problem(head, size)
+        fault = squashfs.problem(head, size, path)
+        return fault.message if fault else None
 
     def discard(self, name: str) -> None:
         """Remove an entry that must not be used (or is pruned): the record first, so that it is never trusted."""

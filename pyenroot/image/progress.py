@@ -52,6 +52,20 @@ def tool_count(output: bytes) -> tuple[tuple[int, int] | None, bytes]:
     return None, rest
 
 
+class ToolBarReader:
+    """Reads a squashfs tool's bar from its stdout as it comes (`tools.check`'s `on_output`) and passes each
+    `done, total` it shows to `on_count`."""
+
+    def __init__(self, on_count: Callable[[int, int], None]):
+        self._on_count = on_count
+        self._rest = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        count, self._rest = tool_count(self._rest + chunk)
+        if count:
+            self._on_count(*count)
+
+
 class ImportProgress:
     """A ProgressReporter, and a context manager that ends the live bar however the block ends.
     Thread-safe: downloads report from worker threads."""
@@ -107,6 +121,10 @@ class ImportProgress:
         """Items done in the current phase (layers merged, entries a squashfs tool has written or unpacked)."""
         with self._lock:
             self._draw(lambda bars: bars.count(done, total))
+
+    def tool_output(self) -> ToolBarReader:
+        """What reads a squashfs tool's bar into `count` (`tools.check(..., on_output=...)`)."""
+        return ToolBarReader(self.count)
 
     def note(self, message: str) -> None:
         """A summary line, shown on terminals and in logs alike."""

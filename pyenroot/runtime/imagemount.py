@@ -19,8 +19,10 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from pyenroot import tools
 from pyenroot.config import find_program
 from pyenroot.errors import RuntimeStartError, StorageError
 from pyenroot.record import factory, record
@@ -45,36 +47,18 @@ def _spawn_fuse(argv: list[str], mountpoint: Path, *, as_root: bool) -> None:
     The container's process holds every capability of its user namespace, but a program it executes as a
     uid other than 0 would lose them. With `as_root`, the server runs as root of a user namespace of its own
     (nested in the container's, mapped onto the caller), so that what it serves as root's is the caller's,
-    and its mount is cloned into the container's mount namespace. Otherwise it keeps the capabilities.
+    and its mount is cloned into the container's mount namespace. Otherwise it keeps the capabilities. Both
+    must happen in the child between fork and exec, which `tools.start_server` runs; it also gives the server
+    SIGKILL as its death signal, so that a server cannot outlive its container and keep the mount namespace
+    and the image alive for nothing.
     """
     before = os.stat(mountpoint).st_dev
     read_end, write_end = os.pipe()
-    uid, gid = os.getuid(), os.getgid()
-    pid = os.fork()
-    if pid == 0:  # child: die with the container's process, report failures through the pipe
-        try:
-            os.close(read_end)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            os.setsid()
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(write_end, 2)
-            if as_root:
-                syscalls.unshare(CLONE_NEWUSER | CLONE_NEWNS)
-                for name, text in (("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-                    with open(f"/proc/self/{name}", "w") as handle:
-                        handle.write(text)
-            else:
-                syscalls.keep_capabilities_across_exec()
-            # SIGKILL: a caller (slurmstepd) may hand down blocked or ignored signals, and a server that
-            # outlives its container would keep the mount namespace and the image alive for nothing.
-            syscalls.set_parent_death_signal(signal.SIGKILL)
-            os.execvp(argv[0], argv)
-        except OSError as exc:
-            os.write(write_end, f"{argv[0]}: {exc.strerror or exc}\n".encode())
-        finally:
-            os._exit(127)
-    os.close(write_end)
+    try:
+        setup = _nested_root(os.getuid(), os.getgid()) if as_root else syscalls.keep_capabilities_across_exec
+        pid = tools.start_server(argv, stderr=write_end, child_setup=setup)
+    finally:
+        os.close(write_end)
     os.set_blocking(read_end, False)
     seen = Path(f"/proc/{pid}/root{mountpoint}") if as_root else mountpoint
     try:
@@ -83,6 +67,12 @@ def _spawn_fuse(argv: list[str], mountpoint: Path, *, as_root: bool) -> None:
             _take_mount(pid, mountpoint)
     finally:
         os.close(read_end)
+
+
+def _nested_root(uid: int, gid: int) -> Callable[[], None]:
+    """The child's step into a user namespace of its own whose root is the caller (`uid`, `gid` here)."""
+    kernel = syscalls.LinuxSyscalls()
+    return lambda: kernel.enter_user_namespace(CLONE_NEWUSER | CLONE_NEWNS, f"0 {uid} 1", f"0 {gid} 1")
 
 
 def _wait_mounted(pid: int, seen: Path, before: int, read_end: int) -> None:

@@ -35,11 +35,12 @@ def test_squash_options_that_change_bytes_change_the_description():
 
 
 @pytest.mark.parametrize(("head", "size", "problem"), [
-    (superblock(4096), 4096, None), (superblock(4000), 4096, None), (superblock(8192), 4096, "truncated"),
-    (b"XXXX" + superblock(10)[4:], 4096, "magic"), (b"hsqs", 4, "too short")])
+    (superblock(4096), 4096, None), (superblock(4000), 4096, None),
+    (superblock(8192), 4096, "truncated squashfs image: x.sqsh has 4096 of 8192 bytes"),
+    (b"XXXX" + superblock(10)[4:], 4096, "not a squashfs image: x.sqsh"), (b"hsqs", 4, "not a squashfs image: x.sqsh")])
 def test_squashfs_problems(head, size, problem):
-    found = squashfs_problem(head, size)
-    assert (found is None) if problem is None else (problem in found)
+    found = squashfs_problem(head, size, "x.sqsh")
+    assert (found is None) if problem is None else (found.message == problem)
 
 
 def plant(images: BuiltImages, size: int = 4096, recorded: int | None = None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 
-from pyenroot.image.progress import ImportProgress, format_timings, tool_count
+from pyenroot.image.progress import ImportProgress, ToolBarReader, format_timings, tool_count
 
 
 def ticking(start: float = 0.0):
@@ -26,6 +26,14 @@ def test_a_squashfs_tools_bar_read_back():
     assert tool_count(b"\r[===    ] 270/600  45%\r[=====  ] 400/6") == ((270, 600), b"[=====  ] 400/6")
     assert tool_count(b"created 300 files\n") == (None, b"")
     assert tool_count(b"\r[==] 1/2  50%\n") == ((1, 2), b"")
+
+
+def test_a_bar_split_across_reads_counts_once_whole():
+    counts: list[tuple[int, int]] = []
+    read = ToolBarReader(lambda done, total: counts.append((done, total)))
+    for chunk in (b"\r[=   ] 27", b"0/600  45%\r[==  ] 4", b"00/600  66%\r"):
+        read(chunk)
+    assert counts == [(270, 600), (400, 600)]
 
 
 def test_logs_get_summaries_and_phase_times_always():

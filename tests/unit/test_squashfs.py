@@ -41,8 +41,10 @@ def test_a_whole_image_passes(tmp_path):
 def test_bad_images_are_named(tmp_path, content, message):
     image = tmp_path / "a.sqsh"
     image.write_bytes(content)
-    with pytest.raises(ImageError, match=message):
+    with pytest.raises(ImageError, match=message) as raised:
         squashfs.check_image(image)
+    fault = squashfs.problem(content, len(content), image)  # what the image cache reports: the same sentence
+    assert (raised.value.message, raised.value.hint) == (fault.message, fault.hint)
 
 
 def test_missing_and_directory(tmp_path):
