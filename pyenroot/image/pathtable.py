@@ -1,0 +1,119 @@
+"""A compact table of path -> small int for the merge planner (pure): a million paths in tens of MB, not hundreds.
+
+Paths are grouped by parent directory. The children of the few directories in use ("live", bounded in number)
+are a plain dict of base name -> value; those of every other directory are packed into one string of the
+base names joined by "/" (which no base name contains) and one bytes object of fixed-width values, so a
+packed path costs its base name's characters plus a few bytes, with no Python object of its own. Any access
+to a packed directory thaws it into the live set, and the oldest live directory is packed again. Archives
+list a directory's entries together, so a layer thaws each directory about once; in any other order the
+table is slower (more thawing), never different.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+
+_TYPECODES = {1: "B", 2: "H", 4: "I"}
+_SEPARATOR = "/"
+
+
+def join_path(directory: str, name: str) -> str:
+    return f"{directory}{_SEPARATOR}{name}" if directory else name
+
+
+class PathTable:
+    """path -> int in [0, 2**(8*width)), grouped by directory; see the module docstring."""
+
+    def __init__(self, width: int = 1, live_limit: int = 64):
+        self._typecode = _TYPECODES[width]
+        self._width = width
+        self._live_limit = max(1, live_limit)
+        self._live: dict[str, dict[str, int]] = {}  # insertion order: the oldest is packed first
+        self._packed: dict[str, tuple[str, bytes]] = {}
+
+    def get(self, path: str, default: int | None = None) -> int | None:
+        directory, _, name = path.rpartition(_SEPARATOR)
+        children = self._live.get(directory)
+        if children is None:
+            children = self._thaw(directory, create=False)
+            if children is None:
+                return default
+        return children.get(name, default)
+
+    def value(self, path: str) -> int:
+        """The path's value, 0 where it has none (for tables where 0 means nothing)."""
+        directory, _, name = path.rpartition(_SEPARATOR)
+        children = self._live.get(directory)
+        if children is None:
+            children = self._thaw(directory, create=False)
+            if children is None:
+                return 0
+        return children.get(name, 0)
+
+    def __contains__(self, path: str) -> bool:
+        return self.get(path) is not None
+
+    def __setitem__(self, path: str, value: int) -> None:
+        directory, _, name = path.rpartition(_SEPARATOR)
+        children = self._live.get(directory)
+        if children is None:
+            children = self._thaw(directory, create=True)
+            assert children is not None
+        children[name] = value
+
+    def __len__(self) -> int:
+        return sum(map(len, self._live.values())) + sum(len(v) for _, v in self._packed.values()) // self._width
+
+    # ------------------------------------------------------------------------------ thaw and pack
+
+    def _thaw(self, directory: str, *, create: bool) -> dict[str, int] | None:
+        packed = self._packed.pop(directory, None)
+        if packed is None:
+            if not create:
+                return None
+            children: dict[str, int] = {}
+        else:
+            children = self._unpacked(packed)
+        if len(self._live) >= self._live_limit:
+            oldest = next(iter(self._live))
+            self._pack(oldest, self._live.pop(oldest))
+        self._live[directory] = children
+        return children
+
+    def _pack(self, directory: str, children: dict[str, int]) -> None:
+        if children:  # a directory with nothing in it is simply absent
+            self._packed[directory] = (_SEPARATOR.join(children), array(self._typecode, children.values()).tobytes())
+
+    def pack(self) -> None:
+        """Pack every live directory (after a layer: what stays between layers should be small)."""
+        for directory, children in self._live.items():
+            self._pack(directory, children)
+        self._live.clear()
+
+    # -------------------------------------------------------------------------------- iteration
+
+    def _unpacked(self, packed: tuple[str, bytes]) -> dict[str, int]:
+        names, values = packed
+        return dict(zip(names.split(_SEPARATOR), array(self._typecode, values), strict=True))
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        """Every (path, value), directory by directory. The table must not change while this runs."""
+        for directory, children in self._groups():
+            for name, value in children.items():
+                yield join_path(directory, name), value
+
+    def _groups(self) -> Iterator[tuple[str, dict[str, int]]]:
+        yield from self._live.items()
+        for directory, packed in self._packed.items():
+            yield directory, self._unpacked(packed)
+
+    def drain(self) -> Iterator[tuple[str, dict[str, int]]]:
+        """Empty the table directory by directory, yielding (directory, {name: value}), so that its memory is
+        given back while the caller consumes it."""
+        while self._live:
+            directory = next(iter(self._live))
+            yield directory, self._live.pop(directory)
+        while self._packed:
+            directory = next(iter(self._packed))
+            yield directory, self._unpacked(self._packed.pop(directory))
