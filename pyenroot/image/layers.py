@@ -176,11 +176,35 @@ class _Layer:
         self.bits = self.table.value  # path -> its bits, 0 where the layer has nothing
 
 
+def _fold(upper: dict[str, int], name: str, bits: int, *, is_root: bool) -> None:
+    """Apply what a finished layer holds at a path (`name` in the merged tree's directory `upper`) to it."""
+    current = upper.get(name)
+    value = (bits & _SURVIVOR_MASK) >> _SURVIVOR_SHIFT
+    if value:
+        if current is None:
+            current = value
+        elif current & _KIND_MASK == _K_DIR and value & _KIND_MASK == _K_DIR:
+            current |= value & (_EXPLICIT | _COVERED)
+    # A whiteout under a directory of an upper layer (or of this one): the directory stays, what lower
+    # layers have in it goes (it becomes opaque).
+    if bits & _WHITED_OUT:
+        if current is None:
+            current = _K_WHITEOUT
+        elif current & _KIND_MASK == _K_DIR:
+            current |= _OPAQUE
+    if bits & _OPAQUE_HERE and current is None and is_root:
+        current = _K_DIR  # the root, opaque
+    if bits & _OPAQUE_HERE and current is not None and current & _KIND_MASK == _K_DIR:
+        current |= _OPAQUE
+    if current is not None:
+        upper[name] = current
+
+
 class MergePlanner:
     """Decides entry by entry, top layer first, what the merged image holds. No I/O."""
 
     def __init__(self, max_warnings: int = 50):
-        self._upper = PathTable(width=1)  # the merged tree of the layers above the current one
+        self._upper = PathTable(width=1)  # the merged tree of the layers above the current one (never 0)
         self._layer: _Layer | None = None
         self._cross_links: list[CrossLink] = []
         self.warnings: list[str] = []
@@ -199,42 +223,19 @@ class MergePlanner:
         """Fold the layer into the merged tree; return the shadowed files its hard links still need."""
         layer = self._require_layer()
         for directory, children in layer.table.drain():
+            upper = self._upper.children(directory)  # only this directory's dict changes in the loop
             for name, bits in children.items():
                 if bits & (_SURVIVOR_MASK | _WHITED_OUT | _OPAQUE_HERE):
-                    self._fold(join_path(directory, name), bits)
+                    _fold(upper, name, bits, is_root=not directory and not name)
         self._upper.pack()
         self._layer = None
         return [Materialization(target, links[0], tuple(links[1:])) for target, links in layer.materialize.items()]
-
-    def _fold(self, path: str, bits: int) -> None:
-        """Apply what the finished layer holds at `path` to the merged tree."""
-        current = self._upper.get(path)
-        value = (bits & _SURVIVOR_MASK) >> _SURVIVOR_SHIFT
-        if value:
-            if current is None:
-                current = value
-            elif current & _KIND_MASK == _K_DIR and value & _KIND_MASK == _K_DIR:
-                current |= value & (_EXPLICIT | _COVERED)
-        # A whiteout under a directory of an upper layer (or of this one): the directory stays, what lower
-        # layers have in it goes (it becomes opaque).
-        if bits & _WHITED_OUT:
-            if current is None:
-                current = _K_WHITEOUT
-            elif current & _KIND_MASK == _K_DIR:
-                current |= _OPAQUE
-        if bits & _OPAQUE_HERE and current is None and path == "":
-            current = _K_DIR  # the root, opaque
-        if bits & _OPAQUE_HERE and current is not None and current & _KIND_MASK == _K_DIR:
-            current |= _OPAQUE
-        if current is not None:
-            self._upper[path] = current
 
     def finish(self) -> list[CrossLink]:
         """After the bottom layer: the cross-layer hard links whose target is a regular file of the image."""
         kept = []
         for link in self._cross_links:
-            value = self._upper.get(link.target)
-            if value is not None and value & _REGULAR and self._survives(link.target):
+            if self._upper.value(link.target) & _REGULAR and self._survives(link.target):
                 kept.append(link)
             else:
                 self._warn(f"{link.path}: hard link to {link.target!r}, which is not a file of the image: dropped")
@@ -325,13 +326,10 @@ class MergePlanner:
 
     def _reachable_dir(self, path: str) -> bool:
         """Would a directory at `path` given by the current layer be part of the merged tree?"""
-        root = self._upper.get("")
-        if root is not None and root & _OPAQUE:
+        if self._upper.value("") & _OPAQUE or self._upper_blocks_below(parent_of(path)):
             return False
-        if self._upper_blocks_below(parent_of(path)):
-            return False
-        value = self._upper.get(path)
-        return value is None or value & _KIND_MASK == _K_DIR
+        value = self._upper.value(path)
+        return not value or value & _KIND_MASK == _K_DIR
 
     @staticmethod
     def _layer_conflict(layer: _Layer, path: str, is_dir: bool, here: int, above: int) -> str | None:
@@ -364,12 +362,11 @@ class MergePlanner:
         bits = layer.bits(directory)
         if bits & _BLOCK_KNOWN:
             return bool(bits & _BLOCKED)
-        root = self._upper.get("")
-        blocked = root is not None and bool(root & _OPAQUE)
+        blocked = bool(self._upper.value("") & _OPAQUE)
         if directory and not blocked:
             blocked = self._upper_blocks_below(parent_of(directory))
-            value = self._upper.get(directory)
-            if not blocked and value is not None:
+            value = self._upper.value(directory)
+            if not blocked and value:
                 blocked = value & _KIND_MASK != _K_DIR or bool(value & _OPAQUE)
         # Only ancestors' bits changed meanwhile: `bits` is still this directory's.
         layer.table[directory] = bits | _BLOCK_KNOWN | (_BLOCKED if blocked else 0)
@@ -380,8 +377,8 @@ class MergePlanner:
         blocked = bool(above & _BLOCKED) if above & _BLOCK_KNOWN else self._upper_blocks_below(parent_of(path))
         if blocked:
             return True
-        value = self._upper.get(path)
-        if value is None:
+        value = self._upper.value(path)
+        if not value:
             return False
         if value & _KIND_MASK != _K_DIR or not is_dir:
             return True
@@ -389,7 +386,7 @@ class MergePlanner:
 
     def _survives(self, path: str) -> bool:
         """Is `path`, known to the merged tree, reachable (no upper non-directory or opaque above it)?"""
-        return all(self._upper.get(a, _K_DIR) & _KIND_MASK == _K_DIR for a in ancestors(path))  # type: ignore[operator]
+        return all((self._upper.value(a) or _K_DIR) & _KIND_MASK == _K_DIR for a in ancestors(path))
 
     @staticmethod
     def _imply_dirs(layer: _Layer, path: str, *, with_self: bool) -> None:
@@ -489,12 +486,12 @@ class MergePlanner:
     def can_add_directory(self, path: str) -> bool:
         """After all layers: may a directory be added at `path` (absent, and no non-directory above it)?"""
         for ancestor in ancestors(path):
-            value = self._upper.get(ancestor)
-            if value is not None and value & _KIND_MASK != _K_DIR:
+            value = self._upper.value(ancestor)
+            if value and value & _KIND_MASK != _K_DIR:
                 return False
-        value = self._upper.get(path)
-        return value is None or value & _KIND_MASK == _K_WHITEOUT
+        value = self._upper.value(path)
+        return not value or value & _KIND_MASK == _K_WHITEOUT
 
     def has_directory(self, path: str) -> bool:
-        value = self._upper.get(path)
-        return value is not None and value & _KIND_MASK == _K_DIR and self._survives(path)
+        value = self._upper.value(path)
+        return bool(value) and value & _KIND_MASK == _K_DIR and self._survives(path)

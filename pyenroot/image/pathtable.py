@@ -23,7 +23,7 @@ def join_path(directory: str, name: str) -> str:
 
 
 class PathTable:
-    """path -> int in [0, 2**(8*width)), grouped by directory; see the module docstring."""
+    """path -> int in [1, 2**(8*width)), 0 meaning none, grouped by directory; see the module docstring."""
 
     def __init__(self, width: int = 1, live_limit: int = 64):
         self._typecode = _TYPECODES[width]
@@ -32,49 +32,38 @@ class PathTable:
         self._live: dict[str, dict[str, int]] = {}  # insertion order: the oldest is packed first
         self._packed: dict[str, tuple[str, bytes]] = {}
 
-    def get(self, path: str, default: int | None = None) -> int | None:
-        directory, _, name = path.rpartition(_SEPARATOR)
-        children = self._live.get(directory)
-        if children is None:
-            children = self._thaw(directory, create=False)
-            if children is None:
-                return default
-        return children.get(name, default)
-
     def value(self, path: str) -> int:
-        """The path's value, 0 where it has none (for tables where 0 means nothing)."""
+        """The path's value, 0 where it has none."""
         directory, _, name = path.rpartition(_SEPARATOR)
         children = self._live.get(directory)
         if children is None:
-            children = self._thaw(directory, create=False)
-            if children is None:
+            if directory not in self._packed:
                 return 0
+            children = self._thaw(directory)
         return children.get(name, 0)
 
     def __contains__(self, path: str) -> bool:
-        return self.get(path) is not None
+        return self.value(path) != 0
 
     def __setitem__(self, path: str, value: int) -> None:
         directory, _, name = path.rpartition(_SEPARATOR)
+        self.children(directory)[name] = value
+
+    def children(self, directory: str) -> dict[str, int]:
+        """The live dict of name -> value of `directory` (created if needed), to change in place. It stays the
+        table's only until the next call that touches another directory (which may pack it)."""
         children = self._live.get(directory)
-        if children is None:
-            children = self._thaw(directory, create=True)
-            assert children is not None
-        children[name] = value
+        return self._thaw(directory) if children is None else children
 
     def __len__(self) -> int:
         return sum(map(len, self._live.values())) + sum(len(v) for _, v in self._packed.values()) // self._width
 
     # ------------------------------------------------------------------------------ thaw and pack
 
-    def _thaw(self, directory: str, *, create: bool) -> dict[str, int] | None:
+    def _thaw(self, directory: str) -> dict[str, int]:
+        """Make `directory` live (empty if the table has nothing there), packing the oldest live one if needed."""
         packed = self._packed.pop(directory, None)
-        if packed is None:
-            if not create:
-                return None
-            children: dict[str, int] = {}
-        else:
-            children = self._unpacked(packed)
+        children = {} if packed is None else self._unpacked(packed)
         if len(self._live) >= self._live_limit:
             oldest = next(iter(self._live))
             self._pack(oldest, self._live.pop(oldest))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from collections.abc import MutableMapping
 
 import pytest
 
@@ -11,14 +12,33 @@ from pyenroot.image import layers as L
 from pyenroot.image.pathtable import PathTable, join_path
 
 
+class _Children(MutableMapping):
+    """One directory's names -> values, written through to the reference's dict."""
+
+    def __init__(self, values: dict[str, int], directory: str):
+        self._values, self._directory = values, directory
+
+    def __getitem__(self, name):
+        return self._values[join_path(self._directory, name)]
+
+    def __setitem__(self, name, value):
+        self._values[join_path(self._directory, name)] = value
+
+    def __delitem__(self, name):
+        del self._values[join_path(self._directory, name)]
+
+    def __iter__(self):
+        return iter([p.rpartition("/")[2] for p in self._values if p.rpartition("/")[0] == self._directory])
+
+    def __len__(self):
+        return len(list(iter(self)))
+
+
 class DictTable:
     """The reference: the table's interface over one plain dict of path -> value."""
 
     def __init__(self, width: int = 1, live_limit: int = 0):
         self._values: dict[str, int] = {}
-
-    def get(self, path, default=None):
-        return self._values.get(path, default)
 
     def value(self, path):
         return self._values.get(path, 0)
@@ -28,6 +48,9 @@ class DictTable:
 
     def __setitem__(self, path, value):
         self._values[path] = value
+
+    def children(self, directory):
+        return _Children(self._values, directory)
 
     def __len__(self):
         return len(self._values)
@@ -59,18 +82,21 @@ def test_table_matches_a_dict_in_random_order(live_limit):
     table, reference = PathTable(width=4, live_limit=live_limit), DictTable()
     for path in _random_paths(rng, 3000):
         if rng.random() < 0.5:
-            value = rng.randrange(1 << 20)
+            value = rng.randrange(1, 1 << 20)
             table[path] = value
             reference[path] = value
-        assert table.get(path) == reference.get(path)
         assert table.value(path) == reference.value(path)
+        if rng.random() < 0.1:
+            directory = path.rpartition("/")[0]
+            table.children(directory)["new"] = 1
+            reference[join_path(directory, "new")] = 1
         if rng.random() < 0.05:
             table.pack()
     assert sorted(table.items()) == sorted(reference.items())
     assert len(table) == len(reference)
     drained = sorted((join_path(d, n), v) for d, children in table.drain() for n, v in children.items())
     assert drained == sorted(reference.items())
-    assert not list(table.items()) and table.get("a/b") is None
+    assert not list(table.items()) and table.value("a/b") == 0
 
 
 def test_root_and_one_byte_values_survive_packing():
@@ -79,7 +105,7 @@ def test_root_and_one_byte_values_survive_packing():
     table["top"] = 255
     table["a/b/c"] = 1
     table.pack()
-    assert (table.get(""), table.get("top"), table.get("a/b/c"), table.get("a/b")) == (7, 255, 1, None)
+    assert [table.value(p) for p in ("", "top", "a/b/c", "a/b")] == [7, 255, 1, 0]
     assert "a/b/c" in table and "a/b/d" not in table and table.value("nothing/here") == 0
 
 
