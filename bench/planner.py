@@ -7,9 +7,10 @@
 
 Shapes: `separate` (each layer its own tree, directories of 200 files), `shared` (every layer adds files to
 the same directories, so the merged tree of upper layers is looked into), `one-layer` (all paths in one
-layer), `shuffled` (one layer, files in random order: the table's worst case). Times are CPU seconds (the
-machine is shared), the minimum of --repeat runs; memory is tracemalloc's, retained after the last layer
-and at the peak.
+layer), `small-dirs` (one layer, 4 files a directory, 10 directories a package, thousands of packages in
+one directory, like node_modules), `shuffled` (one layer, files in random order: the table's worst case).
+Times are CPU seconds (the machine is shared), the minimum of --repeat runs; memory is tracemalloc's,
+retained after the last layer and at the peak.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from pyenroot.image import layers  # noqa: E402
 
-SHAPES = ("separate", "shared", "one-layer", "shuffled")
+SHAPES = ("separate", "shared", "one-layer", "small-dirs", "shuffled")
 
 
 def load(path: str) -> ModuleType:
@@ -42,6 +43,8 @@ def load(path: str) -> ModuleType:
 
 
 def headers(mod: ModuleType, shape: str, layer: int, count: int) -> list:
+    if shape == "small-dirs":
+        return small_dirs(mod, count)
     root = "usr/lib/python3/shared" if shape == "shared" else f"usr/lib/python3/layer{layer}"
     dirs = [mod.Header(root, mod.DIR)]
     files = []
@@ -54,9 +57,19 @@ def headers(mod: ModuleType, shape: str, layer: int, count: int) -> list:
     return dirs + files
 
 
+def small_dirs(mod: ModuleType, count: int) -> list:
+    entries = []
+    for i in range(count):
+        directory = f"app/node_modules/pkg{i // 40}/lib{i // 4 % 10}"
+        if i % 4 == 0:
+            entries.append(mod.Header(directory, mod.DIR))
+        entries.append(mod.Header(f"{directory}/f{i % 4}.js", mod.FILE))
+    return entries
+
+
 def run(mod: ModuleType, shape: str, paths: int, layer_count: int, trace: bool) -> tuple[float, float, float]:
     """(CPU µs per path, retained bytes per path, peak bytes per path; 0 without `trace`)."""
-    count = 1 if shape in ("one-layer", "shuffled") else layer_count
+    count = 1 if shape in ("one-layer", "small-dirs", "shuffled") else layer_count
     generated = [headers(mod, shape, number, paths // count) for number in range(count)]
     gc.collect()
     if trace:
@@ -86,7 +99,7 @@ def main() -> int:
     parser.add_argument("--against", metavar="LAYERS_PY", help="another layers.py to compare with")
     args = parser.parse_args()
     versions = {"this": layers, **({"against": load(args.against)} if args.against else {})}
-    for shape in args.shape or SHAPES[:3]:
+    for shape in args.shape or SHAPES[:4]:
         paths = min(args.paths, 100_000) if shape == "shuffled" else args.paths
         times: dict[str, list[float]] = {name: [] for name in versions}
         for _ in range(args.repeat):

@@ -4,9 +4,10 @@ Paths are grouped by parent directory. The children of the few directories in us
 are a plain dict of base name -> value; those of every other directory are packed into one string of the
 base names joined by "/" (which no base name contains) and one bytes object of fixed-width values, so a
 packed path costs its base name's characters plus a few bytes, with no Python object of its own. Any access
-to a packed directory thaws it into the live set, and the oldest live directory is packed again. Archives
-list a directory's entries together, so a layer thaws each directory about once; in any other order the
-table is slower (more thawing), never different.
+to a packed directory thaws it into the live set, and the least recently used live directory is packed
+again. Archives list a directory's entries together (and come back to a parent between its subdirectories,
+which keeps it in use), so a layer thaws each directory about once; in any other order the table is slower
+(more thawing), never different.
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ class PathTable:
         self._typecode = _TYPECODES[width]
         self._width = width
         self._live_limit = max(1, live_limit)
-        self._live: dict[str, dict[str, int]] = {}  # insertion order: the oldest is packed first
+        self._live: dict[str, dict[str, int]] = {}  # in order of use: the least recent is packed first
         self._packed: dict[str, tuple[str, bytes]] = {}
 
     def value(self, path: str) -> int:
         """The path's value, 0 where it has none."""
         directory, _, name = path.rpartition(_SEPARATOR)
-        children = self._live.get(directory)
+        live = self._live
+        children = live.pop(directory, None)
         if children is None:
             if directory not in self._packed:
                 return 0
             children = self._thaw(directory)
+        else:
+            live[directory] = children  # (re-inserted: now the most recently used)
         return children.get(name, 0)
 
     def __contains__(self, path: str) -> bool:
@@ -52,8 +56,12 @@ class PathTable:
     def children(self, directory: str) -> dict[str, int]:
         """The live dict of name -> value of `directory` (created if needed), to change in place. It stays the
         table's only until the next call that touches another directory (which may pack it)."""
-        children = self._live.get(directory)
-        return self._thaw(directory) if children is None else children
+        live = self._live
+        children = live.pop(directory, None)
+        if children is None:
+            return self._thaw(directory)
+        live[directory] = children
+        return children
 
     def __len__(self) -> int:
         return sum(map(len, self._live.values())) + sum(len(v) for _, v in self._packed.values()) // self._width
@@ -61,7 +69,7 @@ class PathTable:
     # ------------------------------------------------------------------------------ thaw and pack
 
     def _thaw(self, directory: str) -> dict[str, int]:
-        """Make `directory` live (empty if the table has nothing there), packing the oldest live one if needed."""
+        """Make `directory` live (empty if the table has nothing there), packing the least recently used."""
         packed = self._packed.pop(directory, None)
         children = {} if packed is None else self._unpacked(packed)
         if len(self._live) >= self._live_limit:
@@ -99,10 +107,9 @@ class PathTable:
 
     def drain(self) -> Iterator[tuple[str, dict[str, int]]]:
         """Empty the table directory by directory, yielding (directory, {name: value}), so that its memory is
-        given back while the caller consumes it."""
-        while self._live:
-            directory = next(iter(self._live))
+        given back while the caller consumes it. (The keys are listed first: taking a dict's first key again
+        and again after pops would walk over every removed entry each time.)"""
+        for directory in list(self._live):
             yield directory, self._live.pop(directory)
-        while self._packed:
-            directory = next(iter(self._packed))
+        for directory in list(self._packed):
             yield directory, self._unpacked(self._packed.pop(directory))
