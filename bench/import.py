@@ -20,6 +20,7 @@ to the test account (pyenroot-tester) for every command.
     python bench/import.py --small        # a quick check (~100 MB, 8 layers)
     python bench/import.py --repeat 3     # the full benchmark
     python bench/import.py --huge         # 1 million files: peak RSS of the pyenroot process and of its tree
+    python bench/import.py --huge --huge-layers 1   # the same million files in one layer
 
 With --huge only the cold import of pyenroot and of the skopeo pipeline run; pyenroot's line gives the peak RSS
 of the pyenroot process itself (the target, <= 100 MB) apart from that of the whole process tree, which
@@ -74,7 +75,12 @@ class Shape:
 
 
 FULL = Shape(layers=9, files_per_layer=5600, small_file_bytes=12_000, big_files_per_layer=12, big_file_bytes=12 << 20)
-HUGE = Shape(layers=4, files_per_layer=250_000, small_file_bytes=64, big_files_per_layer=0, big_file_bytes=0)
+HUGE_FILES = 1_000_000
+
+
+def huge_shape(layers: int) -> Shape:
+    return Shape(layers=layers, files_per_layer=HUGE_FILES // layers, small_file_bytes=64, big_files_per_layer=0,
+                 big_file_bytes=0)
 SMALL = Shape(layers=8, files_per_layer=800, small_file_bytes=6_000, big_files_per_layer=2, big_file_bytes=4 << 20)
 
 
@@ -492,8 +498,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 3, 1 with --small)")
     parser.add_argument("--only", action="append", help="run only these tools (repeatable)")
     parser.add_argument("--huge", action="store_true", help="1 million files, cold only: peak RSS and time")
+    parser.add_argument("--huge-layers", type=int, default=4, metavar="N",
+                        help="with --huge: the million files in N layers (default 4; 1 is a common shape too)")
     args = parser.parse_args()
-    shape = HUGE if args.huge else SMALL if args.small else FULL
+    shape = huge_shape(args.huge_layers) if args.huge else SMALL if args.small else FULL
     repeat = args.repeat or (1 if args.small else 3)
     jobs = len(os.sched_getaffinity(0))
 

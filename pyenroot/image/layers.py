@@ -38,8 +38,10 @@ file capabilities (`security.capability`) are a privilege like setuid, `trusted.
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+
+from pyenroot.image.pathtable import PathTable, join_path
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -56,6 +58,19 @@ _EXPLICIT = 4  # a directory that has had its own header (not only implied by en
 _OPAQUE = 8  # a directory whose content in lower layers is hidden
 _REGULAR = 16  # a non-directory that is a regular file (a valid hard link target)
 _COVERED = 32  # a directory with an emitted entry below it (so it exists in the stream)
+
+# What the layer being read holds at a path, as one int of its table: the path's value in the layer's own
+# tree ("seen": a kind plus the flags above), its value among the paths the layer adds to the merged tree
+# (survivor; 0 if none), and marks.
+_SEEN_MASK = 0x3F
+_SURVIVOR_SHIFT = 6
+_SURVIVOR_MASK = 0x3F << _SURVIVOR_SHIFT
+_FILE = 1 << 12  # a regular file of this layer (a valid hard link target) ...
+_FILE_EMITTED = 1 << 13  # ... that is not shadowed by upper layers
+_WHITED_OUT = 1 << 14  # a whiteout of this layer names the path
+_OPAQUE_HERE = 1 << 15  # lower layers' content below the path is hidden (opaque marker, or a hidden non-directory)
+_BLOCK_KNOWN = 1 << 16  # cache of _upper_blocks_below for a directory: known ...
+_BLOCKED = 1 << 17  # ... and its answer
 
 _KEPT_XATTR_PREFIX = "user."
 
@@ -150,26 +165,46 @@ def kept_xattrs(xattrs: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in xattrs.items() if k.startswith(_KEPT_XATTR_PREFIX)}
 
 
-@dataclass
 class _Layer:
-    """What the layer being read holds so far."""
+    """What the layer being read holds so far: one table of path -> bits (see _SEEN_MASK), and hard links."""
 
-    label: str
-    seen: dict[str, int] = field(default_factory=dict)  # every path of this layer (kept or hidden)
-    survivors: dict[str, int] = field(default_factory=dict)  # paths this layer adds to the merged tree
-    whiteouts: set[str] = field(default_factory=set)
-    opaque: set[str] = field(default_factory=set)
-    files: dict[str, bool] = field(default_factory=dict)  # regular file path -> emitted?
-    aliases: dict[str, str] = field(default_factory=dict)  # hard link path -> the file it reaches
-    materialize: dict[str, list[str]] = field(default_factory=dict)  # hidden file -> links that need it
-    blocked: dict[str, bool] = field(default_factory=dict)  # directory -> upper layers hide what is below it
+    def __init__(self, label: str):
+        self.label = label
+        self.table = PathTable(width=4)
+        self.aliases: dict[str, str] = {}  # hard link path -> the file it reaches
+        self.materialize: dict[str, list[str]] = {}  # hidden file -> links that need it
+        self.bits = self.table.value  # path -> its bits, 0 where the layer has nothing
+
+
+def _fold(upper: dict[str, int], name: str, bits: int, *, is_root: bool) -> None:
+    """Apply what a finished layer holds at a path (`name` in the merged tree's directory `upper`) to it."""
+    current = upper.get(name)
+    value = (bits & _SURVIVOR_MASK) >> _SURVIVOR_SHIFT
+    if value:
+        if current is None:
+            current = value
+        elif current & _KIND_MASK == _K_DIR and value & _KIND_MASK == _K_DIR:
+            current |= value & (_EXPLICIT | _COVERED)
+    # A whiteout under a directory of an upper layer (or of this one): the directory stays, what lower
+    # layers have in it goes (it becomes opaque).
+    if bits & _WHITED_OUT:
+        if current is None:
+            current = _K_WHITEOUT
+        elif current & _KIND_MASK == _K_DIR:
+            current |= _OPAQUE
+    if bits & _OPAQUE_HERE and current is None and is_root:
+        current = _K_DIR  # the root, opaque
+    if bits & _OPAQUE_HERE and current is not None and current & _KIND_MASK == _K_DIR:
+        current |= _OPAQUE
+    if current is not None:
+        upper[name] = current
 
 
 class MergePlanner:
     """Decides entry by entry, top layer first, what the merged image holds. No I/O."""
 
     def __init__(self, max_warnings: int = 50):
-        self._upper: dict[str, int] = {}
+        self._upper = PathTable(width=1)  # the merged tree of the layers above the current one (never 0)
         self._layer: _Layer | None = None
         self._cross_links: list[CrossLink] = []
         self.warnings: list[str] = []
@@ -187,24 +222,12 @@ class MergePlanner:
     def finish_layer(self) -> list[Materialization]:
         """Fold the layer into the merged tree; return the shadowed files its hard links still need."""
         layer = self._require_layer()
-        for path, value in layer.survivors.items():
-            current = self._upper.get(path)
-            if current is None:
-                self._upper[path] = value
-            elif current & _KIND_MASK == _K_DIR and value & _KIND_MASK == _K_DIR:
-                self._upper[path] = current | (value & (_EXPLICIT | _COVERED))
-        # A whiteout under a directory of an upper layer (or of this one): the directory stays, what lower
-        # layers have in it goes (it becomes opaque).
-        for path in layer.whiteouts:
-            current = self._upper.get(path)
-            if current is None:
-                self._upper[path] = _K_WHITEOUT
-            elif current & _KIND_MASK == _K_DIR:
-                self._upper[path] = current | _OPAQUE
-        for path in layer.opaque:
-            current = self._upper.get(path, _K_DIR if path == "" else None)
-            if current is not None and current & _KIND_MASK == _K_DIR:
-                self._upper[path] = current | _OPAQUE
+        for directory, children in layer.table.drain():
+            upper = self._upper.children(directory)  # only this directory's dict changes in the loop
+            for name, bits in children.items():
+                if bits & (_SURVIVOR_MASK | _WHITED_OUT | _OPAQUE_HERE):
+                    _fold(upper, name, bits, is_root=not directory and not name)
+        self._upper.pack()
         self._layer = None
         return [Materialization(target, links[0], tuple(links[1:])) for target, links in layer.materialize.items()]
 
@@ -212,8 +235,7 @@ class MergePlanner:
         """After the bottom layer: the cross-layer hard links whose target is a regular file of the image."""
         kept = []
         for link in self._cross_links:
-            value = self._upper.get(link.target)
-            if value is not None and value & _REGULAR and self._survives(link.target):
+            if self._upper.value(link.target) & _REGULAR and self._survives(link.target):
                 kept.append(link)
             else:
                 self._warn(f"{link.path}: hard link to {link.target!r}, which is not a file of the image: dropped")
@@ -241,12 +263,15 @@ class MergePlanner:
             return self._device_node(layer, path)
         if header.kind == OTHER:
             return self._drop(path, f"{path}: unsupported tar entry type: dropped")
-        conflict = self._layer_conflict(layer, path, header.kind == DIR)
+        # The path's bits and its parent's, read once: the helpers below only ever add bits to ancestors, so
+        # a bit seen set in `above` stays set.
+        here, above = layer.bits(path), layer.bits(parent_of(path))
+        conflict = self._layer_conflict(layer, path, header.kind == DIR, here, above)
         if conflict:
             return self._drop(path, f"{layer.label}: {path}: {conflict}: dropped")
         if header.kind == HARDLINK:
-            return self._hardlink(layer, path, header.linkname)
-        return self._place(layer, path, header.kind)
+            return self._hardlink(layer, path, header.linkname, here, above)
+        return self._place(layer, path, header.kind, here, above)
 
     # ------------------------------------------------------------------------------- helpers
 
@@ -283,42 +308,43 @@ class MergePlanner:
             name = base[len(WHITEOUT_PREFIX):]
             if name in ("", ".", ".."):
                 return self._drop(path, f"{layer.label}: {path}: whiteout of {name!r} refused")
-            target, opaque = (f"{directory}/{name}" if directory else name), False
-        conflict = self._layer_conflict(layer, directory, True) if directory else None
+            target, opaque = join_path(directory, name), False
+        conflict = self._layer_conflict(layer, directory, True, layer.bits(directory),
+                                        layer.bits(parent_of(directory))) if directory else None
         if conflict:
             return self._drop(path, f"{layer.label}: {path}: {conflict}: dropped")
         # The marker's directory is part of this layer, so it exists in the merged tree (unless hidden).
         self._imply_dirs(layer, directory, with_self=True)
         if directory and self._reachable_dir(directory):
             self._imply_survivor_dirs(layer, directory)
-            layer.survivors.setdefault(directory, _K_DIR)
-        if opaque:
-            layer.opaque.add(target)  # an opaque root ("") hides every lower layer; OCI allows it
-        else:
-            layer.whiteouts.add(target)
+            bits = layer.bits(directory)
+            if not bits & _SURVIVOR_MASK:
+                layer.table[directory] = bits | _K_DIR << _SURVIVOR_SHIFT
+        # An opaque root ("") hides every lower layer; OCI allows it.
+        layer.table[target] = layer.bits(target) | (_OPAQUE_HERE if opaque else _WHITED_OUT)
         return Decision(Action.WHITEOUT, target)
 
     def _reachable_dir(self, path: str) -> bool:
         """Would a directory at `path` given by the current layer be part of the merged tree?"""
-        root = self._upper.get("")
-        if root is not None and root & _OPAQUE:
+        if self._upper.value("") & _OPAQUE or self._upper_blocks_below(parent_of(path)):
             return False
-        if self._upper_blocks_below(parent_of(path)):
-            return False
-        value = self._upper.get(path)
-        return value is None or value & _KIND_MASK == _K_DIR
+        value = self._upper.value(path)
+        return not value or value & _KIND_MASK == _K_DIR
 
-    def _layer_conflict(self, layer: _Layer, path: str, is_dir: bool) -> str | None:
-        """Why `path` cannot be placed given earlier entries of its own layer, or None."""
+    @staticmethod
+    def _layer_conflict(layer: _Layer, path: str, is_dir: bool, here: int, above: int) -> str | None:
+        """Why `path` (whose bits in the layer are `here`, its parent's `above`) cannot be placed given earlier
+        entries of its own layer, or None."""
         parent = parent_of(path)
-        # A parent already in this layer as a directory vouches for every ancestor (see _imply_dirs).
-        known = layer.seen.get(parent) if parent else _K_DIR
-        for ancestor in ancestors(path) if known is None else ([parent] if parent else []):
-            value = layer.seen.get(ancestor)
-            if value is not None and value & _KIND_MASK == _K_NONDIR:
+        # A parent already in this layer vouches for every ancestor (see _imply_dirs).
+        known = above & _SEEN_MASK if parent else _K_DIR
+        if known & _KIND_MASK == _K_NONDIR:
+            return f"below {parent!r}, which is not a directory in this layer (write through a link)"
+        for ancestor in [] if known else ancestors(path):
+            if layer.bits(ancestor) & _KIND_MASK == _K_NONDIR:
                 return f"below {ancestor!r}, which is not a directory in this layer (write through a link)"
-        value = layer.seen.get(path)
-        if value is None:
+        value = here & _SEEN_MASK
+        if not value:
             return None
         if value & _KIND_MASK == _K_DIR and is_dir:
             return None
@@ -329,27 +355,30 @@ class MergePlanner:
     def _upper_blocks_below(self, directory: str) -> bool:
         """Do upper layers hide what the current layer puts below `directory` ("" = the root)?
 
-        Cached per layer: the upper tree does not change while a layer is read, and siblings share parents.
+        Cached per layer in the directory's bits: the upper tree does not change while a layer is read, and
+        siblings share parents.
         """
         layer = self._require_layer()
-        cached = layer.blocked.get(directory)
-        if cached is not None:
-            return cached
-        root = self._upper.get("")
-        blocked = root is not None and bool(root & _OPAQUE)
+        bits = layer.bits(directory)
+        if bits & _BLOCK_KNOWN:
+            return bool(bits & _BLOCKED)
+        blocked = bool(self._upper.value("") & _OPAQUE)
         if directory and not blocked:
             blocked = self._upper_blocks_below(parent_of(directory))
-            value = self._upper.get(directory)
-            if not blocked and value is not None:
+            value = self._upper.value(directory)
+            if not blocked and value:
                 blocked = value & _KIND_MASK != _K_DIR or bool(value & _OPAQUE)
-        layer.blocked[directory] = blocked
+        # Only ancestors' bits changed meanwhile: `bits` is still this directory's.
+        layer.table[directory] = bits | _BLOCK_KNOWN | (_BLOCKED if blocked else 0)
         return blocked
 
-    def _hidden_by_upper(self, path: str, is_dir: bool) -> bool:
-        if self._upper_blocks_below(parent_of(path)):
+    def _hidden_by_upper(self, path: str, is_dir: bool, above: int = 0) -> bool:
+        """Do upper layers hide `path`? (`above`: its parent's bits, if known)"""
+        blocked = bool(above & _BLOCKED) if above & _BLOCK_KNOWN else self._upper_blocks_below(parent_of(path))
+        if blocked:
             return True
-        value = self._upper.get(path)
-        if value is None:
+        value = self._upper.value(path)
+        if not value:
             return False
         if value & _KIND_MASK != _K_DIR or not is_dir:
             return True
@@ -357,50 +386,59 @@ class MergePlanner:
 
     def _survives(self, path: str) -> bool:
         """Is `path`, known to the merged tree, reachable (no upper non-directory or opaque above it)?"""
-        return all(self._upper.get(a, _K_DIR) & _KIND_MASK == _K_DIR for a in ancestors(path))
+        return all((self._upper.value(a) or _K_DIR) & _KIND_MASK == _K_DIR for a in ancestors(path))
 
     @staticmethod
     def _imply_dirs(layer: _Layer, path: str, *, with_self: bool) -> None:
         # Walk up until a known path: whatever is known already has its ancestors recorded.
         directory = path if with_self else parent_of(path)
-        while directory and directory not in layer.seen:
-            layer.seen[directory] = _K_DIR
+        while directory:
+            bits = layer.bits(directory)
+            if bits & _SEEN_MASK:
+                return
+            layer.table[directory] = bits | _K_DIR
             directory = parent_of(directory)
 
     @staticmethod
     def _imply_survivor_dirs(layer: _Layer, path: str) -> None:
         """Record the ancestors of an emitted entry: directories of the merged tree, present in the stream."""
         directory = parent_of(path)
-        while directory and not layer.survivors.get(directory, 0) & _COVERED:
-            layer.survivors[directory] = layer.survivors.get(directory, _K_DIR) | _COVERED
+        while directory:
+            bits = layer.bits(directory)
+            if bits & _COVERED << _SURVIVOR_SHIFT:
+                return
+            if not bits & _SURVIVOR_MASK:
+                bits |= _K_DIR << _SURVIVOR_SHIFT
+            layer.table[directory] = bits | _COVERED << _SURVIVOR_SHIFT
             directory = parent_of(directory)
 
     @staticmethod
-    def _hidden(layer: _Layer, path: str, is_dir: bool) -> Decision:
+    def _hidden(layer: _Layer, path: str, is_dir: bool, here: int) -> Decision:
         # A shadowed non-directory still ends the merge of the upper directory at its path: what lower
         # layers hold below it stays hidden (overlayfs stops at a non-directory too).
-        if not is_dir:
-            layer.opaque.add(path)
+        layer.table[path] = here if is_dir else here | _OPAQUE_HERE
         return Decision(Action.HIDDEN, path)
 
-    def _place(self, layer: _Layer, path: str, kind: str) -> Decision:
+    def _place(self, layer: _Layer, path: str, kind: str, here: int, above: int) -> Decision:
+        # `here` stays the path's bits throughout: the helpers below change only its ancestors'.
         is_dir = kind == DIR
         value = (_K_DIR | _EXPLICIT) if is_dir else (_K_NONDIR | (_REGULAR if kind == FILE else 0))
-        previous = layer.seen.get(path)
-        if previous is not None and previous & _EXPLICIT:
+        if here & _EXPLICIT:
             return Decision(Action.HIDDEN, path)  # a repeated directory entry: the first one counts
-        self._imply_dirs(layer, path, with_self=False)
-        layer.seen[path] = value
-        hidden = self._hidden_by_upper(path, is_dir)
+        if not above & _SEEN_MASK:
+            self._imply_dirs(layer, path, with_self=False)
+        here = here & ~_SEEN_MASK | value
+        hidden = self._hidden_by_upper(path, is_dir, above)
         if kind == FILE:
-            layer.files[path] = not hidden
+            here = here & ~_FILE_EMITTED | (_FILE if hidden else _FILE | _FILE_EMITTED)
         if hidden:
-            return self._hidden(layer, path, is_dir)
-        self._imply_survivor_dirs(layer, path)
-        layer.survivors[path] = value
+            return self._hidden(layer, path, is_dir, here)
+        if not above & _COVERED << _SURVIVOR_SHIFT:
+            self._imply_survivor_dirs(layer, path)
+        layer.table[path] = here & ~_SURVIVOR_MASK | value << _SURVIVOR_SHIFT
         return Decision(Action.EMIT, path)
 
-    def _hardlink(self, layer: _Layer, path: str, linkname: str) -> Decision:
+    def _hardlink(self, layer: _Layer, path: str, linkname: str, here: int, above: int) -> Decision:
         try:
             target, _ = normalize_name(linkname)
         except HostileEntry as exc:
@@ -408,30 +446,31 @@ class MergePlanner:
         if not target:
             return self._drop(path, f"{layer.label}: {path}: hard link to the root directory: dropped")
         target = layer.aliases.get(target, target)
-        if target not in layer.seen:
-            return self._cross_layer_link(layer, path, target)
-        if target not in layer.files:
+        target_bits = layer.bits(target)
+        if not target_bits & _SEEN_MASK:
+            return self._cross_layer_link(layer, path, target, here, above)
+        if not target_bits & _FILE:
             return self._drop(path, f"{layer.label}: {path}: hard link to {target!r}, not a regular file: dropped")
         self._imply_dirs(layer, path, with_self=False)
-        layer.seen[path] = _K_NONDIR | _REGULAR
+        here = here & ~_SEEN_MASK | _K_NONDIR | _REGULAR
         layer.aliases[path] = target
-        if self._hidden_by_upper(path, False):
-            return self._hidden(layer, path, False)
+        if self._hidden_by_upper(path, False, above):
+            return self._hidden(layer, path, False, here)
         self._imply_survivor_dirs(layer, path)
-        layer.survivors[path] = _K_NONDIR | _REGULAR
-        if layer.files[target]:
+        layer.table[path] = here & ~_SURVIVOR_MASK | (_K_NONDIR | _REGULAR) << _SURVIVOR_SHIFT
+        if target_bits & _FILE_EMITTED:
             return Decision(Action.EMIT, path, link=target)
         # The target is shadowed above: this link must carry the content the layer gave it.
         layer.materialize.setdefault(target, []).append(path)
         return Decision(Action.DEFERRED, path, link=target)
 
-    def _cross_layer_link(self, layer: _Layer, path: str, target: str) -> Decision:
+    def _cross_layer_link(self, layer: _Layer, path: str, target: str, here: int, above: int) -> Decision:
         self._imply_dirs(layer, path, with_self=False)
-        layer.seen[path] = _K_NONDIR | _REGULAR
-        if self._hidden_by_upper(path, False):
-            return self._hidden(layer, path, False)
+        here = here & ~_SEEN_MASK | _K_NONDIR | _REGULAR
+        if self._hidden_by_upper(path, False, above):
+            return self._hidden(layer, path, False, here)
         self._imply_survivor_dirs(layer, path)
-        layer.survivors[path] = _K_NONDIR | _REGULAR
+        layer.table[path] = here & ~_SURVIVOR_MASK | (_K_NONDIR | _REGULAR) << _SURVIVOR_SHIFT
         self._cross_links.append(CrossLink(path, target))
         return Decision(Action.DEFERRED, path, link=target)
 
@@ -440,18 +479,19 @@ class MergePlanner:
     def unwritten_directories(self) -> list[str]:
         """After all layers: directories of the merged tree that no entry of the stream creates (a layer
         implied them only through a whiteout or opaque marker), parents first."""
-        return sorted(path for path, value in self._upper.items()
-                      if path and value & _KIND_MASK == _K_DIR and not value & (_EXPLICIT | _COVERED)
-                      and self._survives(path))
+        candidates = [path for path, value in self._upper.items()
+                      if path and value & _KIND_MASK == _K_DIR and not value & (_EXPLICIT | _COVERED)]
+        return sorted(path for path in candidates if self._survives(path))  # (a lookup may thaw: not while iterating)
 
     def can_add_directory(self, path: str) -> bool:
         """After all layers: may a directory be added at `path` (absent, and no non-directory above it)?"""
         for ancestor in ancestors(path):
-            value = self._upper.get(ancestor)
-            if value is not None and value & _KIND_MASK != _K_DIR:
+            value = self._upper.value(ancestor)
+            if value and value & _KIND_MASK != _K_DIR:
                 return False
-        return path not in self._upper or self._upper[path] & _KIND_MASK == _K_WHITEOUT
+        value = self._upper.value(path)
+        return not value or value & _KIND_MASK == _K_WHITEOUT
 
     def has_directory(self, path: str) -> bool:
-        value = self._upper.get(path)
-        return value is not None and value & _KIND_MASK == _K_DIR and self._survives(path)
+        value = self._upper.value(path)
+        return bool(value) and value & _KIND_MASK == _K_DIR and self._survives(path)

@@ -4,7 +4,8 @@ Nothing is extracted: each layer is decompressed once (pigz/gzip or zstd in a su
 decompressor started ahead so it works while this one is copied; a gzip layer's zstd copy from the cache
 when there is one, see `layercopy.py`), its headers are decided by
 `layers.MergePlanner` as they are read, and surviving entries are copied straight to the sink (tar2sqfs's
-stdin, or `tar -x` for `load`). Memory stays bounded by the pipe buffers and the planner's path table.
+stdin, or `tar -x` for `load`). Memory stays bounded by the pipe buffers and the planner's path table
+(`pathtable.py`: tens of bytes a path).
 """
 
 from __future__ import annotations
