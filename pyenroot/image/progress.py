@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,11 @@ def tool_count(output: bytes) -> tuple[tuple[int, int] | None, bytes]:
         if found:
             return (int(found.group(1)), int(found.group(2))), rest
     return None, rest
+
+
+def new_progress(verbose: int, stream: TextIO | None) -> ImportProgress:
+    """The progress of one import: on `stream` (stderr by default)."""
+    return ImportProgress(stream or sys.stderr, verbose=verbose)
 
 
 class ImportProgress:

@@ -1,0 +1,65 @@
+"""The SPANK plugin's `spank ...` command lines read without argparse (cli.main's quick path) are exactly what
+argparse reads, and everything the quick reader does not know goes to argparse."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pyenroot.cli import build_parser
+from pyenroot.commands import spank
+
+PLUGIN = ["--job", "17", "--step", "0", "--runtime-path", "/run/pyenroot"]
+
+READ_QUICKLY = [
+    ["start", *PLUGIN, "--total-tasks", "8", "--scope", "job", "--squashfuse", "y", "--cwd", "/home/u",
+     "--image", "reg#busybox:1", "--name", "web:exec", "--mounts", "/a:/b,/c", "--save", "x.sqsh",
+     "--env-names", "A,B,,A", "--unshare", "pid", "--mount-home", "n", "--remap-root", "y", "--entrypoint", "n",
+     "--writable", "y", "--importer", "/usr/bin/imp", "--batch-script", "/spool/s", "--broadcast", "{}"],
+    ["start", "--job", "1"],
+    ["cleanup", *PLUGIN, "--incomplete"],
+    ["epilog", "--job", "3", "--runtime-path", "/run/x"],
+    ["fanout", *PLUGIN, "--nodes", "2", "--fanout", "sbcast", "--fanout-shared", "/a:/b", "--image", "x"],
+    ["start", "--job=4", "--image=x"],
+    ["start", "--job", "4", "--image", ""],
+    ["start", "--job", "4", "--job", "5"],
+]
+
+LEFT_TO_ARGPARSE = [
+    [],
+    ["--help"],
+    ["start"],  # --job is required
+    ["start", "--step", "1"],
+    ["attach", "--job", "1"],
+    ["start", "--job", "x"],
+    ["start", "--job", "1", "--scope", "node"],
+    ["start", "--job", "1", "--fanout", "always"],
+    ["start", "--job", "1", "--squashfuse", "yes"],
+    ["start", "--job", "1", "--image", "-x"],
+    ["start", "--job", "1", "--ima", "x"],  # abbreviated
+    ["start", "--job", "1", "--incomplete=y"],
+    ["start", "--job", "1", "extra"],
+    ["start", "--job", "1", "--"],
+    ["start", "--job", "1", "--image"],
+    ["start", "--job", "1", "--image="],
+]
+
+
+@pytest.mark.parametrize("words", READ_QUICKLY)
+def test_quick_arguments_are_argparse_s(words):
+    quick = spank.quick_arguments(words)
+    assert quick is not None
+    assert vars(quick) == vars(build_parser(only="spank").parse_args(["spank", *words]))
+
+
+@pytest.mark.parametrize("words", LEFT_TO_ARGPARSE)
+def test_everything_else_is_left_to_argparse(words):
+    assert spank.quick_arguments(words) is None
+
+
+def test_a_step_imports_no_argparse():
+    code = ("import sys; from pyenroot import cli; "
+            "assert cli._quick_arguments(['spank', 'start', '--job', '1', '--image', 'x']) is not None; "
+            "print('argparse' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
