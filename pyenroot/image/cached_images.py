@@ -8,9 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
 
 from pyenroot.config import Settings
 from pyenroot.errors import StorageError, UsageError
@@ -18,8 +16,13 @@ from pyenroot.image import squash
 from pyenroot.image.built import BuildKey, BuiltEntry, BuiltImages, builder_identity, squash_description
 from pyenroot.image.progress import ImportProgress, new_progress
 from pyenroot.image.sitestore import SiteStore, StoreEntry, TagEntry, entry_name, file_sha256, tag_reference
+from pyenroot.record import record
+
+TYPE_CHECKING = False  # typing's flag without importing typing (a Slurm step imports as little as it can)
 
 if TYPE_CHECKING:  # a Slurm step that finds its image loads neither the builder nor the registry client
+    from typing import TextIO
+
     from pyenroot.content.model import ResolvedImage
     from pyenroot.image.merge import MergeResult
     from pyenroot.image.uri_source import OpenedSource
@@ -41,7 +44,7 @@ class _Recording:
         return getattr(self._progress, name)
 
 
-@dataclass
+@record
 class BuiltImage:
     """A squashfs in the built-image cache, held (a shared lock on `fd`) until the caller calls `release`."""
 
@@ -93,7 +96,7 @@ def _cache_hit(images: BuiltImages, key: BuildKey) -> BuiltImage | None:
     return BuiltImage(images, key.name, entry, fd)
 
 
-@dataclass
+@record
 class _Lookup:
     key: BuildKey
     image: ResolvedImage | None  # when resolving was needed to find the key (archives)
@@ -154,7 +157,7 @@ def build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan
 # ------------------------------------------------------------------------------------- the site's image store
 
 
-@dataclass
+@record
 class StoredImage:
     """A squashfs in the site's image store (PYENROOT_IMAGE_STORE): read only, never held or pruned by users."""
 
@@ -171,7 +174,7 @@ class StoredImage:
         pass
 
 
-@dataclass
+@record
 class _StoreLookup:
     hit: StoredImage | None
     identity: tuple[str, str] | None = None  # the registry's answer, when the lookup had to ask (the cache reuses it)

@@ -12,7 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TextIO
+
+TYPE_CHECKING = False  # typing's flag without importing typing (a Slurm step loads this module)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 # The order phases are listed in at the end; the rest follow in the order they ran.
 PHASE_ORDER = ("resolve", "download", "merge", "squash")

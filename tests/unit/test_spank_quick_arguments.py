@@ -63,3 +63,31 @@ def test_a_step_imports_no_argparse():
             "print('argparse' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+STEP = ["pyenroot.cli", "pyenroot.commands.spank", "pyenroot.config", "pyenroot.slurm.step", "pyenroot.slurm.state",
+        "pyenroot.slurm.translate", "pyenroot.slurm.reporter", "pyenroot.containers.discovery",
+        "pyenroot.containers.names", "pyenroot.runtime.assemble", "pyenroot.runtime.launcher",
+        "pyenroot.runtime.imagemount", "pyenroot.runtime.seccomp"]
+# What a step that starts a tag the job resolved before loads on top to find the image built before.
+CACHED_IMAGE = ["pyenroot.image.cached_images", "pyenroot.registry.uri", "pyenroot.registry.platforms"]
+
+
+def loaded(modules: list[str], watched: list[str]) -> list[str]:
+    code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
+            f"print(','.join(m for m in {watched!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in result.stdout.strip().split(",") if m]
+
+
+def test_the_modules_of_a_step_import_nothing_slow():
+    """A step with a named container loads what `start NAME` loads, and as little: no argparse, dataclasses (and
+    its inspect), shutil, tempfile, threading, typing, nor the registry client."""
+    assert loaded(STEP, ["argparse", "dataclasses", "inspect", "shutil", "tempfile", "threading", "typing",
+                         "subprocess", "requests"]) == []
+
+
+def test_a_step_that_finds_its_image_loads_no_registry_client_nor_builder():
+    assert loaded(STEP + CACHED_IMAGE, ["argparse", "dataclasses", "inspect", "tempfile", "typing", "subprocess",
+                                        "requests", "pyenroot.registry.source", "pyenroot.image.pipeline",
+                                        "pyenroot.image.merge"]) == []
