@@ -4,6 +4,7 @@ missing (one builder per key, the others wait), or added to the store (`store ad
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -342,10 +343,13 @@ def _known_image(ref: ImageRef, known: tuple[str, str], arch: str | None, plan: 
 
 def _find_or_build(uri: str, arch: str | None, plan: squash.SquashPlan, settings: Settings,
                    progress: ImportProgress, images: BuiltImages) -> BuiltImage | StoredImage | None:
-    from pyenroot.image.pipeline import scratch_dir
-    from pyenroot.image.uri_source import open_source
+    from pyenroot.image.uri_source import needs_workdir, open_source
 
-    with scratch_dir(settings) as scratch, open_source(uri, settings, scratch) as opened:
+    with contextlib.ExitStack() as stack:
+        # A scratch directory (and the builder's module) only where the source needs one (an engine saves its
+        # image there) or the image is built: a registry image found in a cache needs neither.
+        scratch = _scratch(settings, stack) if needs_workdir(uri) else None
+        opened = stack.enter_context(open_source(uri, settings, scratch))
         stored = from_store(opened, arch, settings, progress)
         if stored.hit is not None:
             return stored.hit
@@ -356,4 +360,11 @@ def _find_or_build(uri: str, arch: str | None, plan: squash.SquashPlan, settings
             return found.hit
         if not images.writable():
             return None
-        return build_cached(opened, arch, plan, settings, progress, scratch, images, found)
+        return build_cached(opened, arch, plan, settings, progress, scratch or _scratch(settings, stack), images,
+                            found)
+
+
+def _scratch(settings: Settings, stack: contextlib.ExitStack) -> Path:
+    from pyenroot.image.pipeline import scratch_dir
+
+    return stack.enter_context(scratch_dir(settings))

@@ -112,9 +112,11 @@ def import_image(request: StepRequest, settings, report: Reporter, temp_output: 
 
 def _received_image(request: StepRequest, report: Reporter) -> Path | None:
     """The image srun broadcast to this node, if it arrived whole (else the node imports it itself)."""
+    if not request.broadcast:
+        return None
     from pyenroot.slurm import fanout
 
-    image = fanout.receive(request, report) if request.broadcast else None
+    image = fanout.receive(request, report)
     if image is not None:
         # Both lines, as for every import: scripts count them.
         report.log(f"importing docker image: {request.image}")
