@@ -20,7 +20,7 @@ from pathlib import Path
 from pyenroot import squashfs, tools, trust
 from pyenroot.errors import PyenrootError
 from pyenroot.record import fields, record, replace
-from pyenroot.slurm import reporter, state, translate
+from pyenroot.slurm import reporter, state
 
 MODES = ("auto", "sbcast", "off")
 # Filesystems that several machines mount at once: a cache on one of them is shared by the step's nodes.
@@ -149,7 +149,7 @@ def send(request: state.StepRequest, settings, report: reporter.Reporter, *, mod
 def _import_and_broadcast(request: state.StepRequest, settings, report: reporter.Reporter) -> Broadcast | None:
     from pyenroot.registry.source import RegistrySource
     from pyenroot.registry.uri import parse_uri
-    from pyenroot.slurm import step
+    from pyenroot.slurm import step, translate
 
     image = request.image or ""
     ref = parse_uri(translate.docker_uri(image))
