@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from pyenroot import cli
 from pyenroot.cli import build_parser
 from pyenroot.commands import spank
 
@@ -46,15 +47,15 @@ LEFT_TO_ARGPARSE = [
 
 
 @pytest.mark.parametrize("words", READ_QUICKLY)
-def test_quick_arguments_are_argparse_s(words):
-    quick = spank.quick_arguments(words)
-    assert quick is not None
-    assert vars(quick) == vars(build_parser(only="spank").parse_args(["spank", *words]))
+def test_the_plugin_s_command_lines_read_as_argparse_reads_them(words):
+    argv = ["spank", *words]
+    quick = cli._quick_arguments(argv)  # the dispatch cli.main makes, then spank.quick_arguments
+    assert quick is not None and vars(quick) == vars(build_parser(only="spank").parse_args(argv))
 
 
 @pytest.mark.parametrize("words", LEFT_TO_ARGPARSE)
-def test_everything_else_is_left_to_argparse(words):
-    assert spank.quick_arguments(words) is None
+def test_anything_else_goes_to_argparse(words):
+    assert spank.quick_arguments(words) is None and cli._quick_arguments(["spank", *words]) is None
 
 
 def test_a_step_imports_no_argparse():
