@@ -314,10 +314,12 @@ def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: in
     """The squashfs of URI in the site's image store, or in the built-image cache (built when missing), held
     until the caller releases it (`inheritable`: by a container started from it, too). None when the cache
     cannot be trusted, or does not have the image and cannot be written. `known`: what the reference resolved
-    to before (an earlier step of a Slurm job): an image found by it costs no request and no registry client."""
-    from pyenroot.registry.uri import parse_uri
+    to before (an earlier step of a Slurm job): an image found by it costs no request and no registry client, as
+    does one pinned by digest."""
+    from pyenroot.registry.uri import parse_uri, pinned_identity
 
     ref = parse_uri(uri)
+    known = known or pinned_identity(ref)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
     images = BuiltImages.of(settings)
     with new_progress(verbose, stream) as progress:

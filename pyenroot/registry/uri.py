@@ -84,6 +84,12 @@ def _invalid(uri: str, why: str = "") -> UsageError:
     return UsageError(f"invalid image reference {uri!r}{detail}", hint=f"accepted forms: {GRAMMAR}")
 
 
+def pinned_identity(ref: ImageRef) -> tuple[str, str] | None:
+    """(the digest, the provenance URI) of a registry reference pinned by digest, which the built-image cache is
+    keyed by: known without asking the registry (None for a tag, or another scheme)."""
+    return (ref.digest, ref.canonical()) if ref.scheme == "docker" and ref.digest else None
+
+
 def canonical_registry(registry: str) -> str:
     """Docker Hub's aliases all mean registry-1.docker.io; other names are kept as written (lower case)."""
     lowered = registry.lower()

@@ -104,3 +104,16 @@ def test_a_job_sees_one_image_per_tag(slurm, pusher, registry, busybox_rootfs_di
     fresh = slurm.srun("-w", "node1", f"--container-image={image}", "cat", "/etc/which")
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout == "second\n"
+
+
+def test_a_digest_pinned_image_built_before_costs_no_request(slurm, proxy, busybox_image):
+    image = f"{proxy.host}#{busybox_image.repository}:{busybox_image.tag}"
+    digest = slurm.pyenroot("digest", f"docker://{image}").stdout.strip()
+    pinned = f"{image}@{digest}"
+    first = slurm.srun(f"--container-image={pinned}", "true")
+    assert first.returncode == 0, first.stderr
+    proxy.log.clear()
+    again = slurm.srun(f"--container-image={pinned}", "cat", "/etc/pyenroot-test")  # a job of its own
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "second layer\n"
+    assert proxy.log == []  # not even the registry's /v2/
