@@ -324,8 +324,8 @@ def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: in
     images = BuiltImages.of(settings)
     with new_progress(verbose, stream) as progress:
         built = _known_image(ref, known, arch, plan, settings, progress, images) if known else None
-        if built is None:
-            built = _find_or_build(uri, arch, plan, settings, progress, images)
+        if built is None:  # (the store was asked already for what `known` names: once is enough)
+            built = _find_or_build(uri, arch, plan, settings, progress, images, ask_store=known is None)
         progress.finish()
     if built is not None and inheritable and built.fd is not None:
         os.set_inheritable(built.fd, True)
@@ -344,7 +344,8 @@ def _known_image(ref: ImageRef, known: tuple[str, str], arch: str | None, plan: 
 
 
 def _find_or_build(uri: str, arch: str | None, plan: squash.SquashPlan, settings: Settings,
-                   progress: ImportProgress, images: BuiltImages) -> BuiltImage | StoredImage | None:
+                   progress: ImportProgress, images: BuiltImages, *,
+                   ask_store: bool = True) -> BuiltImage | StoredImage | None:
     from pyenroot.image.uri_source import needs_workdir, open_source
 
     with contextlib.ExitStack() as stack:
@@ -352,7 +353,7 @@ def _find_or_build(uri: str, arch: str | None, plan: squash.SquashPlan, settings
         # image there) or the image is built: a registry image found in a cache needs neither.
         scratch = _scratch(settings, stack) if needs_workdir(uri) else None
         opened = stack.enter_context(open_source(uri, settings, scratch))
-        stored = from_store(opened, arch, settings, progress)
+        stored = from_store(opened, arch, settings, progress) if ask_store else _StoreLookup(None)
         if stored.hit is not None:
             return stored.hit
         if images.unusable():
