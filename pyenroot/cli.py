@@ -2,7 +2,8 @@
 
 Each verb lives in `pyenroot.commands.<verb>` with `add_arguments(parser)` and `run(args, settings)`;
 command modules import their heavy dependencies inside `run` so that `--help` and `start` stay quick. The
-argparse parser lives in `cliparser.py`; a plain `start` command line is read without it.
+argparse parser lives in `cliparser.py`; a plain `start` command line, and the SPANK plugin's `spank`, are read
+without it (`pyenroot/quickargs.py`).
 """
 
 from __future__ import annotations
@@ -91,12 +92,15 @@ def _find_verb(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _quick_start_arguments(argv: Sequence[str]):
-    if argv[:1] != ["start"]:
-        return None
-    from pyenroot.commands import start
+# Verbs whose plain command lines are read without argparse (`quick_arguments` in their module): a start, and
+# the SPANK plugin's `spank` for every Slurm step.
+_QUICK_VERBS = ("start", "spank")
 
-    return start.quick_arguments(argv[1:])
+
+def _quick_arguments(argv: Sequence[str]):
+    if not argv or argv[0] not in _QUICK_VERBS:
+        return None
+    return importlib.import_module(f"pyenroot.commands.{argv[0]}").quick_arguments(list(argv[1:]))
 
 
 def _one_line(text: str) -> str:
@@ -127,9 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         if argv and not argv[0].startswith("-") and argv[0] not in VERBS:
             raise UsageError(f"unknown command: {argv[0]}", hint="see 'pyenroot --help' for the commands")
-        # `start NAME [COMMAND]` with plain options is parsed without argparse (a start imports as little as it
-        # can); anything else, --help and every mistake included, goes through the full parser.
-        args = _quick_start_arguments(argv) or build_parser(only=_find_verb(argv)).parse_args(argv)
+        # `start NAME [COMMAND]` with plain options, and the plugin's `spank ...`, are parsed without argparse (a
+        # start imports as little as it can); anything else, --help and every mistake included, goes through the
+        # full parser.
+        args = _quick_arguments(argv) or build_parser(only=_find_verb(argv)).parse_args(argv)
         debug[0] = debug[0] or args.debug
         if args.verb is None:
             build_parser(only="").print_help()

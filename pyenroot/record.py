@@ -6,7 +6,8 @@ passes between modules (settings, options, request, plan, mounts, hooks, launch)
 behave as the dataclasses they were for everything pyenroot uses: an `__init__` taking the annotated fields in
 order (positionally or by name, defaults as class attributes, `factory(make)` for a fresh mutable default),
 `__post_init__`, `__repr__`, `__eq__` between instances of the same class, and with `frozen=True` immutability
-and `__hash__`; `replace(value, **changes)` makes a changed copy. Other modules keep using `dataclasses`.
+and `__hash__`; `replace(value, **changes)` makes a changed copy, `as_dict(value)` a dict (as `asdict`). A Slurm
+step's modules use them too, down to the built-image cache's lookup. Other modules keep using `dataclasses`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def replace(value, **changes):
     if unknown:
         raise TypeError(f"{type(value).__name__} has no field {sorted(unknown)[0]!r}")
     return type(value)(**{name: changes.get(name, getattr(value, name)) for name in value.__record_fields__})
+
+
+def as_dict(value):
+    """A record as a dict of its fields, records inside it (also in lists, tuples and dicts) as dicts too, as
+    `dataclasses.asdict` makes them (for JSON)."""
+    if hasattr(type(value), "__record_fields__"):
+        return {name: as_dict(getattr(value, name)) for name in value.__record_fields__}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_dict(item) for item in value)
+    if isinstance(value, dict):
+        return {key: as_dict(item) for key, item in value.items()}
+    return value
 
 
 def _build(cls, frozen: bool):

@@ -138,6 +138,7 @@ void unlink_as_user(const char *const *paths, int n);
 void broadcast_image(spank_t sp);
 void start_container(spank_t sp);
 void finalize(spank_t sp);
+void forget_job_images(void);
 void run_epilog(void);
 
 /* ------------------------------------------------------------------------------------------ join.c */

@@ -223,17 +223,17 @@ static int job_from_environment(void)
 	return 1;
 }
 
-/* Job-scoped named containers live until the job ends, on every node the job used. */
+/* At job end on every node the job used: its record of resolved images goes, and job-scoped named containers. */
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 {
 	/* Slurm does not always call init before the epilog in this context: the arguments come with it too. */
 	if (parse_config(ac, av))
 		return 0;
-	if (strcmp(cfg.container_scope, "job") != 0)
-		return 0;
 	/* The job script context has no job items: slurmd passes the job's identity in the environment. */
 	if (!job_from_environment() || set_groups(NULL, 0))
 		return 0;
-	run_epilog();
+	forget_job_images();
+	if (strcmp(cfg.container_scope, "job") == 0)
+		run_epilog();
 	return 0;
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -230,6 +231,19 @@ void finalize(spank_t sp)
 		argv_push(&args, "--incomplete");  /* do not export a half-run container */
 	run_to_end(sp, &args);
 	argv_free(&args);
+}
+
+/* The tags the job's steps resolved on this node (`job-JOB.images`, pyenroot/slurm/state.py) end with the job,
+ * whatever the scope: deleted here, without a Python start. */
+void forget_job_images(void)
+{
+	char path[700];
+	const char *const list[] = { path };
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/%u/job-%u.images", cfg.runtime_path, (unsigned)st.uid, (unsigned)st.jobid);
+	if (lstat(path, &sb) == 0)  /* as root only a look: the user's directory is theirs, so is the unlink */
+		unlink_as_user(list, 1);
 }
 
 /* Job-scoped named containers end with the job: `pyenroot spank epilog`. */

@@ -2,19 +2,25 @@
 
 `start` prepares the step's container and becomes its stopped anchor process; `cleanup` runs at step end,
 `epilog` at job end; `fanout` runs in srun before the launch (pyenroot/slurm/fanout.py). Results for the
-plugin go to fd 3 (see pyenroot/slurm/reporter.py).
+plugin go to fd 3 (see pyenroot/slurm/reporter.py). `cli.main` reads the plugin's command line with
+`quick_arguments` (argparse only for anything else), since it runs for every step.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+
+ACTIONS = ("start", "cleanup", "epilog", "fanout")
+SCOPES = ("job", "global")
+FANOUT_MODES = ("auto", "sbcast", "off")
 
 
 def plugin_flag(value: str) -> bool:
     """A boolean argument from the plugin, which writes exactly "y" or "n" (argv_push_bool in
     spank_plugin/common.c, after its own parse_bool of the user's words); anything else is a usage error."""
     if value not in ("y", "n"):
+        import argparse
+
         raise argparse.ArgumentTypeError(f"expected y or n, not {value!r}")
     return value == "y"
 
@@ -23,32 +29,66 @@ def _names(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in value.split(",") if v))
 
 
+# (option, default, type, choices) of every option that takes a value: argparse declares them from this table
+# and quick_arguments reads them with it (a unit test checks that both read the same).
+OPTIONS = (
+    ("--job", None, int, None), ("--step", 0, int, None), ("--total-tasks", 1, int, None),
+    ("--scope", "global", None, SCOPES), ("--runtime-path", "/run/pyenroot", None, None),
+    ("--squashfuse", True, plugin_flag, None), ("--importer", None, None, None), ("--cwd", None, None, None),
+    ("--batch-script", None, None, None), ("--image", None, None, None), ("--name", None, None, None),
+    ("--mounts", None, None, None), ("--save", None, None, None), ("--env-names", (), _names, None),
+    ("--unshare", (), _names, None), ("--mount-home", None, plugin_flag, None),
+    ("--remap-root", None, plugin_flag, None), ("--entrypoint", False, plugin_flag, None),
+    ("--writable", None, plugin_flag, None), ("--broadcast", None, None, None), ("--nodes", 0, int, None),
+    ("--fanout", "auto", None, FANOUT_MODES), ("--fanout-shared", "", None, None),
+)
+HELP = {"--broadcast": "start: the image srun's fanout sent to this node", "--nodes": "fanout: the step's node count",
+        "--fanout-shared": "fanout: directories every node shares, ':'-separated"}
+
+
+def _attribute(option: str) -> str:
+    return option[2:].replace("-", "_")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("action", choices=("start", "cleanup", "epilog", "fanout"))
-    parser.add_argument("--job", type=int, required=True)
-    parser.add_argument("--step", type=int, default=0)
-    parser.add_argument("--total-tasks", type=int, default=1)
-    parser.add_argument("--scope", choices=("job", "global"), default="global")
-    parser.add_argument("--runtime-path", default="/run/pyenroot")
-    parser.add_argument("--squashfuse", type=plugin_flag, default=True)
-    parser.add_argument("--importer")
-    parser.add_argument("--cwd")
-    parser.add_argument("--batch-script")
-    parser.add_argument("--image")
-    parser.add_argument("--name")
-    parser.add_argument("--mounts")
-    parser.add_argument("--save")
-    parser.add_argument("--env-names", type=_names, default=())
-    parser.add_argument("--unshare", type=_names, default=())
-    parser.add_argument("--mount-home", type=plugin_flag)
-    parser.add_argument("--remap-root", type=plugin_flag)
-    parser.add_argument("--entrypoint", type=plugin_flag, default=False)
-    parser.add_argument("--writable", type=plugin_flag)
+    import argparse
+
+    parser.add_argument("action", choices=ACTIONS)
+    for option, default, kind, choices in OPTIONS:
+        parser.add_argument(option, default=default, type=kind, choices=choices, required=option == "--job",
+                            help=HELP.get(option))
     parser.add_argument("--incomplete", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--broadcast", help="start: the image srun's fanout sent to this node")
-    parser.add_argument("--nodes", type=int, default=0, help="fanout: the step's node count")
-    parser.add_argument("--fanout", choices=("auto", "sbcast", "off"), default="auto")
-    parser.add_argument("--fanout-shared", default="", help="fanout: directories every node shares, ':'-separated")
+
+
+def quick_arguments(words: list[str]):
+    """The words after `spank` as argparse reads them, for what the plugin writes (ACTION, then `--option VALUE`
+    pairs and `--incomplete`); None for anything else, which argparse then reads (and reports)."""
+    from types import SimpleNamespace
+
+    from pyenroot.quickargs import read_options
+
+    if not words or words[0] not in ACTIONS:
+        return None
+    given: dict = {"verbose": 0}
+    values = {option: _attribute(option) for option, _, _, _ in OPTIONS}
+    if read_options(words, 1, {"--incomplete": "incomplete"}, values, frozenset(), given) != len(words):
+        return None
+    found: dict = {"debug": False, "verb": "spank", "action": words[0], "incomplete": False}
+    found.update({_attribute(option): default for option, default, _, _ in OPTIONS})
+    for option, _, kind, choices in OPTIONS:
+        attribute = _attribute(option)
+        if attribute not in given:
+            continue
+        try:
+            value = kind(given[attribute]) if kind else given[attribute]
+        except Exception:  # a value argparse refuses: it says why
+            return None
+        if choices and value not in choices:
+            return None
+        given[attribute] = value
+    if "job" not in given:
+        return None
+    return SimpleNamespace(**(found | given))
 
 
 def run(args, settings) -> int:

@@ -48,33 +48,14 @@ def quick_arguments(words: list[str]):
     an option, a mistake): the full parser then reads them and says what is wrong."""
     from types import SimpleNamespace
 
-    names = {spelling: attribute for short, long, attribute in FLAGS + VALUES for spelling in (short, long) if spelling}
-    takes_value = {attribute for _, _, attribute in VALUES}
+    from pyenroot.quickargs import read_options
+
+    flags = {spelling: attribute for short, long, attribute in FLAGS for spelling in (short, long) if spelling}
+    values = {spelling: attribute for short, long, attribute in VALUES for spelling in (short, long) if spelling}
     found: dict = {"debug": False, "verbose": 0, "verb": "start", "conf": None, "env": [], "rc": None, "root": False,
                    "rw": False, "mount": [], "pid": False, "net": False, "ipc": False, "uts": False}
-    at = 0
-    while at < len(words) and words[at][:1] == "-":
-        word = words[at]
-        spelling, equals, attached = word.partition("=")
-        attribute = names.get(spelling if equals and spelling.startswith("--") else word)
-        if word in ("-v", "--verbose"):
-            found["verbose"] += 1
-        elif attribute is None or (equals and attribute not in takes_value) or (equals and not attached):
-            return None
-        elif attribute not in takes_value:
-            found[attribute] = True
-        else:
-            if not equals:
-                at += 1
-                if at == len(words) or words[at][:1] == "-":
-                    return None
-                attached = words[at]
-            if attribute in REPEATABLE:
-                found[attribute].append(attached)
-            else:
-                found[attribute] = attached
-        at += 1
-    if at == len(words) or "--" in words[at:]:
+    at = read_options(words, 0, flags, values, REPEATABLE, found)
+    if at is None or at == len(words) or "--" in words[at:]:
         return None
     return SimpleNamespace(**found, target=words[at], command=list(words[at + 1:]))
 

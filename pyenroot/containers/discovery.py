@@ -1,4 +1,5 @@
-"""Running containers of this user, found through /proc (mount namespaces, root mounts), and stopping one."""
+"""Running containers of this user, found through /proc (mount namespaces, root mounts), and stopping one.
+`@record` values (pyenroot/record.py): a Slurm step looks for its running container here."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
 
 from pyenroot import octal
 from pyenroot.containers.names import data_path
 from pyenroot.errors import StorageError
 from pyenroot.names import is_valid_name
+from pyenroot.record import record
 
 UNKNOWN_NAME = "<unknown>"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountEntry:
     """The fields of one /proc/PID/mountinfo line that locate a mount's source."""
 
@@ -26,7 +27,7 @@ class MountEntry:
     fstype: str = ""  # after the " - " separator: tmpfs, ext4, nfs4, lustre...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerProcess:
     """A process running in a container's mount namespace (the lowest PID of that namespace)."""
 

@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,6 +250,8 @@ class BlobCache:
                 written = _hash_file(resume, hasher)
                 fd = os.open(resume, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             else:
+                import tempfile  # (only a download needs it: a Slurm step that finds its image does not)
+
                 fd, temp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=_PARTIAL_SUFFIX, dir=self.blobs)
                 temp = Path(temp_name)
         except OSError as exc:

@@ -16,19 +16,19 @@ import os
 import shutil
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pyenroot import __version__, squashfs, trust
 from pyenroot.atomic import write_atomically
 from pyenroot.content.blobs import hold_lock, release_lock, touch
+from pyenroot.record import as_dict, factory, record
 
 # Bump when the merge writes different bytes for the same layers (so that older entries are not reused).
 BUILDER_VERSION = "1"
 _KEY_FIELDS = ("reference_digest", "platform", "source_uri", "squash", "builder")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BuildKey:
     """Everything the bytes of a built image depend on."""
 
@@ -40,12 +40,12 @@ class BuildKey:
 
     @property
     def name(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(as_dict(self), sort_keys=True).encode()).hexdigest()
 
 
 def squash_description(plan) -> str:
     """A SquashPlan's output-relevant part (the job count and notes change nothing in the image)."""
-    fields = {k: v for k, v in asdict(plan).items() if k not in ("jobs", "notes")}
+    fields = {k: v for k, v in as_dict(plan).items() if k not in ("jobs", "notes")}
     return json.dumps(fields, sort_keys=True)
 
 
@@ -59,19 +59,19 @@ def builder_identity(tool: str | None, epoch: str | None) -> str:
     return f"pyenroot {__version__}/{BUILDER_VERSION}; {described}; epoch={epoch or ''}"
 
 
-@dataclass
+@record
 class BuiltEntry:
     """What `<key>.json` records."""
 
     key: BuildKey
     size: int
     entries: int
-    warnings: list[str] = field(default_factory=list)
-    blobs: list[str] = field(default_factory=list)  # config and layers: which blobs this image uses
+    warnings: list[str] = factory(list)
+    blobs: list[str] = factory(list)  # config and layers: which blobs this image uses
     created: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
+        return json.dumps(as_dict(self), indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> BuiltEntry:

@@ -4,26 +4,30 @@ missing (one builder per key, the others wait), or added to the store (`store ad
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
 
 from pyenroot.config import Settings
-from pyenroot.content.model import ResolvedImage
 from pyenroot.errors import StorageError, UsageError
 from pyenroot.image import squash
 from pyenroot.image.built import BuildKey, BuiltEntry, BuiltImages, builder_identity, squash_description
-from pyenroot.image.output import TempOutput
-from pyenroot.image.pipeline import build_into, new_progress, scratch_dir
-from pyenroot.image.progress import ImportProgress
+from pyenroot.image.progress import ImportProgress, new_progress
 from pyenroot.image.sitestore import SiteStore, StoreEntry, TagEntry, entry_name, file_sha256, tag_reference
-from pyenroot.image.uri_source import OpenedSource, open_source
+from pyenroot.record import record
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # typing's flag without importing typing (a Slurm step imports as little as it can)
+
+if TYPE_CHECKING:  # a Slurm step that finds its image loads neither the builder nor the registry client
+    from typing import TextIO
+
+    from pyenroot.content.model import ResolvedImage
     from pyenroot.image.merge import MergeResult
+    from pyenroot.image.uri_source import OpenedSource
+    from pyenroot.registry.uri import ImageRef
 
 
 class _Recording:
@@ -41,7 +45,7 @@ class _Recording:
         return getattr(self._progress, name)
 
 
-@dataclass
+@record
 class BuiltImage:
     """A squashfs in the built-image cache, held (a shared lock on `fd`) until the caller calls `release`."""
 
@@ -55,6 +59,11 @@ class BuiltImage:
     def path(self) -> Path:
         return self.images.image(self.name)
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        """(the digest the reference resolved to, the provenance URI) it was built from."""
+        return self.entry.key.reference_digest, self.entry.key.source_uri
+
     def release(self) -> None:
         self.images.release(self.name, self.fd)
         self.fd = None
@@ -62,7 +71,7 @@ class BuiltImage:
 
 def _platform_label(arch: str | None) -> str:
     """The platform an image is built for, as both caches and the store record it: `os/architecture/variant`."""
-    from pyenroot.registry.manifest import normalize_platform
+    from pyenroot.registry.platforms import normalize_platform
 
     platform = normalize_platform(arch)
     return f"{platform.os}/{platform.architecture}/{platform.variant or ''}"
@@ -88,7 +97,7 @@ def _cache_hit(images: BuiltImages, key: BuildKey) -> BuiltImage | None:
     return BuiltImage(images, key.name, entry, fd)
 
 
-@dataclass
+@record
 class _Lookup:
     key: BuildKey
     image: ResolvedImage | None  # when resolving was needed to find the key (archives)
@@ -117,6 +126,9 @@ def cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, prog
 def build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan, settings: Settings,
                   progress: ImportProgress, scratch: Path, images: BuiltImages, found: _Lookup) -> BuiltImage:
     """The image built into the cache (under the key's build lock: concurrent builders wait for the first)."""
+    from pyenroot.image.output import TempOutput
+    from pyenroot.image.pipeline import build_into
+
     key, image = found.key, found.image
     with images.building(key):
         hit = _cache_hit(images, key)  # built by whoever held the lock before us
@@ -146,7 +158,7 @@ def build_cached(opened: OpenedSource, arch: str | None, plan: squash.SquashPlan
 # ------------------------------------------------------------------------------------- the site's image store
 
 
-@dataclass
+@record
 class StoredImage:
     """A squashfs in the site's image store (PYENROOT_IMAGE_STORE): read only, never held or pruned by users."""
 
@@ -155,11 +167,15 @@ class StoredImage:
     fd: int | None = None  # nothing to hold: only the store's owner removes entries
     result: MergeResult | None = None
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        return self.entry.reference_digest, self.entry.source_uri
+
     def release(self) -> None:
         pass
 
 
-@dataclass
+@record
 class _StoreLookup:
     hit: StoredImage | None
     identity: tuple[str, str] | None = None  # the registry's answer, when the lookup had to ask (the cache reuses it)
@@ -187,8 +203,15 @@ def from_store(opened: OpenedSource, arch: str | None, settings: Settings, progr
     """The store's entry for a registry image: a digest-pinned reference asks the registry nothing, a tag that
     `store add` resolved less than PYENROOT_IMAGE_STORE_TTL ago neither; another tag costs one manifest request.
     An untrusted store or entry, or one whose bytes changed, is passed over with one warning line."""
+    return _store_lookup(getattr(opened.source, "ref", None), lambda: opened.source.identity(), arch, settings,
+                         progress)
+
+
+def _store_lookup(ref: ImageRef | None, identity: Callable[[], tuple[str, str]], arch: str | None,
+                  settings: Settings, progress: ImportProgress, *, resolved: bool = False) -> _StoreLookup:
+    """`from_store` for `ref`, whose digest `identity()` asks the registry for (`resolved`: it asks nothing, an
+    earlier step of the Slurm job did)."""
     store = SiteStore.of(settings)
-    ref = getattr(opened.source, "ref", None)
     if store is None or ref is None or ref.scheme != "docker":
         return _StoreLookup(None)
     platform = _platform_label(arch)
@@ -202,22 +225,24 @@ def from_store(opened: OpenedSource, arch: str | None, settings: Settings, progr
     except StorageError as exc:
         progress.warn(f"not using the image store: {exc.message}")
         return _StoreLookup(None)
-    identity = None
+    known = None
     if ref.digest:
         entry = index.find(ref.digest, platform)
     else:
-        entry = index.fresh_tag(tag_reference(ref.registry, ref.repository, ref.tag), platform, time.time(), ttl)
+        entry = None if resolved else index.fresh_tag(tag_reference(ref.registry, ref.repository, ref.tag), platform,
+                                                      time.time(), ttl)
         if entry is None:
-            progress.phase("resolve")
-            identity = opened.source.identity()
-            entry = index.find(identity[0], platform)
+            if not resolved:
+                progress.phase("resolve")
+            known = identity()
+            entry = index.find(known[0], platform)
     if entry is None:
-        return _StoreLookup(None, identity)
+        return _StoreLookup(None, known)
     problem = store.entry_problem(entry) or store.verify(entry, _verified_stamps(settings))
     if problem:
         progress.warn(f"not using the image store's entry: {problem}")
-        return _StoreLookup(None, identity)
-    return _StoreLookup(StoredImage(store.image(entry.name), entry), identity)
+        return _StoreLookup(None, known)
+    return _StoreLookup(StoredImage(store.image(entry.name), entry), known)
 
 
 def store_add(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
@@ -233,6 +258,9 @@ def store_add(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
     if store is None:
         raise UsageError("store: PYENROOT_IMAGE_STORE is not set", hint="set it in enroot.conf or the environment")
     platform = _platform_label(arch)
+    from pyenroot.image.pipeline import scratch_dir
+    from pyenroot.image.uri_source import open_source
+
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
     store.prepare_for_writing()
     progress = new_progress(verbose, stream)
@@ -257,6 +285,9 @@ def _build_store_entry(store: SiteStore, opened: OpenedSource, image: ResolvedIm
                        platform: str, plan: squash.SquashPlan, settings: Settings, progress: ImportProgress,
                        scratch: Path) -> StoreEntry:
     """Build the image under its final name in images/ (complete before it is named) and record its checksum."""
+    from pyenroot.image.output import TempOutput
+    from pyenroot.image.pipeline import build_into
+
     name = entry_name(image.manifest_digest, platform)
     out = TempOutput(store.image(name))
     try:
@@ -278,31 +309,65 @@ def _build_store_entry(store: SiteStore, opened: OpenedSource, image: ResolvedIm
 
 
 def build_into_cache(uri: str, arch: str | None, settings: Settings, verbose: int = 0,
-                     stream: TextIO | None = None, *, inheritable: bool = False) -> BuiltImage | StoredImage | None:
+                     stream: TextIO | None = None, *, inheritable: bool = False,
+                     known: tuple[str, str] | None = None) -> BuiltImage | StoredImage | None:
     """The squashfs of URI in the site's image store, or in the built-image cache (built when missing), held
     until the caller releases it (`inheritable`: by a container started from it, too). None when the cache
-    cannot be trusted, or does not have the image and cannot be written."""
-    from pyenroot.registry.uri import parse_uri
+    cannot be trusted, or does not have the image and cannot be written. `known`: what the reference resolved
+    to before (an earlier step of a Slurm job): an image found by it costs no request and no registry client, as
+    does one pinned by digest."""
+    from pyenroot.registry.uri import parse_uri, pinned_identity
 
-    parse_uri(uri)
+    ref = parse_uri(uri)
+    known = known or pinned_identity(ref)
     plan = squash.translate_options(settings.get("ENROOT_SQUASH_OPTIONS"))
-    progress = new_progress(verbose, stream)
     images = BuiltImages.of(settings)
-    with scratch_dir(settings) as scratch, open_source(uri, settings, scratch) as opened:
-        stored = from_store(opened, arch, settings, progress)
+    with new_progress(verbose, stream) as progress:
+        built = _known_image(ref, known, arch, plan, settings, progress, images) if known else None
+        if built is None:  # (the store was asked already for what `known` names: once is enough)
+            built = _find_or_build(uri, arch, plan, settings, progress, images, ask_store=known is None)
+        progress.finish()
+    if built is not None and inheritable and built.fd is not None:
+        os.set_inheritable(built.fd, True)
+    return built
+
+
+def _known_image(ref: ImageRef, known: tuple[str, str], arch: str | None, plan: squash.SquashPlan,
+                 settings: Settings, progress: ImportProgress, images: BuiltImages) -> BuiltImage | StoredImage | None:
+    """The store's or the cache's image of what `ref` resolved to before, without opening its source."""
+    stored = _store_lookup(ref, lambda: known, arch, settings, progress, resolved=True)
+    if stored.hit is not None:
+        return stored.hit
+    if images.unusable():
+        return None
+    return _cache_hit(images, _build_key(known[0], known[1], arch, plan))
+
+
+def _find_or_build(uri: str, arch: str | None, plan: squash.SquashPlan, settings: Settings,
+                   progress: ImportProgress, images: BuiltImages, *,
+                   ask_store: bool = True) -> BuiltImage | StoredImage | None:
+    from pyenroot.image.uri_source import needs_workdir, open_source
+
+    with contextlib.ExitStack() as stack:
+        # A scratch directory (and the builder's module) only where the source needs one (an engine saves its
+        # image there) or the image is built: a registry image found in a cache needs neither.
+        scratch = _scratch(settings, stack) if needs_workdir(uri) else None
+        opened = stack.enter_context(open_source(uri, settings, scratch))
+        stored = from_store(opened, arch, settings, progress) if ask_store else _StoreLookup(None)
         if stored.hit is not None:
-            progress.finish()
             return stored.hit
         if images.unusable():
             return None
         found = cached(opened, arch, plan, progress, images, stored.identity)
-        built = found.hit
-        if built is None:
-            if not images.writable():
-                return None
-            built = build_cached(opened, arch, plan, settings, progress, scratch, images, found)
-    if inheritable and built.fd is not None:
-        os.set_inheritable(built.fd, True)
-    progress.finish()
-    return built
+        if found.hit is not None:
+            return found.hit
+        if not images.writable():
+            return None
+        return build_cached(opened, arch, plan, settings, progress, scratch or _scratch(settings, stack), images,
+                            found)
 
+
+def _scratch(settings: Settings, stack: contextlib.ExitStack) -> Path:
+    from pyenroot.image.pipeline import scratch_dir
+
+    return stack.enter_context(scratch_dir(settings))

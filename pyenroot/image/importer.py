@@ -23,8 +23,8 @@ from pyenroot.image.built import BuiltImages
 from pyenroot.image.cached_images import StoredImage, build_cached, cached, from_store
 from pyenroot.image.layerfetch import start_layer_fetch
 from pyenroot.image.output import EXISTING_OUTPUT_HINT, TempOutput, check_output_name, deliver, output_path
-from pyenroot.image.pipeline import build_into, merge_to_directory, new_progress, scratch_dir
-from pyenroot.image.progress import ImportProgress
+from pyenroot.image.pipeline import build_into, merge_to_directory, scratch_dir
+from pyenroot.image.progress import ImportProgress, new_progress
 from pyenroot.image.uri_source import OpenedSource, open_source
 from pyenroot.names import validate_name
 

@@ -8,13 +8,12 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from pyenroot import tools
 from pyenroot.config import Settings
@@ -184,10 +183,6 @@ def _build_squashfs(image, layers, settings, arch, progress, out: TempOutput, pl
     with _squash_failures(out):
         builder.finish()
     return result
-
-
-def new_progress(verbose: int, stream: TextIO | None) -> ImportProgress:
-    return ImportProgress(stream or sys.stderr, verbose=verbose)
 
 
 def build_into(out: TempOutput, opened: OpenedSource, arch: str | None, plan: squash.SquashPlan,

@@ -7,11 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TextIO
+
+TYPE_CHECKING = False  # typing's flag without importing typing (a Slurm step loads this module)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 # The order phases are listed in at the end; the rest follow in the order they ran.
 PHASE_ORDER = ("resolve", "download", "merge", "squash")
@@ -64,6 +68,11 @@ class ToolBarReader:
         count, self._rest = tool_count(self._rest + chunk)
         if count:
             self._on_count(*count)
+
+
+def new_progress(verbose: int, stream: TextIO | None) -> ImportProgress:
+    """The progress of one import: on `stream` (stderr by default)."""
+    return ImportProgress(stream or sys.stderr, verbose=verbose)
 
 
 class ImportProgress:

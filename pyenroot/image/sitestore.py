@@ -15,12 +15,12 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pyenroot import trust
 from pyenroot.atomic import write_atomically
 from pyenroot.errors import StorageError, UsageError
+from pyenroot.record import as_dict, factory, record
 
 INDEX_VERSION = 1
 _CHUNK = 1 << 20
@@ -29,7 +29,7 @@ _CHUNK = 1 << 20
 # ------------------------------------------------------------------------------------------ the index (pure)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StoreEntry:
     """One squashfs image in the store."""
 
@@ -48,7 +48,7 @@ class StoreEntry:
         return digest in (self.reference_digest, self.manifest_digest)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TagEntry:
     """A reference without a digest (`docker://REGISTRY#REPO:TAG`), as `store add` last resolved it."""
 
@@ -71,10 +71,10 @@ def tag_reference(registry: str, repository: str, tag: str | None) -> str:
     return f"docker://{registry}#{repository}:{tag or 'latest'}"
 
 
-@dataclass
+@record
 class StoreIndex:
-    images: dict[str, StoreEntry] = field(default_factory=dict)
-    tags: dict[tuple[str, str], TagEntry] = field(default_factory=dict)  # (reference, platform)
+    images: dict[str, StoreEntry] = factory(dict)
+    tags: dict[tuple[str, str], TagEntry] = factory(dict)  # (reference, platform)
 
     def find(self, digest: str, platform: str) -> StoreEntry | None:
         """The image for a reference or manifest digest on `platform`."""
@@ -128,8 +128,8 @@ class StoreIndex:
 
     def to_json(self) -> str:
         return json.dumps({"version": INDEX_VERSION,
-                           "images": [asdict(e) for e in sorted(self.images.values(), key=lambda e: e.name)],
-                           "tags": [asdict(t) for t in sorted(self.tags.values(),
+                           "images": [as_dict(e) for e in sorted(self.images.values(), key=lambda e: e.name)],
+                           "tags": [as_dict(t) for t in sorted(self.tags.values(),
                                                               key=lambda t: (t.reference, t.platform))]},
                           indent=1, sort_keys=True)
 

@@ -13,11 +13,11 @@ import os
 import re
 import shlex
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot import squashfs, tools
 from pyenroot.errors import ConfigError, ImageError
+from pyenroot.record import factory, record
 
 COMPRESSORS = ("gzip", "lzma", "lzo", "xz", "lz4", "zstd")
 DEFAULT_OPTIONS = "-comp lz4"
@@ -62,19 +62,19 @@ def _gzip_strategies(text: str) -> list[str]:
     return [_GZIP_STRATEGIES[name] for name in names]
 
 
-@dataclass
+@record
 class SquashPlan:
     """How to build the image: tar2sqfs arguments, or mksquashfs (with its own arguments) when needed."""
 
     compressor: str = "lz4"
     block_size: int | None = None
-    extra: list[str] = field(default_factory=list)  # tar2sqfs -X key[=value]
+    extra: list[str] = factory(list)  # tar2sqfs -X key[=value]
     jobs: int | None = None
     xattrs: bool = True
     exportable: bool = False
     use_mksquashfs: bool = False
-    mksquashfs_args: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    mksquashfs_args: list[str] = factory(list)
+    notes: list[str] = factory(list)
 
     def tar2sqfs_argv(self, output: Path, jobs: int) -> list[str]:
         argv = ["tar2sqfs", "--quiet", "--no-skip", "--force", "-c", self.compressor, "-j", str(self.jobs or jobs)]

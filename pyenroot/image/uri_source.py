@@ -26,9 +26,20 @@ class OpenedSource:
     arch: str | None
 
 
+ENGINE_SCHEMES = ("podman", "dockerd")
+
+
+def needs_workdir(uri: str) -> bool:
+    """Whether `open_source` needs a work directory for URI: an engine's image is saved into one."""
+    from pyenroot.registry.uri import parse_uri
+
+    return parse_uri(uri).scheme in ENGINE_SCHEMES
+
+
 @contextlib.contextmanager
-def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedSource]:
-    """The ImageSource for a URI (an engine's image is first saved to an archive in `workdir`)."""
+def open_source(uri: str, settings: Settings, workdir: Path | None) -> Iterator[OpenedSource]:
+    """The ImageSource for a URI (an engine's image is first saved to an archive in `workdir`, which only
+    those need: `needs_workdir`)."""
     from pyenroot.registry.uri import parse_uri
 
     ref = parse_uri(uri)
@@ -39,7 +50,9 @@ def open_source(uri: str, settings: Settings, workdir: Path) -> Iterator[OpenedS
 
         yield OpenedSource(RegistrySource(ref, settings), name, None)
         return
-    if ref.scheme in ("podman", "dockerd"):
+    if ref.scheme in ENGINE_SCHEMES:
+        if workdir is None:
+            raise ValueError(f"open_source: {ref.scheme} images need a work directory")
         image = ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
         from pyenroot.image.local_sources import DockerArchiveSource, OciArchiveSource, save_from_engine
 

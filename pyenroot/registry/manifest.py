@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
 from dataclasses import dataclass
 
 from pyenroot.content.model import Descriptor
-from pyenroot.errors import ImageError, UsageError
+from pyenroot.errors import ImageError
+from pyenroot.registry.platforms import Platform, normalize_platform  # noqa: F401 (the module's names too)
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -38,26 +38,6 @@ LAYER_COMPRESSION: dict[str, str] = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
 }
 
-# `uname -m` and Go names -> (architecture, variant) in OCI terms.
-_ARCHITECTURES: dict[str, tuple[str, str | None]] = {
-    "x86_64": ("amd64", None), "amd64": ("amd64", None),
-    "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"), "arm64/v8": ("arm64", "v8"),
-    "ppc64le": ("ppc64le", None), "s390x": ("s390x", None), "riscv64": ("riscv64", None),
-    "armv7l": ("arm", "v7"), "arm/v7": ("arm", "v7"), "armv6l": ("arm", "v6"), "arm/v6": ("arm", "v6"),
-    "i386": ("386", None), "i686": ("386", None), "386": ("386", None),
-}
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
 @dataclass(frozen=True)
 class Manifest:
     """One image manifest: its config blob and its layers, bottom first."""
@@ -73,20 +53,6 @@ class Index:
 
     media_type: str
     manifests: tuple[Descriptor, ...]
-
-
-def normalize_platform(arch: str | None, host_machine: str | None = None) -> Platform:
-    """`--arch` (uname -m or Go form, optionally `linux/` first) or this host -> an OCI platform."""
-    text = (arch if arch else (host_machine or _platform.machine())).strip()
-    os_name = "linux"
-    if text.count("/") >= 1 and text.split("/", 1)[0] in ("linux", "windows", "darwin", "freebsd"):
-        os_name, text = text.split("/", 1)
-    key = text.lower()
-    if key in _ARCHITECTURES:
-        architecture, variant = _ARCHITECTURES[key]
-        return Platform(os_name, architecture, variant)
-    known = ", ".join(sorted(_ARCHITECTURES))
-    raise UsageError(f"unsupported architecture: {text}", hint=f"use one of: {known}")
 
 
 def sha256_digest(data: bytes) -> str:

@@ -36,7 +36,7 @@ from pyenroot.registry.manifest import (
     verify_digest,
 )
 from pyenroot.registry.session import TransferOptions, make_session
-from pyenroot.registry.uri import ImageRef
+from pyenroot.registry.uri import ImageRef, pinned_identity
 
 T = TypeVar("T")
 MAX_INDEX_DEPTH = 4
@@ -122,8 +122,9 @@ class RegistrySource:
     def identity(self) -> tuple[str, str]:
         """(the digest the reference resolves to, the provenance URI): what the built-image cache is keyed by.
         One manifest request for a tag; none for a digest-pinned reference."""
-        if self.ref.digest:
-            return self.ref.digest, self.ref.canonical()
+        pinned = pinned_identity(self.ref)
+        if pinned is not None:
+            return pinned
         digest = self._each_endpoint(lambda c: sha256_digest(c.get_manifest(self.ref.reference)[0]))
         return digest, self.ref.canonical()
 

@@ -6,9 +6,9 @@ Pure: no network, no files. Docker Hub names are canonicalised here (registry an
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from pyenroot.errors import UsageError
+from pyenroot.record import record
 
 DOCKER_HUB = "registry-1.docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -30,7 +30,7 @@ _ENGINE_FORM = re.compile(r"^(?P<image>[A-Za-z0-9._-]+(?::[0-9]+)?(?:/[A-Za-z0-9
                           r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageRef:
     """Where an image comes from. For registries: registry host, repository, tag and/or digest."""
 
@@ -82,6 +82,12 @@ class ImageRef:
 def _invalid(uri: str, why: str = "") -> UsageError:
     detail = f" ({why})" if why else ""
     return UsageError(f"invalid image reference {uri!r}{detail}", hint=f"accepted forms: {GRAMMAR}")
+
+
+def pinned_identity(ref: ImageRef) -> tuple[str, str] | None:
+    """(the digest, the provenance URI) of a registry reference pinned by digest, which the built-image cache is
+    keyed by: known without asking the registry (None for a tag, or another scheme)."""
+    return (ref.digest, ref.canonical()) if ref.scheme == "docker" and ref.digest else None
 
 
 def canonical_registry(registry: str) -> str:

@@ -14,15 +14,13 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Collection, Sequence
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pyenroot import squashfs, tools, trust
-from pyenroot.containers.discovery import containing_mount, parse_mountinfo
 from pyenroot.errors import PyenrootError
-from pyenroot.slurm import reporter, state, step, translate
+from pyenroot.record import fields, record, replace
+from pyenroot.slurm import reporter, state
 
 MODES = ("auto", "sbcast", "off")
 # Filesystems that several machines mount at once: a cache on one of them is shared by the step's nodes.
@@ -34,7 +32,7 @@ SHARED_FILESYSTEMS = frozenset({
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Broadcast:
     """What srun sent to the nodes: where the image lies on each, its size, and the manifest it was built from."""
 
@@ -44,7 +42,7 @@ class Broadcast:
     image: str  # the step's --container-image, as the user wrote it
 
     def encode(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps({name: getattr(self, name) for name in fields(self)}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> Broadcast | None:
@@ -113,6 +111,8 @@ def problem_with(found: Broadcast, request: state.StepRequest, uid: int, size: i
 
 def filesystem_of(path: Path) -> str:
     """The filesystem type of the mount holding `path` (or its nearest existing parent)."""
+    from pyenroot.containers.discovery import containing_mount, parse_mountinfo
+
     existing = Path(os.path.abspath(path))
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -131,6 +131,8 @@ def send(request: state.StepRequest, settings, report: reporter.Reporter, *, mod
     cache = os.path.abspath(settings.path("ENROOT_CACHE_PATH"))
     if not should_broadcast(mode, nodes, cache_is_shared(cache, filesystem_of(Path(cache)), shared)):
         return None
+    import shutil
+
     if not shutil.which("sbcast"):
         report.log("fanout: sbcast is not installed; each node imports the image itself")
         return None
@@ -147,6 +149,7 @@ def send(request: state.StepRequest, settings, report: reporter.Reporter, *, mod
 def _import_and_broadcast(request: state.StepRequest, settings, report: reporter.Reporter) -> Broadcast | None:
     from pyenroot.registry.source import RegistrySource
     from pyenroot.registry.uri import parse_uri
+    from pyenroot.slurm import step, translate
 
     image = request.image or ""
     ref = parse_uri(translate.docker_uri(image))

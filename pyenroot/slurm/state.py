@@ -1,17 +1,18 @@
 """What a Slurm step is about, as values: the plugin's request, the container's name, the state cleanup reads
-back at step end, and the node-local files that hold it (the user's own runtime directory).
+back at step end, and the node-local files that hold it (the user's own runtime directory), with the images
+the job's earlier steps resolved there. `@record` values (pyenroot/record.py): a step imports no dataclasses.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyenroot import trust
 from pyenroot.atomic import write_atomically
 from pyenroot.errors import PyenrootError
+from pyenroot.record import fields, record
 
 BATCH_STEP = 0xFFFFFFFB  # SLURM_BATCH_SCRIPT
 
@@ -26,7 +27,7 @@ class ReportedError(StepError):
     """A failure whose messages were already sent to the plugin."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StepRequest:
     """Everything the plugin passes for one step on one node (--container-workdir and
     --container-entrypoint-log are the plugin's own: it enters the directory and shows the log)."""
@@ -57,14 +58,14 @@ class StepRequest:
         return f"{self.job}.{self.step}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ContainerName:
     name: str  # the container's name in ENROOT_DATA_PATH
     flag: str  # auto | create | exec | no_exec
     named: bool  # named containers persist (by scope); unnamed ones are removed at step end
 
 
-@dataclass
+@record
 class StepState:
     """What cleanup must do, written at start (node-local runtime directory) and read at step end."""
 
@@ -77,7 +78,6 @@ class StepState:
     importer: str | None = None
     target: str | None = None  # what the anchor started: a container name, or a squashfs started directly
     anchor: int | None = None  # its PID (this node)
-
 
 
 def user_runtime(request: StepRequest) -> Path:
@@ -103,7 +103,7 @@ def job_list_path(runtime: Path, job: int) -> Path:
 
 
 def save_state(request: StepRequest, state: StepState) -> None:
-    write_atomically(state_path(request), json.dumps(asdict(state)))
+    write_atomically(state_path(request), json.dumps({name: getattr(state, name) for name in fields(state)}))
 
 
 def load_state(request: StepRequest) -> StepState | None:
@@ -118,3 +118,48 @@ def remember_job_container(request: StepRequest, data_path: Path, name: str) -> 
     with open(job_list_path(user_runtime(request), request.job), "a") as handle:
         handle.write(f"{data_path}\t{name}\n")
 
+
+
+# ------------------------------------------------------------------------------------ images the job resolved
+
+_DIGEST_LENGTH = len("sha256:") + 64
+
+
+def job_images_path(runtime: Path, job: int) -> Path:
+    """The tags this job's steps resolved on this node; the plugin deletes it when the job ends."""
+    return runtime / f"job-{job}.images"
+
+
+def _is_digest(value: object) -> bool:
+    return (isinstance(value, str) and len(value) == _DIGEST_LENGTH and value.startswith("sha256:")
+            and all(c in "0123456789abcdef" for c in value[7:]))
+
+
+def _job_images(request: StepRequest) -> dict[str, list[str]]:
+    try:
+        data = json.loads(job_images_path(user_runtime(request), request.job).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {uri: value for uri, value in data.items() if isinstance(value, list) and len(value) == 2
+            and _is_digest(value[0]) and isinstance(value[1], str)}
+
+
+def resolved_image(request: StepRequest, uri: str) -> tuple[str, str] | None:
+    """(the manifest digest, the provenance URI) an earlier step of this job resolved `uri` to on this node: a
+    job sees one image per reference, and its later steps ask the registry nothing (docs/slurm.md)."""
+    found = _job_images(request).get(uri)
+    return (found[0], found[1]) if found else None
+
+
+def remember_resolved_image(request: StepRequest, uri: str, identity: tuple[str, str]) -> None:
+    """Record what `uri` resolved to for the job's later steps on this node; two steps that write at once
+    lose one entry at worst (a later step then asks the registry again)."""
+    images = _job_images(request)
+    if images.get(uri) == list(identity):
+        return
+    images[uri] = list(identity)
+    runtime = user_runtime(request)
+    if os.path.isdir(runtime):
+        write_atomically(job_images_path(runtime, request.job), json.dumps(images))

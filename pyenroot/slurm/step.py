@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 from pyenroot import tools
 from pyenroot.errors import PyenrootError
+from pyenroot.record import replace
 from pyenroot.runtime.fstab import FstabEntry
 from pyenroot.slurm.reporter import Reporter
 from pyenroot.slurm.state import (
@@ -29,6 +29,8 @@ from pyenroot.slurm.state import (
     load_state,
     private_runtime,
     remember_job_container,
+    remember_resolved_image,
+    resolved_image,
     save_state,
     state_path,
     user_runtime,
@@ -58,8 +60,9 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     """(squashfs, temporary?). An image in the site's image store is started from there. An image built before
     (same manifest digest, platform and options) is not rebuilt:
     steps of every node use the built-image cache's file, and the first builds it while the others wait. The
-    step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone."""
-    from pyenroot.image import cached_images, importer
+    step holds the entry (a shared lock its container inherits), so that `cache prune` leaves it alone. A tag
+    that an earlier step of the job resolved on this node is not resolved again (`state.resolved_image`)."""
+    from pyenroot.image import cached_images
 
     image = request.image or ""
     # Both lines every time, also from the cache: scripts count them and read what follows them.
@@ -74,10 +77,15 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
         report.log(f"not using the squashfs cache: {problem}")
     try:
         # The site's image store first (PYENROOT_IMAGE_STORE), then the user's cache.
-        built = cached_images.build_into_cache(uri, None, settings, inheritable=True)
+        built = cached_images.build_into_cache(uri, None, settings, inheritable=True,
+                                               known=resolved_image(request, uri))
         if built is not None:
             output, temporary = built.path, False
-            importer.prune_to_limit(settings)
+            _remember(request, uri, built.identity)
+            if settings.get("PYENROOT_CACHE_MAX_SIZE"):  # (the importer loads only when there is a limit)
+                from pyenroot.image import importer
+
+                importer.prune_to_limit(settings)
         else:  # a cache someone else could have written: a file of the step's own (the store was asked already)
             with contextlib.suppress(FileNotFoundError):
                 temp_output.unlink()
@@ -91,6 +99,12 @@ def _import_image(request: StepRequest, settings, report: Reporter, temp_output:
     return output, temporary
 
 
+def _remember(request: StepRequest, uri: str, identity: tuple[str, str]) -> None:
+    """For the job's later steps on this node (a failure only costs them a manifest request)."""
+    with contextlib.suppress(OSError, PyenrootError):
+        remember_resolved_image(request, uri, identity)
+
+
 def import_image(request: StepRequest, settings, report: Reporter, temp_output: Path) -> tuple[Path, bool]:
     """(squashfs, temporary?), as a step imports its image: also srun's, when it fans the image out."""
     return _import_image(request, settings, report, temp_output)
@@ -98,9 +112,11 @@ def import_image(request: StepRequest, settings, report: Reporter, temp_output: 
 
 def _received_image(request: StepRequest, report: Reporter) -> Path | None:
     """The image srun broadcast to this node, if it arrived whole (else the node imports it itself)."""
+    if not request.broadcast:
+        return None
     from pyenroot.slurm import fanout
 
-    image = fanout.receive(request, report) if request.broadcast else None
+    image = fanout.receive(request, report)
     if image is not None:
         # Both lines, as for every import: scripts count them.
         report.log(f"importing docker image: {request.image}")

@@ -222,20 +222,62 @@ def trusted_cache(monkeypatch) -> None:
 
 
 def test_import_lines_every_time_also_from_the_cache(tmp_path, monkeypatch):
-    from pyenroot.image import cached_images, importer
+    from pyenroot.image import cached_images
 
-    held = types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=-1)
+    held = types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=-1, identity=("sha256:" + "a" * 64, "docker://x"))
     trusted_cache(monkeypatch)
     monkeypatch.setattr(cached_images, "build_into_cache", lambda uri, arch, settings, **kw: held)
-    monkeypatch.setattr(importer, "prune_to_limit", lambda settings: None)
     read_end, write_end = os.pipe()
     report = reporter.Reporter(write_end)
     for tasks in (1, 8):
-        found = step._import_image(request(image="reg:5000#x/y:1", total_tasks=tasks), None, report, tmp_path / "t")
+        found = step._import_image(request(image="reg:5000#x/y:1", total_tasks=tasks, runtime_path=str(tmp_path)),
+                                   Settings({}), report, tmp_path / "t")
         assert found == (held.path, False)
     report.close()
     lines = os.read(read_end, 1000).decode().splitlines()
     assert lines == ["log importing docker image: reg:5000#x/y:1", "log imported docker image: reg:5000#x/y:1"] * 2
+
+
+def job_runtime(tmp_path):
+    runtime = tmp_path / "run"
+    (runtime / str(os.getuid())).mkdir(parents=True, mode=0o700)
+    return str(runtime)
+
+
+def test_later_steps_of_a_job_take_the_tag_an_earlier_one_resolved(tmp_path, monkeypatch):
+    """The first step resolves (known=None) and records what it found; later steps of the job on this node
+    pass that on (no request); another job, or another image, resolves again."""
+    from pyenroot.image import cached_images
+
+    digest = "sha256:" + "b" * 64
+    asked = []
+
+    def build_into_cache(uri, arch, settings, **kw):
+        asked.append((uri, kw["known"]))
+        return types.SimpleNamespace(path=tmp_path / "x.sqsh", fd=None, identity=(digest, "docker://reg/x/y:1"))
+
+    trusted_cache(monkeypatch)
+    monkeypatch.setattr(cached_images, "build_into_cache", build_into_cache)
+    runtime = job_runtime(tmp_path)
+    for job, step_id, image in ((7, 0, "reg#x/y:1"), (7, 1, "reg#x/y:1"), (8, 0, "reg#x/y:1"), (7, 2, "reg#x/z:1")):
+        step._import_image(slurm_state.StepRequest(job=job, step=step_id, image=image, runtime_path=runtime),
+                           Settings({}), reporter.Reporter(None), tmp_path / "t")
+    known = (digest, "docker://reg/x/y:1")
+    assert asked == [("docker://reg#x/y:1", None), ("docker://reg#x/y:1", known), ("docker://reg#x/y:1", None),
+                     ("docker://reg#x/z:1", None)]
+    assert slurm_state.resolved_image(slurm_state.StepRequest(job=7, step=3, runtime_path=runtime),
+                                      "docker://reg#x/z:1") == known
+
+
+def test_a_damaged_job_image_record_is_ignored(tmp_path):
+    runtime = job_runtime(tmp_path)
+    request = slurm_state.StepRequest(job=7, step=0, runtime_path=runtime)
+    path = slurm_state.job_images_path(slurm_state.user_runtime(request), 7)
+    for text in ("not json", "[]", '{"docker://a": ["sha256:xyz", "docker://a"]}', '{"docker://a": "x"}'):
+        path.write_text(text)
+        assert slurm_state.resolved_image(request, "docker://a") is None
+    slurm_state.remember_resolved_image(request, "docker://a", ("sha256:" + "c" * 64, "docker://a"))
+    assert slurm_state.resolved_image(request, "docker://a") == ("sha256:" + "c" * 64, "docker://a")
 
 
 def test_an_untrusted_cache_makes_the_step_import_its_own_file(tmp_path, monkeypatch):

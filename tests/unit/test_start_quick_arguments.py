@@ -74,7 +74,7 @@ def test_the_table_is_the_parser_s_options():
 
 
 def test_a_plain_start_imports_no_argparse():
-    code = ("import sys; from pyenroot import cli; cli._quick_start_arguments(['start', '-e', 'A', 'bench', 'true']);"
+    code = ("import sys; from pyenroot import cli; cli._quick_arguments(['start', '-e', 'A', 'bench', 'true']);"
             " print('argparse' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
