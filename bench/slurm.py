@@ -22,6 +22,7 @@ Targets (issue 14): cached unnamed image <= +0.10 s, existing named container <=
     python bench/slurm.py --repeat 5   # fewer runs
     python bench/slurm.py --quick      # 5 runs, only bare srun and the writable unnamed cases
     python bench/slurm.py --no-debian  # without the 180 MB image
+    python bench/slurm.py --against /tmp/base   # also another checkout, every case interleaved with it
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ from pyenroot.devtools.registry import LocalRegistry  # noqa: E402
 from tests.helpers import users  # noqa: E402
 
 
-def build_plugin(workdir: Path) -> Path:
+def build_plugin(workdir: Path, tree: Path = REPO) -> Path:
     build = workdir / "spank-build"
-    shutil.copytree(REPO / "spank_plugin", build, ignore=shutil.ignore_patterns("*.so"))
+    shutil.copytree(tree / "spank_plugin", build, ignore=shutil.ignore_patterns("*.so"))
     subprocess.run(["make", "-s", "-C", str(build)], check=True)
     build.chmod(0o755)
     return build / "spank_pyenroot.so"
@@ -82,19 +83,19 @@ def writable_cases(images: dict[str, str]) -> dict[str, Case]:
 
 
 @contextlib.contextmanager
-def bench_cluster(prefix: str, controller_port: int) -> Iterator[tuple[Path, LocalRegistry, users.TestUser,
-                                                                       devcluster.ClusterSpec]]:
+def bench_cluster(prefix: str, controller_port: int, tree: Path = REPO) -> Iterator[
+        tuple[Path, LocalRegistry, users.TestUser, devcluster.ClusterSpec]]:
     """A scratch directory, a loopback registry, the test account with a private home and a two-node cluster
-    with the plugin from this tree (its nodes see the scratch directory); all gone afterwards."""
+    with the plugin and the package from `tree` (its nodes see the scratch directory); all gone afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     workdir.chmod(0o755)
     registry = LocalRegistry(workdir / "registry").start()
     spec = None
     try:
-        wrapper = users.install_wrapper(workdir / "install")
+        wrapper = users.install_wrapper(workdir / "install", tree)
         account = users.ensure_user()
         user = users.make_private_home(workdir, account, wrapper, "home")
-        spec = devcluster.ClusterSpec(directory=workdir / "cluster", plugin=build_plugin(workdir),
+        spec = devcluster.ClusterSpec(directory=workdir / "cluster", plugin=build_plugin(workdir, tree),
                                       plugin_args={"pyenroot": str(wrapper)}, controller_port=controller_port,
                                       first_node_port=controller_port + 1, shared_tmp_paths=(workdir,))
         devcluster.up(spec)
@@ -130,44 +131,64 @@ def timed(user: users.TestUser, argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def prepare(cluster, args) -> tuple[users.TestUser, dict[str, str], dict[str, Case]]:
+    """Push the images, warm the cache up (images imported, the named container made, a job allocated and its
+    first step run) and list the cases: (the user, the environment of srun, the cases by name)."""
+    workdir, registry, user, spec = cluster
+    image = push_busybox(workdir, registry)
+    writable = {"busybox": image} if args.no_debian else {"busybox": image, "debian 180 MB": push_debian(registry)}
+    env = {"SLURM_CONF": str(spec.slurm_conf), "ENROOT_ALLOW_HTTP": "y"}
+    for uri in writable.values():
+        timed(user, ["srun", f"--container-image={uri}", "true"], env)
+    timed(user, ["srun", f"--container-image={image}", "--container-name=bench", "true"], env)
+    job = allocate(user, env)
+    one_step: dict[str, Case] = {
+        "srun true": (["srun", "true"], {}),
+        "srun --container-image (cached) true": (["srun", f"--container-image={image}", "true"], {}),
+        "srun --container-name (existing) true": (["srun", "--container-name=bench", "true"], {}),
+    }
+    cases: dict[str, Case] = {"srun true": one_step["srun true"]}
+    if not args.quick:
+        cases |= one_step
+        cases |= {name.replace("srun", "srun -n8", 1): ([argv[0], "-n8", *argv[1:]], extra)
+                  for name, (argv, extra) in one_step.items()}
+    cases |= writable_cases(writable)
+    if not args.quick:
+        unpack = {name: case for name, case in writable_cases({"busybox": image}).items()
+                  if name.endswith("unpack")}
+        cases |= in_job(one_step | unpack, job)
+    for argv, extra in in_job({"first": one_step["srun --container-image (cached) true"]}, job).values():
+        timed(user, argv, env | extra)  # the job's first step resolves the tag
+    return user, env, cases
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=None, help="runs of each case (20; 5 with --quick)")
     parser.add_argument("--quick", action="store_true", help="only bare srun and the writable unnamed cases")
     parser.add_argument("--no-debian", action="store_true", help="leave out the 180 MB image")
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="another checkout (e.g. `git worktree add /tmp/base main`): a second cluster runs its "
+                             "plugin and package, every case alternates between the two")
     args = parser.parse_args()
     repeat = args.repeat or (5 if args.quick else 20)
-    with bench_cluster("pyenroot-bench-slurm-", 26817) as (workdir, registry, user, spec):
-        image = push_busybox(workdir, registry)
-        writable = {"busybox": image} if args.no_debian else {"busybox": image, "debian 180 MB": push_debian(registry)}
-        env = {"SLURM_CONF": str(spec.slurm_conf), "ENROOT_ALLOW_HTTP": "y"}
-        # Warm up: the images imported (cached) and the named container created.
-        for uri in writable.values():
-            timed(user, ["srun", f"--container-image={uri}", "true"], env)
-        timed(user, ["srun", f"--container-image={image}", "--container-name=bench", "true"], env)
-        job = allocate(user, env)
-        one_step: dict[str, Case] = {
-            "srun true": (["srun", "true"], {}),
-            "srun --container-image (cached) true": (["srun", f"--container-image={image}", "true"], {}),
-            "srun --container-name (existing) true": (["srun", "--container-name=bench", "true"], {}),
-        }
-        cases: dict[str, Case] = {"srun true": one_step["srun true"]}
-        if not args.quick:
-            cases |= one_step
-            cases |= {name.replace("srun", "srun -n8", 1): ([argv[0], "-n8", *argv[1:]], extra)
-                      for name, (argv, extra) in one_step.items()}
-        cases |= writable_cases(writable)
-        if not args.quick:
-            unpack = {name: case for name, case in writable_cases({"busybox": image}).items()
-                      if name.endswith("unpack")}
-            cases |= in_job(one_step | unpack, job)
-        for argv, extra in in_job({"first": one_step["srun --container-image (cached) true"]}, job).values():
-            timed(user, argv, env | extra)  # the job's first step resolves the tag
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(repeat):
-            for name, (argv, extra) in cases.items():
-                times[name].append(timed(user, argv, env | extra))
-        report(times)
+    trees = {"this tree": REPO} | ({f"{args.against}": args.against.resolve()} if args.against else {})
+    with contextlib.ExitStack() as stack:
+        sides = {label: prepare(stack.enter_context(bench_cluster("pyenroot-bench-slurm-", 26817 + 100 * i, tree)),
+                                args)
+                 for i, (label, tree) in enumerate(trees.items())}
+        times: dict[str, dict[str, list[float]]] = {label: {name: [] for name in cases}
+                                                    for label, (_, _, cases) in sides.items()}
+        for run in range(repeat):
+            for name in times["this tree"]:
+                for label in (list(sides) if run % 2 == 0 else list(sides)[::-1]):  # who goes first alternates
+                    user, env, cases = sides[label]
+                    argv, extra = cases[name]
+                    times[label][name].append(timed(user, argv, env | extra))
+    for label, found in times.items():
+        if len(times) > 1:
+            print(f"== {label}")
+        report(found)
     return 0
 
 

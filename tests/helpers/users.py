@@ -33,8 +33,9 @@ def user_python() -> str:
     return sys.executable
 
 
-def install_wrapper(workdir: Path) -> Path:
-    """Copy the package somewhere world-readable and write a `pyenroot` wrapper script that runs it.
+def install_wrapper(workdir: Path, repo: Path = REPO) -> Path:
+    """Copy the package (of `repo`, this checkout unless a benchmark compares another) somewhere world-readable
+    and write a `pyenroot` wrapper script that runs it.
 
     The checkout may sit in a directory the test user cannot read (CI clones anywhere), so the source
     under test is copied once per session.
@@ -42,7 +43,7 @@ def install_wrapper(workdir: Path) -> Path:
     src = workdir / "src"
     if src.exists():
         shutil.rmtree(src)
-    shutil.copytree(REPO / "pyenroot", src / "pyenroot", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "pyenroot", src / "pyenroot", ignore=shutil.ignore_patterns("__pycache__"))
     # Compiled once here: the test user cannot write __pycache__ into the copy.
     subprocess.run([user_python(), "-m", "compileall", "-q", str(src)], check=True)
     wrapper = workdir / "bin" / "pyenroot"
