@@ -4,7 +4,7 @@
 VENV        ?= /opt/pyenroot/venv
 PYTHON      := $(VENV)/bin/python
 SYSTEM_PY   ?= /usr/bin/python3
-APT_PACKAGES := squashfs-tools squashfs-tools-ng squashfuse fuse3 fuse-overlayfs zstd pigz makeself \
+APT_PACKAGES := squashfs-tools squashfs-tools-ng squashfuse fuse3 fuse-overlayfs zstd pigz isal makeself \
 	docker-registry busybox-static mmdebstrap debootstrap gcc make libc6-dev \
 	slurm-wlm slurmctld slurmd slurm-client munge libslurm-dev libpmix-dev libmpich12 \
 	python3 python3-venv iproute2 bc apache2-utils openssl uidmap util-linux procps ca-certificates podman \

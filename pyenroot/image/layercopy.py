@@ -69,18 +69,33 @@ def file_crc32(file: BinaryIO) -> tuple[int, int]:
     return length, crc
 
 
-class LayerCopies:
-    """The copies of the layers in a blob cache."""
+# gzip decompressors about as fast as zstd's: with one of them a copy saves a rebuild little (10-20%) and
+# costs the first import much (zstd -1 of every layer, more CPU than the decompression itself).
+FAST_GZIP = frozenset({"igzip"})
 
-    def __init__(self, cache: BlobCache):
+
+def writes_copies(setting: str | None, gzip_name: str) -> bool:
+    """Whether new copies are written: PYENROOT_CACHE_LAYER_COPIES=auto writes them only behind a slow gzip
+    decompressor (`gzip_name`, as `merge.Decompressor.gzip_name` gives it); any other value is a flag
+    (checked by the caller for `no`)."""
+    return setting != "auto" or gzip_name not in FAST_GZIP
+
+
+class LayerCopies:
+    """The copies of the layers in a blob cache; with `write_new` off, existing copies are read but none made."""
+
+    def __init__(self, cache: BlobCache, *, write_new: bool = True):
         self.cache = cache
+        self.write_new = write_new
 
     @classmethod
-    def of(cls, settings) -> LayerCopies | None:
-        """The copies of ENROOT_CACHE_PATH's blobs; None when PYENROOT_CACHE_LAYER_COPIES is off."""
+    def of(cls, settings, gzip_name: str) -> LayerCopies | None:
+        """The copies of ENROOT_CACHE_PATH's blobs, for layers decompressed by `gzip_name`; None when
+        PYENROOT_CACHE_LAYER_COPIES is off."""
         if not settings.flag("PYENROOT_CACHE_LAYER_COPIES"):
             return None
-        return cls(BlobCache.of(settings))
+        write_new = writes_copies(settings.get("PYENROOT_CACHE_LAYER_COPIES"), gzip_name)
+        return cls(BlobCache.of(settings), write_new=write_new)
 
     def _cached(self, layer: LocalLayer) -> bool:
         """Only a blob of the cache (verified by its digest) gets a copy under that digest."""
@@ -116,7 +131,7 @@ class LayerCopies:
 
     def writer(self, layer: LocalLayer) -> CopyWriter | None:
         """A writer of the layer's copy, unless another process is writing it or it cannot be written."""
-        if not self._cached(layer):
+        if not self.write_new or not self._cached(layer):
             return None
         digest = layer.descriptor.digest
         try:

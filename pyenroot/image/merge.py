@@ -53,10 +53,15 @@ class Decompressor:
     gzip: str = "gzip"
     threads: int = 1
 
+    @property
+    def gzip_name(self) -> str:
+        """The gzip program's file name (`pigz`, `igzip`, ...), without its directory and options."""
+        return os.path.basename((shlex.split(self.gzip) or ["gzip"])[0])
+
     def argv(self, kind: str) -> list[str] | None:
         if kind == "gzip":
             program = shlex.split(self.gzip) or ["gzip"]  # ENROOT_GZIP_PROGRAM may carry options
-            if os.path.basename(program[0]) == "pigz" and "-p" not in program:
+            if self.gzip_name == "pigz" and "-p" not in program:
                 program += ["-p", str(max(1, self.threads))]
             return [*program, "-d", "-c"]
         if kind == "zstd":

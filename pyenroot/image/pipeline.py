@@ -78,9 +78,11 @@ def _stream_into(sink, image: ResolvedImage, layers: list[LocalLayer | Future], 
         progress.converting(index, total)
 
     ahead, budget = read_ahead_plan(settings.max_processors())
-    return write_merged(layers, generated, sink, decompressor=_decompressor(settings),
+    decompressor = _decompressor(settings)
+    return write_merged(layers, generated, sink, decompressor=decompressor,
                         workdir=imagefiles.workdir_of(image.config), mtime=_generation_time(), on_layer=on_layer,
-                        ahead=ahead, read_ahead_budget=budget, copies=LayerCopies.of(settings))
+                        ahead=ahead, read_ahead_budget=budget,
+                        copies=LayerCopies.of(settings, decompressor.gzip_name))
 
 
 @contextlib.contextmanager

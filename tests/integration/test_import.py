@@ -83,6 +83,7 @@ def test_failed_import_leaves_nothing(user, registry, pusher):
 
 
 @pytest.mark.parametrize("compression,oci,gzip_program", [("gzip", False, "pigz"), ("gzip", True, "gzip"),
+                                                          ("gzip", True, None),
                                                           ("zstd", True, None), ("none", True, None)])
 def test_layer_media_types(user, registry, pusher, compression, oci, gzip_program):
     repository = f"test/media-{compression}-{'oci' if oci else 'docker'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -15,7 +16,9 @@ from pyenroot.image.layercopy import CopyRecord
 from tests.integration.imagecheck import HTTP, import_as, push, squashfs_tree, uri
 
 E = ib.Entry
-EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}  # generated files get this time: builds compare byte for byte
+# Generated files get this time, so builds compare byte for byte; copies are written whatever the decompressor
+# (the default, auto, writes none behind igzip: see the last test).
+EPOCH = {"SOURCE_DATE_EPOCH": "1700000000", "PYENROOT_CACHE_LAYER_COPIES": "yes"}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def test_concurrent_imports_share_the_copies(user, registry, image):
 
 def test_prune_counts_and_removes_the_copies(user, registry, image):
     source = uri(registry, "test/copies", "v1")
-    assert import_as(user, source, "first.sqsh")[0].returncode == 0
+    assert import_as(user, source, "first.sqsh", EPOCH)[0].returncode == 0
     cache = _cache(user)
     digest = _layer_digests(cache)[0]
     blob_size, copy_size = cache.path(digest).stat().st_size, cache.copy_size(digest)
@@ -120,3 +123,17 @@ def test_prune_counts_and_removes_the_copies(user, registry, image):
     assert result.returncode == 0, result.stderr
     assert not cache.path(digest).exists()
     assert not any(p.exists() for p in cache.copy_paths(digest))
+
+
+@pytest.mark.parametrize("gzip_program,copied", [("igzip", False), ("pigz", True)])
+def test_auto_writes_copies_only_behind_a_slow_decompressor(user, registry, image, gzip_program, copied):
+    if gzip_program == "igzip" and not shutil.which("igzip"):
+        pytest.skip("igzip (ISA-L) is not installed")
+    source = uri(registry, "test/copies", "v1")
+    cache_path = user.home / f"auto-{gzip_program}"
+    env = {"PYENROOT_CACHE_LAYER_COPIES": "auto", "ENROOT_GZIP_PROGRAM": gzip_program,
+           "ENROOT_CACHE_PATH": str(cache_path)}
+    result, _ = import_as(user, source, f"auto-{gzip_program}.sqsh", env)
+    assert result.returncode == 0, result.stderr
+    copies = list((cache_path / "copies").glob("*.zst")) if (cache_path / "copies").is_dir() else []
+    assert bool(copies) == copied

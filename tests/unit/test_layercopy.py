@@ -16,7 +16,7 @@ from pyenroot.content.blobs import BlobCache, hold_lock
 from pyenroot.content.model import Descriptor, LocalLayer
 from pyenroot.devtools import imagebuilder as ib
 from pyenroot.errors import ImageError
-from pyenroot.image.layercopy import CopyRecord, LayerCopies
+from pyenroot.image.layercopy import CopyRecord, LayerCopies, writes_copies
 from pyenroot.image.merge import Decompressor, write_merged
 
 pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
@@ -154,3 +154,26 @@ def test_copy_record_parsing():
     assert CopyRecord.from_json(record.to_json()) == record
     for junk in ("", "[]", '{"blob": "x"}', '{"blob": "x", "size": -1, "crc32": 1, "uncompressed": 1}'):
         assert CopyRecord.from_json(junk) is None
+
+
+@pytest.mark.parametrize("setting,gzip_name,expected", [
+    ("auto", "igzip", False), ("auto", "pigz", True), ("auto", "gzip", True), ("yes", "igzip", True),
+    ("1", "igzip", True)])
+def test_auto_writes_copies_only_behind_a_slow_gzip(setting, gzip_name, expected):
+    assert writes_copies(setting, gzip_name) is expected
+
+
+def test_copies_that_are_not_written_new_are_still_read(cache):
+    layers = _cached_layers(cache)
+    from_gzip = _merged(layers, copies=None)
+    assert _merged(layers, LayerCopies(cache, write_new=False)) == from_gzip
+    assert not cache.copies.exists() or not list(cache.copies.glob("*.zst"))
+    _merged(layers, LayerCopies(cache))  # writes the copies
+    for layer in layers:
+        _spoil(layer.path)
+    assert _merged(layers, LayerCopies(cache, write_new=False)) == from_gzip
+
+
+def test_gzip_name_drops_the_directory_and_options():
+    assert Decompressor("/usr/bin/igzip -q").gzip_name == "igzip"
+    assert Decompressor("").gzip_name == "gzip"
