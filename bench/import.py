@@ -5,7 +5,8 @@ Builds a large multi-layer image (default: >= 1.5 GB uncompressed, 9 gzip layers
 an opaque directory), pushes it to a loopback registry, then times, interleaved, for each repetition:
 
 - pyenroot import (cold: empty cache; warm: blobs cached, image not built yet, gzip layers read from their zstd
-  copies; warm-gzip: the same with PYENROOT_CACHE_LAYER_COPIES=no; cached: the same image built before, so the
+  copies where the cold import wrote them (PYENROOT_CACHE_LAYER_COPIES=auto writes none behind igzip);
+  warm-gzip: the same with PYENROOT_CACHE_LAYER_COPIES=no; cached: the same image built before, so the
   built-image cache serves it); the warm rebuild is compared with tar2sqfs alone on the merged content, and the
   layer copies' disk use with the gzip blobs'.
 - skopeo copy (to an OCI directory) + umoci unpack --rootless + mksquashfs -comp lz4 (cold: empty OCI dir;
