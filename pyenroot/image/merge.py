@@ -10,8 +10,6 @@ stdin, or `tar -x` for `load`). Memory stays bounded by the pipe buffers and the
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shlex
 import subprocess
@@ -33,8 +31,6 @@ if TYPE_CHECKING:
 
 BLOCK = tarstream.BLOCK
 COPY_CHUNK = tarstream.CHUNK
-_PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -216,26 +212,27 @@ class LayerStream:
             self.copy_writer = copies.writer(layer)
         argv = decompressor.argv(kind)
         if argv is None:
-            self.file: BinaryIO | ReadAhead | LayerTee = open(layer.path, "rb", buffering=COPY_CHUNK)  # noqa: SIM115
+            # Unbuffered: the tar reader buffers itself, and splices large files' data from the descriptor.
+            self.file: BinaryIO | ReadAhead | LayerTee = open(layer.path, "rb", buffering=0)  # noqa: SIM115
             return
         try:
-            self.process = self._start(argv, source or open(layer.path, "rb"), read_ahead)  # noqa: SIM115
+            self.process = self._start(argv, source or open(layer.path, "rb"))  # noqa: SIM115
         except BaseException:
             if self.copy_writer is not None:
                 self.copy_writer.abort()
             raise
         assert self.process.stdout is not None
-        with contextlib.suppress(OSError):  # a bigger pipe keeps the decompressor busy while we copy
-            fcntl.fcntl(self.process.stdout.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+        tools.widen_pipe(self.process.stdout.fileno())  # keeps the decompressor busy while we copy
         self.file = ReadAhead(self.process.stdout, read_ahead) if read_ahead else self.process.stdout
         if self.copy_writer is not None:
             self.file = LayerTee(self.file, self.copy_writer)
 
-    def _start(self, argv: list[str], source: BinaryIO, read_ahead: int) -> subprocess.Popen:
+    def _start(self, argv: list[str], source: BinaryIO) -> subprocess.Popen:
         with source:
             try:
-                return tools.spawn(argv, stdin=source, stdout=tools.PIPE, bufsize=0 if read_ahead else COPY_CHUNK,
-                                   many_files=True)
+                # The pipe unbuffered (a raw io.FileIO): the tar reader buffers itself, and splices large
+                # files' data from it to the sink without copying it through Python.
+                return tools.spawn(argv, stdin=source, stdout=tools.PIPE, bufsize=0, many_files=True)
             except FileNotFoundError:
                 raise ImageError(f"cannot decompress layer {self.layer.descriptor.digest}: {argv[0]} is not "
                                  "installed", hint="install pigz or gzip, and zstd") from None

@@ -91,6 +91,7 @@ def _extractor(rootfs: Path) -> Iterator[subprocess.Popen]:
     argv = ["tar", "-x", "-f", "-", "-C", str(rootfs), "--no-same-owner", "--preserve-permissions",
             "--delay-directory-restore", "--warning=no-timestamp"]
     process = tools.spawn(argv, stdin=tools.PIPE, bufsize=1 << 20, many_files=True)
+    tools.widen_pipe(process.stdin.fileno())
     try:
         yield process
     except BaseException:

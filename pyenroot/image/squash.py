@@ -208,6 +208,9 @@ class Tar2Sqfs:
         self.process = tools.spawn(squash.tar2sqfs_argv(output, jobs), stdin=tools.PIPE, keep_fds=pass_fds,
                                    bufsize=1 << 20, hint="install squashfs-tools-ng", many_files=True)
         assert self.process.stdin is not None
+        # tar2sqfs reads 256 KiB at a time: through a 64 KiB pipe it wakes four times as often, and its threads
+        # with it (measured: ~1 CPU-s more for 2 GB of tar).
+        tools.widen_pipe(self.process.stdin.fileno())
         self.stdin = self.process.stdin
 
     def finish(self) -> None:

@@ -8,6 +8,9 @@ links, FIFOs and devices (reported, never created); sparse entries are read over
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -15,6 +18,12 @@ from pyenroot.errors import ImageError
 
 BLOCK = 512
 CHUNK = 1 << 20
+# Read size for headers and small files: a large file's data mostly stays in the kernel (see SPLICE_MIN).
+REFILL = 64 << 10
+# From this much data on, a member's rest is spliced rather than copied (below it, the syscalls cost more).
+SPLICE_MIN = 64 << 10
+_splice = getattr(os, "splice", None)  # Linux, Python >= 3.10
+_NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 _ZERO_BLOCK = bytes(BLOCK)
 
 # typeflag -> kind (layers.py's vocabulary)
@@ -87,28 +96,56 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 class TarReader:
-    """Reads members from a tar byte stream, strictly forward."""
+    """Reads members from a tar byte stream, strictly forward.
+
+    The reader keeps its own buffer (headers and small files are read in REFILL pieces), so it knows exactly
+    which bytes it has taken from the stream. From a raw pipe or file (`io.FileIO`: nothing buffered behind the
+    reader's back) the data of a large member is moved to the sink with splice(2), never copied through Python.
+    """
 
     def __init__(self, stream: BinaryIO, what: str):
         self.stream = stream
         self.what = what
         self._buffer = bytearray(CHUNK)
         self._view = memoryview(self._buffer)
+        self._start = self._end = 0  # the buffered, not yet consumed bytes: _buffer[_start:_end]
         self._pending = 0  # data + padding of the current member not yet consumed
+        self._splice_from = stream.fileno() if isinstance(stream, io.FileIO) and _splice is not None else None
+        self.spliced_bytes = 0
+
+    def _fill(self, size: int) -> bool:
+        """Buffer at least `size` (<= CHUNK - REFILL) bytes; False when the stream ends first."""
+        while self._end - self._start < size:
+            if self._start and self._end + REFILL > CHUNK:
+                kept = bytes(self._view[self._start:self._end])  # less than a header: a copy apart is cheap
+                self._buffer[:len(kept)] = kept
+                self._start, self._end = 0, len(kept)
+            got = self.stream.readinto(self._view[self._end:self._end + REFILL])  # type: ignore[attr-defined]
+            if not got:
+                return False
+            self._end += got
+        return True
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._view[self._start:self._start + size])
+        self._start += size
+        return data
 
     def _read_exact(self, size: int) -> bytes:
-        data = self.stream.read(size)
-        if len(data) != size:
-            raise TarFormatError(f"{self.what}: unexpected end of the archive")
-        return data
+        if size <= CHUNK - REFILL:
+            if not self._fill(size):
+                raise TarFormatError(f"{self.what}: unexpected end of the archive")
+            return self._take(size)
+        out = io.BytesIO()  # a meta record larger than the buffer (huge PAX headers): rare
+        self._copy(size, out, None)
+        return out.getvalue()
 
     def _block(self) -> bytes | None:
-        data = self.stream.read(BLOCK)
-        if not data:
-            return None  # no end-of-archive marker: accepted, as GNU tar does
-        if len(data) != BLOCK:
+        if not self._fill(BLOCK):
+            if self._end == self._start:
+                return None  # no end-of-archive marker: accepted, as GNU tar does
             raise TarFormatError(f"{self.what}: unexpected end of the archive")
-        return data
+        return self._take(BLOCK)
 
     def next(self) -> Member | None:
         """The next member (skipping what was not read of the previous one), or None at the end."""
@@ -166,26 +203,65 @@ class TarReader:
         return member
 
     def skip(self, size: int) -> None:
-        while size > 0:
-            got = self.stream.readinto(self._view[:min(CHUNK, size)])  # type: ignore[attr-defined]
-            if not got:
-                raise TarFormatError(f"{self.what}: unexpected end of the archive")
-            size -= got
-        self._pending = 0
+        self._copy(size, None, None)
 
     def copy_data(self, member: Member, sink: BinaryIO) -> None:
         """Copy the member's data and padding (a tar block multiple, as the writer needs) to `sink`."""
-        remaining = member.size + (-member.size % BLOCK)
-        while remaining > 0:
-            got = self.stream.readinto(self._view[:min(CHUNK, remaining)])  # type: ignore[attr-defined]
-            if not got:
-                raise TarFormatError(f"{self.what}: unexpected end of the archive in {member.name!r}")
-            sink.write(self._view[:got])
-            remaining -= got
+        self._copy(member.size + (-member.size % BLOCK), sink, member.name)
+
+    def _copy(self, size: int, sink: BinaryIO | None, name: str | None) -> None:
+        """Pass `size` bytes of the stream to `sink` (None: drop them): the buffered ones first, then a large
+        rest by splice where both ends allow it, else through the buffer."""
         self._pending = 0
+        buffered = min(size, self._end - self._start)
+        if buffered:
+            if sink is not None:
+                sink.write(self._view[self._start:self._start + buffered])
+            self._start += buffered
+            size -= buffered
+        if not size:
+            return
+        self._start = self._end = 0  # the buffer is empty now: reuse it whole
+        if sink is not None and size >= SPLICE_MIN and self._splice_from is not None:
+            size = self._splice(size, sink, name)
+        while size > 0:
+            got = self.stream.readinto(self._view[:min(CHUNK, size)])  # type: ignore[attr-defined]
+            if not got:
+                raise self._truncated(name)
+            if sink is not None:
+                sink.write(self._view[:got])
+            size -= got
+
+    def _splice(self, size: int, sink: BinaryIO, name: str | None) -> int:
+        """Move up to `size` bytes from the stream's file descriptor into the sink's; return what is left to copy
+        (all of it when splice cannot join these two: neither a pipe, a sink without a descriptor, ...)."""
+        assert self._splice_from is not None and _splice is not None
+        try:
+            target = sink.fileno()
+        except (AttributeError, OSError, ValueError):
+            return size  # io.BytesIO and the like: copied
+        sink.flush()  # the headers written before this data must reach the descriptor first
+        while size > 0:
+            try:
+                moved = _splice(self._splice_from, target, size)
+            except OSError as exc:
+                if exc.errno not in _NO_SPLICE:
+                    raise
+                self._splice_from = None  # EINVAL: these descriptors do not splice; nothing was moved
+                return size
+            if not moved:
+                raise self._truncated(name)
+            size -= moved
+            self.spliced_bytes += moved
+        return 0
+
+    def _truncated(self, name: str | None) -> TarFormatError:
+        where = f" in {name!r}" if name is not None else ""
+        return TarFormatError(f"{self.what}: unexpected end of the archive{where}")
 
     def drain(self) -> None:
         """Read to the end of the stream (a decompressor must be allowed to finish writing)."""
+        self._start = self._end = 0
         while self.stream.readinto(self._view):  # type: ignore[attr-defined]
             pass
 
