@@ -31,6 +31,7 @@ KINDS = {b"0": "file", b"\0": "file", b"7": "file", b"1": "hardlink", b"2": "sym
          b"5": "dir", b"6": "fifo"}
 TYPEFLAGS = {"file": b"0", "hardlink": b"1", "symlink": b"2", "dir": b"5", "fifo": b"6"}
 _META = {b"L", b"K", b"x", b"g", b"X"}
+_NO_DATA = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})  # links, devices, directories, FIFOs: no data
 _XATTR = "SCHILY.xattr."
 
 
@@ -186,20 +187,27 @@ class TarReader:
             if prefix:
                 name = prefix + b"/" + name
         kind = KINDS.get(typeflag, "other")
-        if any(k.startswith("GNU.sparse.") for k in pax):
-            kind = "other"
-        if "size" in pax:
-            size = int(pax["size"])
-        member = Member(
-            name=pax.get("path") or long_name or _decode(name),
-            kind=kind,
-            size=size if typeflag not in (b"1", b"2", b"3", b"4", b"5", b"6") else 0,
-            mode=_number(block, 100, 108) & 0o7777,
-            mtime=int(float(pax["mtime"])) if "mtime" in pax else _number(block, 136, 148),
-            linkname=pax.get("linkpath") or long_link or _decode(_field(block, 157, 257)),
-            xattrs={k[len(_XATTR):]: v for k, v in pax.items() if k.startswith(_XATTR)},
-        )
-        self._pending = member.size + (-member.size % BLOCK)
+        if typeflag in _NO_DATA:
+            size = 0
+        mode = _number(block, 100, 108) & 0o7777
+        if not pax:  # most entries: nothing to apply over the ustar fields
+            member = Member(long_name or _decode(name), kind, size, mode, _number(block, 136, 148),
+                            long_link or _decode(_field(block, 157, 257)))
+        else:
+            if any(k.startswith("GNU.sparse.") for k in pax):
+                kind = "other"
+            if "size" in pax and typeflag not in _NO_DATA:
+                size = int(pax["size"])
+            member = Member(
+                name=pax.get("path") or long_name or _decode(name),
+                kind=kind,
+                size=size,
+                mode=mode,
+                mtime=int(float(pax["mtime"])) if "mtime" in pax else _number(block, 136, 148),
+                linkname=pax.get("linkpath") or long_link or _decode(_field(block, 157, 257)),
+                xattrs={k[len(_XATTR):]: v for k, v in pax.items() if k.startswith(_XATTR)},
+            )
+        self._pending = size + (-size % BLOCK)
         return member
 
     def skip(self, size: int) -> None:
@@ -269,10 +277,6 @@ class TarReader:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
 def _pax_record_exact(key: str, value: str) -> bytes:
     payload = f" {key}={value}\n".encode("utf-8", "surrogateescape")
     digits = 1
@@ -297,22 +301,19 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+# The constant bytes of a header: the magic and version, and the checksum field taken as spaces while summing.
+_MAGIC = b"ustar\x0000"
+_CONSTANT_SUM = sum(_MAGIC) + 8 * ord(" ")
+
+
 def _ustar_block(name: bytes, prefix: bytes, mode: int, size: int, mtime: int, typeflag: bytes,
                  linkname: bytes) -> bytes:
-    header = bytearray(BLOCK)
-    header[0:len(name)] = name
-    header[100:108] = _octal(mode, 8)
-    header[108:116] = _octal(0, 8)
-    header[116:124] = _octal(0, 8)
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(mtime, 12)
-    header[148:156] = b" " * 8
-    header[156:157] = typeflag
-    header[157:157 + len(linkname)] = linkname
-    header[257:265] = b"ustar\x0000"
-    header[345:345 + len(prefix)] = prefix
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    # Joined from its fields rather than patched into a zeroed block, and summed over the non-zero fields
+    # only: a header per entry, tens of thousands of them, is a visible share of the merge's CPU.
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, 0, 0, size, mtime)  # mode, uid, gid, size, mtime
+    checksum = sum(name) + sum(numbers) + typeflag[0] + sum(linkname) + sum(prefix) + _CONSTANT_SUM
+    return b"".join((name, bytes(100 - len(name)), numbers, b"%06o\0 " % checksum, typeflag,
+                     linkname, bytes(100 - len(linkname)), _MAGIC, bytes(80), prefix, bytes(167 - len(prefix))))
 
 
 def header_bytes(name: str, kind: str, *, mode: int, mtime: int, size: int = 0, linkname: str = "",
