@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
 from pyenroot.config import Settings
 from pyenroot.errors import ConfigError
+from pyenroot.record import record
 
 TYPE_CHECKING = False  # typing's flag without importing typing
 
@@ -36,7 +36,7 @@ STALL_TIMEOUT = 300.0
 _PROXY_SETTINGS = {"http_proxy": "http", "https_proxy": "https", "all_proxy": "all", "no_proxy": "no_proxy"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TransferOptions:
     allow_http: bool = False
     connect_timeout: float | None = 30.0
@@ -163,15 +163,15 @@ def options_context(options: TransferOptions) -> ssl.SSLContext:
     return make_ssl_context(options.ca_bundle, options.ssl_cert_file, options.ssl_cert_dir)
 
 
-@dataclass
 class Transports:
     """The transport for short requests (pings, manifests, tokens) and the one for blobs, made when first used."""
 
-    options: TransferOptions
-    environ: Mapping[str, str]
-    session: requests.Session | None = None  # injected (tests): both transports use it
-    _metadata: Transport | None = None
-    _blobs: Transport | None = None
+    def __init__(self, options: TransferOptions, environ: Mapping[str, str], session: requests.Session | None = None):
+        self.options = options
+        self.environ = environ
+        self.session = session  # injected (tests): both transports use it
+        self._metadata: Transport | None = None
+        self._blobs: Transport | None = None
 
     @property
     def metadata(self) -> Transport:
