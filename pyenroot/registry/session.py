@@ -132,6 +132,13 @@ def needs_full_transport(options: TransferOptions, environ: Mapping[str, str]) -
     return any(environ.get(name) for name in names)
 
 
+def request_headers() -> dict[str, str]:
+    """What every request carries, whichever transport sends it (the client adds Accept and Authorization)."""
+    from pyenroot import __version__
+
+    return {"User-Agent": f"pyenroot/{__version__}"}
+
+
 def default_bundle() -> str | None:
     """The CA bundle requests adds to every verified connection (certifi's), trusted by both transports."""
     try:

@@ -11,7 +11,14 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from pyenroot.registry.session import BadURL, TLSFailure, TransferOptions, Unreachable, options_context
+from pyenroot.registry.session import (
+    BadURL,
+    TLSFailure,
+    TransferOptions,
+    Unreachable,
+    options_context,
+    request_headers,
+)
 
 # Errors of a body being read (a reset, a truncated chunk, a read timeout).
 _BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
@@ -35,6 +42,7 @@ def make_session(options: TransferOptions) -> requests.Session:
     pool = max(10, options.max_connections or 32)
     session.mount("https://", _ContextAdapter(options_context(options), pool_maxsize=pool))
     session.mount("http://", HTTPAdapter(pool_maxsize=pool))
+    session.headers.update(request_headers())
     session.proxies.update(dict(options.proxies))  # the environment's own proxies still take precedence
     return session
 

@@ -20,6 +20,7 @@ from pyenroot.registry.session import (
     Unreachable,
     default_bundle,
     options_context,
+    request_headers,
 )
 
 TYPE_CHECKING = False
@@ -124,7 +125,7 @@ class StdlibTransport:
         if parts.scheme not in ("http", "https"):
             raise BadURL(f"unsupported URL scheme {parts.scheme!r} in {url}")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        sent = {"Accept-Encoding": "identity", **headers}
+        sent = {**request_headers(), "Accept-Encoding": "identity", **headers}
         for attempt in (0, 1):
             connection = self._connection(parts.scheme, parts.netloc, timeout[0])
             reused = connection.sock is not None
