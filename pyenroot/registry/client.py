@@ -20,6 +20,7 @@ from pyenroot.registry.auth import Challenge, Credentials, parse_www_authenticat
 from pyenroot.registry.endpoints import Endpoint
 from pyenroot.registry.manifest import ACCEPT
 from pyenroot.registry.session import (
+    STALL_TIMEOUT,
     BadURL,
     TLSFailure,
     TransferOptions,
@@ -123,6 +124,9 @@ class RegistryClient:
     def ping(self) -> None:
         """GET /v2/: decides http or https (http only when allowed) and checks that a registry answers."""
         schemes = [self._scheme] if self._scheme else (["https", "http"] if self.options.allow_http else ["https"])
+        if len(schemes) > 1 and not self.transports.speaks_tls(self.host,
+                                                               self.options.connect_timeout or STALL_TIMEOUT):
+            schemes = ["http"]  # no TLS there: the HTTPS attempt would fail (and cost the CA store's loading)
         last: RegistryError | None = None
         for position, scheme in enumerate(schemes):
             # With plain HTTP still to try, an HTTPS port that refuses is not worth the retries.

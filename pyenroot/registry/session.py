@@ -126,7 +126,7 @@ def needs_full_transport(options: TransferOptions, environ: Mapping[str, str]) -
     """Whether even short requests must go through `requests`: a proxy is configured (settings or environment;
     which URLs it applies to, NO_PROXY included, is then requests' decision alone) or requests' own CA variables
     are set. Otherwise no proxy applies to any URL, and both transports send alike."""
-    if options.proxies:
+    if any(name != "no_proxy" for name, _ in options.proxies):
         return True
     names = (*_PROXY_VARIABLES, *(n.upper() for n in _PROXY_VARIABLES), *_REQUESTS_CA_VARIABLES)
     return any(environ.get(name) for name in names)
@@ -137,6 +137,29 @@ def request_headers() -> dict[str, str]:
     from pyenroot import __version__
 
     return {"User-Agent": f"pyenroot/{__version__}"}
+
+
+def speaks_tls(netloc: str, timeout: float | None) -> bool:
+    """Whether the server at HOST[:PORT] (port 443 by default) completes a TLS handshake. Nothing is sent over it
+    and nothing is verified: it only spares a registry on plain HTTP (with ENROOT_ALLOW_HTTP) the loading of
+    every CA certificate for an HTTPS attempt that cannot succeed. Any failure reads as "no"."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(f"//{netloc}")
+        host, port = parts.hostname, parts.port or 443
+        if not host:
+            return False
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def default_bundle() -> str | None:
@@ -190,6 +213,10 @@ class Transports:
             else:
                 self._metadata = self.blobs
         return self._metadata
+
+    def speaks_tls(self, netloc: str, timeout: float | None) -> bool:
+        """`speaks_tls` on the network; an injected session (tests) is left to answer the HTTPS attempt itself."""
+        return True if self.session is not None else speaks_tls(netloc, timeout)
 
     @property
     def blobs(self) -> Transport:

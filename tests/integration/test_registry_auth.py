@@ -175,3 +175,16 @@ def test_token_flow_over_both_transports(user, token_registry):
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == pushed["private/app"].digest
         assert tokens.requests == [("bob", "repository:private/app:pull")]
+
+
+def test_allow_http_still_prefers_https_where_tls_is_spoken(user, tls_registry, registry):
+    """With ENROOT_ALLOW_HTTP a TLS-less registry is asked over HTTP straight away (no CA store loaded for an
+    HTTPS attempt that cannot succeed); one that speaks TLS is still asked over verified HTTPS."""
+    from pyenroot.registry.session import speaks_tls
+
+    tls_reg, tls, image = tls_registry
+    assert speaks_tls(tls_reg.host, 5) and not speaks_tls(registry.host, 5)
+    result = user.pyenroot("digest", f"docker://{tls_reg.host}#secure/app:1",
+                           env={**HTTP, "PYENROOT_CA_BUNDLE": str(tls.ca_cert)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == image.digest
