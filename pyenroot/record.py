@@ -89,7 +89,8 @@ def _build(cls, frozen: bool):
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     cls.__init__ = init
     cls.__record_fields__ = names
-    cls.__repr__ = _repr
+    if "__repr__" not in cls.__dict__:  # a class's own (one that hides a password) is kept, as dataclass does
+        cls.__repr__ = _repr
     cls.__eq__ = _eq
     if frozen:
         cls.__hash__ = _hash

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+
+from pyenroot.record import factory, record
+
+TYPE_CHECKING = False  # typing's flag without importing typing (a Slurm step imports as little as it can)
+
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Descriptor:
     """An OCI content descriptor: what a manifest says about a blob."""
 
@@ -18,18 +25,18 @@ class Descriptor:
     urls: tuple[str, ...] = ()
 
 
-@dataclass
+@record
 class ResolvedImage:
     """One platform's image, resolved from a URI: its manifest, its config and its layers (bottom first)."""
 
     source_uri: str  # canonical URI, written as provenance into /etc/rc
     manifest_digest: str
     config: dict  # the image config document (architecture, os, config.Env, ...)
-    layers: list[Descriptor] = field(default_factory=list)
+    layers: list[Descriptor] = factory(list)
     reference_digest: str = ""  # what the URI itself resolved to (an index's digest); "" when the same as above
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LocalLayer:
     """A layer blob available on local disk (usually in the blob cache), still compressed."""
 

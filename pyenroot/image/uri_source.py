@@ -7,19 +7,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pyenroot.config import Settings
 from pyenroot.content.blobs import BlobCache
 from pyenroot.content.model import ImageSource
+from pyenroot.record import record
+
+TYPE_CHECKING = False  # typing's flag without importing typing
 
 if TYPE_CHECKING:
     from pyenroot.image.local_sources import DockerArchiveSource, OciArchiveSource
 
 
-@dataclass
+@record
 class OpenedSource:
     source: ImageSource
     default_name: str  # without .sqsh

@@ -15,22 +15,22 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.errors import RegistryError
+from pyenroot.record import factory, record
 from pyenroot.registry.uri import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Challenge:
     """One `WWW-Authenticate` challenge: scheme (lower case) and its parameters."""
 
     scheme: str
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = factory(dict)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Credentials:
     username: str
     password: str
@@ -81,7 +81,7 @@ def preferred_challenge(challenges: list[Challenge]) -> Challenge | None:
 
 # ---- netrc (.credentials) ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetrcEntry:
     machine: str | None  # None: the `default` entry
     login: str | None

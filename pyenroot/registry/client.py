@@ -1,4 +1,5 @@
-"""HTTP to one registry endpoint (the origin or a mirror) for one repository, over an injected `requests.Session`.
+"""HTTP to one registry endpoint (the origin or a mirror) for one repository, over injected transports
+(`session.Transports`: short requests and blobs may go over different ones; the rules here are the same).
 
 Handles the `/v2/` ping, Bearer and Basic auth, redirects (the Authorization header never leaves the
 registry's host), retries with backoff on connection errors, 5xx and 429 (honouring Retry-After), timeouts,
@@ -8,21 +9,31 @@ and turns every failure into a one-line RegistryError.
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import urljoin, urlsplit
-
-import requests
-import urllib3
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from pyenroot.errors import RegistryError
 from pyenroot.registry.auth import Challenge, Credentials, parse_www_authenticate, preferred_challenge
 from pyenroot.registry.endpoints import Endpoint
 from pyenroot.registry.manifest import ACCEPT
-from pyenroot.registry.session import TransferOptions
+from pyenroot.registry.session import (
+    STALL_TIMEOUT,
+    BadURL,
+    TLSFailure,
+    TransferOptions,
+    Transport,
+    TransportError,
+    Transports,
+    Unreachable,
+)
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from pyenroot.registry.session import Response
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -31,20 +42,18 @@ MAX_RETRY_AFTER = 120.0
 CHUNK_SIZE = 1 << 20
 MAX_MANIFEST = 8 << 20  # the distribution spec asks registries to accept 4 MiB manifests
 MAX_ERROR_BODY = 64 << 10
+MAX_TOKEN_BODY = 1 << 20
 
 
-def _no_auth(request):
-    """Explicit "no auth" so that requests does not add ~/.netrc credentials on its own (to any host)."""
-    return request
-
-
-def retry_delay(response: requests.Response | None, attempt: int) -> float:
+def retry_delay(response: Response | None, attempt: int) -> float:
     """Retry-After (seconds or an HTTP date) when given, else exponential backoff from 0.5 s (capped)."""
     header = response.headers.get("Retry-After") if response is not None else None
     if header:
         header = header.strip()
         if header.isdigit():
             return min(float(header), MAX_RETRY_AFTER)
+        import email.utils  # only for a Retry-After date: rare
+
         try:
             when = email.utils.parsedate_to_datetime(header)
             return max(0.0, min(when.timestamp() - time.time(), MAX_RETRY_AFTER))
@@ -57,11 +66,11 @@ class TransferInterrupted(RegistryError):
     """A body stopped mid-way (reset, timeout); the caller may resume it."""
 
 
-def read_limited(response: requests.Response, limit: int) -> bytes:
+def read_limited(response: Response, limit: int) -> bytes:
     """A small body (manifest, error document), decoded if the server compressed it, refusing more than
     `limit` bytes: memory stays bounded whatever a registry sends."""
     parts, total = [], 0
-    for chunk in _raw_chunks(response, 1 << 16, decode=True):
+    for chunk in response.chunks(1 << 16, True):
         total += len(chunk)
         if total > limit:
             raise RegistryError(f"{urlsplit(response.url).netloc} sent more than {limit} bytes for {response.url}")
@@ -69,11 +78,11 @@ def read_limited(response: requests.Response, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _error_codes(response: requests.Response) -> list[str]:
+def _error_codes(response: Response) -> list[str]:
     """Codes from a registry's JSON error body (MANIFEST_UNKNOWN, DENIED, ...)."""
     try:
         body = json.loads(read_limited(response, MAX_ERROR_BODY) or b"{}")
-    except (ValueError, RegistryError):
+    except (ValueError, RegistryError, TransportError):
         return []
     errors = body.get("errors") if isinstance(body, dict) else None
     return [str(e.get("code")) for e in errors or [] if isinstance(e, dict)]
@@ -82,13 +91,13 @@ def _error_codes(response: requests.Response) -> list[str]:
 class RegistryClient:
     """Requests to one endpoint for one repository. Thread-safe: layer downloads share one client."""
 
-    def __init__(self, endpoint: Endpoint, repository: str, *, session: requests.Session, options: TransferOptions,
+    def __init__(self, endpoint: Endpoint, repository: str, *, transports: Transports, options: TransferOptions,
                  credentials: Callable[[str], Credentials | None] = lambda host: None,
                  credentials_hint: str = "", user: str | None = None,
                  sleep: Callable[[float], None] = time.sleep):
         self.endpoint = endpoint
         self.repository = f"{endpoint.prefix}/{repository}" if endpoint.prefix else repository
-        self.session = session
+        self.transports = transports
         self.options = options
         self._credentials = credentials
         self._credentials_hint = credentials_hint
@@ -115,12 +124,16 @@ class RegistryClient:
     def ping(self) -> None:
         """GET /v2/: decides http or https (http only when allowed) and checks that a registry answers."""
         schemes = [self._scheme] if self._scheme else (["https", "http"] if self.options.allow_http else ["https"])
+        if len(schemes) > 1 and not self.transports.speaks_tls(self.host,
+                                                               self.options.connect_timeout or STALL_TIMEOUT):
+            schemes = ["http"]  # no TLS there: the HTTPS attempt would fail (and cost the CA store's loading)
         last: RegistryError | None = None
         for position, scheme in enumerate(schemes):
             # With plain HTTP still to try, an HTTPS port that refuses is not worth the retries.
             retries = 0 if position < len(schemes) - 1 else None
             try:
-                response = self._with_retries("GET", f"{scheme}://{self.host}/v2/", {}, stream=False, retries=retries)
+                response = self._with_retries("GET", f"{scheme}://{self.host}/v2/", {}, stream=False, retries=retries,
+                                              transport=self.transports.metadata)
             except RegistryError as error:
                 last = error
                 continue
@@ -138,13 +151,13 @@ class RegistryClient:
     def get_manifest(self, reference: str) -> tuple[bytes, str]:
         """The raw manifest (or index) bytes for a tag or digest, and its Content-Type."""
         response = self.request("GET", f"/v2/{self.repository}/manifests/{reference}", {"Accept": ACCEPT},
-                                stream=True)
+                                stream=True, transport=self.transports.metadata)
         with response:
             self._raise_for_status(response, f"{self.repository}:{reference}" if not reference.startswith("sha256:")
                                    else f"{self.repository}@{reference}")
             try:
                 body = read_limited(response, MAX_MANIFEST)
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except (TransportError, OSError) as exc:
                 raise RegistryError(f"reading the manifest from {self.host} failed: {_reason(exc)}",
                                     reference="registry-unreachable") from None
             return body, response.headers.get("Content-Type", "")
@@ -158,13 +171,14 @@ class RegistryClient:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        response = self.request("GET", f"/v2/{self.repository}/blobs/{digest}", headers, stream=True)
+        response = self.request("GET", f"/v2/{self.repository}/blobs/{digest}", headers, stream=True,
+                                transport=self.transports.blobs)
         with response:
             self._raise_for_status(response, f"blob {digest} of {self.repository}")
             skip = offset if offset and not _range_honoured(response, offset) else 0
             deadline = time.monotonic() + self.options.transfer_timeout if self.options.transfer_timeout else None
             try:
-                for chunk in _raw_chunks(response):
+                for chunk in response.chunks(CHUNK_SIZE, False):
                     if deadline is not None and time.monotonic() > deadline:
                         raise TransferInterrupted(f"blob {digest}: transfer took longer than "
                                                   f"ENROOT_TRANSFER_TIMEOUT ({self.options.transfer_timeout:g} s)")
@@ -173,39 +187,41 @@ class RegistryClient:
                         chunk, skip = chunk[dropped:], skip - dropped
                     if chunk:
                         yield chunk
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except (TransportError, OSError) as exc:
                 raise TransferInterrupted(f"download of blob {digest} from {self.host} interrupted: "
                                           f"{_reason(exc)}", reference="registry-unreachable") from None
 
     # ---- the request pipeline: retries -> auth -> redirects -------------------------------------------------
 
-    def request(self, method: str, path: str, headers: dict[str, str], *, stream: bool = False) -> requests.Response:
+    def request(self, method: str, path: str, headers: dict[str, str], *, stream: bool = False,
+                transport: Transport | None = None) -> Response:
         url = f"{self._base()}{path}"
-        response = self._with_retries(method, url, headers, stream=stream, authorize=True)
+        response = self._with_retries(method, url, headers, stream=stream, authorize=True,
+                                      transport=transport or self.transports.blobs)
         return response
 
-    def _with_retries(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
-                      authorize: bool = False, retries: int | None = None) -> requests.Response:
+    def _with_retries(self, method: str, url: str, headers: dict[str, str], *, stream: bool, transport: Transport,
+                      authorize: bool = False, retries: int | None = None) -> Response:
         retries = self.options.retries if retries is None else retries
         attempt = 0
         while True:
             try:
                 if authorize:
-                    response = self._authorized(method, url, headers, stream)
+                    response = self._authorized(transport, method, url, headers, stream)
                 else:
-                    response = self._follow(method, url, headers, stream)
-            except requests.exceptions.SSLError as exc:
+                    response = self._follow(transport, method, url, headers, stream)
+            except TLSFailure as exc:
                 reason = _reason(exc)
                 hint = ("the registry may speak plain HTTP: allow it with ENROOT_ALLOW_HTTP=y"
                         if "wrong version number" in reason else
                         "trust the registry's CA with PYENROOT_CA_BUNDLE=/path/ca.pem")
                 raise RegistryError(f"TLS failure talking to {urlsplit(url).netloc}: {reason}",
                                     reference="registry-tls", hint=hint) from None
-            except ValueError as exc:  # requests' InvalidURL/InvalidProxyURL, urllib3's LocationParseError
+            except BadURL as exc:
                 raise RegistryError(f"cannot talk to {urlsplit(url).netloc}: {_reason(exc)}", reference="registry-url",
                                     hint="check the registry name, PYENROOT_REGISTRY_MIRRORS and the proxy settings"
                                     ) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except Unreachable as exc:
                 if attempt < retries:
                     self._sleep(retry_delay(None, attempt))
                     attempt += 1
@@ -221,9 +237,10 @@ class RegistryClient:
                 continue
             return response
 
-    def _authorized(self, method: str, url: str, headers: dict[str, str], stream: bool) -> requests.Response:
+    def _authorized(self, transport: Transport, method: str, url: str, headers: dict[str, str],
+                    stream: bool) -> Response:
         sent_with = self._authorization
-        response = self._follow(method, url, self._with_auth(headers), stream)
+        response = self._follow(transport, method, url, self._with_auth(headers), stream)
         if response.status_code != 401:
             return response
         challenge = preferred_challenge(parse_www_authenticate(response.headers.get("WWW-Authenticate", "")))
@@ -234,19 +251,18 @@ class RegistryClient:
             # Another thread may have renewed the token while we waited; only one fetches.
             if self._authorization == sent_with:
                 self._authorization = self._authenticate(challenge)
-        return self._follow(method, url, self._with_auth(headers), stream)
+        return self._follow(transport, method, url, self._with_auth(headers), stream)
 
     def _with_auth(self, headers: dict[str, str]) -> dict[str, str]:
         if self._authorization:
             return {**headers, "Authorization": self._authorization}
         return dict(headers)
 
-    def _follow(self, method: str, url: str, headers: dict[str, str], stream: bool) -> requests.Response:
+    def _follow(self, transport: Transport, method: str, url: str, headers: dict[str, str], stream: bool) -> Response:
         """Send, following redirects ourselves: the Authorization header goes only to the original host."""
         origin = urlsplit(url)
         for _ in range(MAX_REDIRECTS + 1):
-            response = self.session.request(method, url, headers=headers, stream=stream, allow_redirects=False,
-                                            timeout=self.options.request_timeout, auth=_no_auth)
+            response = transport.send(method, url, headers, stream=stream, timeout=self.options.request_timeout)
             location = response.headers.get("Location")
             if response.status_code not in REDIRECT_STATUSES or not location:
                 return response
@@ -277,8 +293,7 @@ class RegistryClient:
         if challenge.scheme == "basic":
             if credentials is None:
                 raise self._denied("the registry requires a login")
-            raw = f"{credentials.username}:{credentials.password}".encode()
-            return "Basic " + base64.b64encode(raw).decode()
+            return _basic(credentials)
         return "Bearer " + self._fetch_token(challenge, credentials)
 
     def _fetch_token(self, challenge: Challenge, credentials: Credentials | None) -> str:
@@ -290,16 +305,21 @@ class RegistryClient:
         if urlsplit(realm).scheme == "http" and not self.options.allow_http:
             raise RegistryError(f"token service {urlsplit(realm).netloc} is plain HTTP",
                                 hint="set ENROOT_ALLOW_HTTP=y to allow it")
-        auth = (credentials.username, credentials.password) if credentials else _no_auth
+        separator = "&" if urlsplit(realm).query else "?"
+        url = f"{realm}{separator}{urlencode(params)}"
+        headers = {"Authorization": _basic(credentials)} if credentials else {}
         attempt = 0
         while True:
             try:
-                response = self.session.get(realm, params=params, auth=auth, timeout=self.options.request_timeout)
-            except requests.exceptions.SSLError as exc:
+                response = self._follow(self.transports.metadata, "GET", url, headers, False)
+            except TLSFailure as exc:
                 raise RegistryError(f"TLS failure talking to {urlsplit(realm).netloc}: {_reason(exc)}",
                                     reference="registry-tls",
                                     hint="trust the CA with PYENROOT_CA_BUNDLE=/path/ca.pem") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except BadURL as exc:
+                raise RegistryError(f"cannot talk to token service {urlsplit(realm).netloc}: {_reason(exc)}",
+                                    reference="registry-url") from None
+            except Unreachable as exc:
                 if attempt >= self.options.retries:
                     raise RegistryError(f"token service {urlsplit(realm).netloc} unreachable: {_reason(exc)}",
                                         reference="registry-unreachable") from None
@@ -307,19 +327,23 @@ class RegistryClient:
                 attempt += 1
                 continue
             if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
-                self._sleep(retry_delay(response, attempt))
+                delay = retry_delay(response, attempt)
+                response.close()
+                self._sleep(delay)
                 attempt += 1
                 continue
             break
-        if response.status_code in (401, 403):
-            raise self._denied("the token service refused the login" if credentials else "anonymous access refused")
-        if response.status_code != 200:
-            raise RegistryError(f"token service {urlsplit(realm).netloc} answered {response.status_code}")
-        try:
-            body = response.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+        with response:
+            if response.status_code in (401, 403):
+                raise self._denied("the token service refused the login" if credentials
+                                   else "anonymous access refused")
+            if response.status_code != 200:
+                raise RegistryError(f"token service {urlsplit(realm).netloc} answered {response.status_code}")
+            try:
+                body = json.loads(read_limited(response, MAX_TOKEN_BODY))
+                token = body.get("token") or body.get("access_token")
+            except (ValueError, AttributeError, RegistryError, TransportError):
+                token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"token service {urlsplit(realm).netloc} sent no token")
         return token
@@ -330,7 +354,7 @@ class RegistryClient:
         return RegistryError(f"access denied to {self.describe()}: {detail}", reference="registry-denied",
                              hint=self._credentials_hint or None)
 
-    def _raise_for_status(self, response: requests.Response, what: str) -> None:
+    def _raise_for_status(self, response: Response, what: str) -> None:
         status = response.status_code
         if status < 400:
             return
@@ -346,23 +370,19 @@ class RegistryClient:
         raise RegistryError(f"{self.host} answered {status} {response.reason} for {what}")
 
 
-def _range_honoured(response: requests.Response, offset: int) -> bool:
+def _basic(credentials: Credentials) -> str:
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def _range_honoured(response: Response, offset: int) -> bool:
     """True when a 206 answer starts exactly at `offset`; anything else is the whole blob again."""
     content_range = response.headers.get("Content-Range", "")
     return response.status_code == 206 and content_range.startswith(f"bytes {offset}-")
 
 
-def _raw_chunks(response: requests.Response, size: int = CHUNK_SIZE, decode: bool = False) -> Iterator[bytes]:
-    """The body in chunks. Blobs are hashed as stored, so the HTTP layer must not decompress them
-    (`decode=False`); a manifest's digest is over the document itself, so a Content-Encoding is undone."""
-    raw = response.raw
-    if hasattr(raw, "stream"):
-        return raw.stream(size, decode_content=decode)
-    return response.iter_content(size)
-
-
 def _reason(exc: BaseException) -> str:
-    """The innermost useful message of a requests/urllib3 exception, on one line."""
+    """The innermost useful message of a transport's exception, on one line."""
     text = str(exc)
     for marker in ("certificate verify failed", "Connection refused", "Name or service not known",
                    "Temporary failure in name resolution", "No route to host", "Network is unreachable",

@@ -4,13 +4,12 @@ itself; each an `Endpoint` (host, forced scheme, repository prefix). Pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pyenroot.errors import ConfigError
+from pyenroot.record import record
 from pyenroot.registry.uri import canonical_registry, is_registry_host
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """Where to send requests: host[:port], an optional forced scheme and a repository prefix (mirrors)."""
 

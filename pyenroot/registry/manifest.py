@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 from pyenroot.content.model import Descriptor
 from pyenroot.errors import ImageError
+from pyenroot.record import record
 from pyenroot.registry.platforms import Platform, normalize_platform  # noqa: F401 (the module's names too)
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -38,7 +38,7 @@ LAYER_COMPRESSION: dict[str, str] = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
 }
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
     """One image manifest: its config blob and its layers, bottom first."""
 
@@ -47,7 +47,7 @@ class Manifest:
     layers: tuple[Descriptor, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Index:
     """A manifest list or OCI index: one manifest (or nested index) per platform."""
 

@@ -10,11 +10,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
-
-import requests
 
 from pyenroot.config import Settings
 from pyenroot.content.blobs import BlobCache
@@ -35,10 +31,17 @@ from pyenroot.registry.manifest import (
     sha256_digest,
     verify_digest,
 )
-from pyenroot.registry.session import TransferOptions, make_session
+from pyenroot.registry.session import TransferOptions, transports_for
 from pyenroot.registry.uri import ImageRef, pinned_identity
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing's flag without importing typing (a Slurm step imports as little as it can)
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    import requests
+
+    T = TypeVar("T")
 MAX_INDEX_DEPTH = 4
 MAX_CONFIG = 16 << 20  # the config is read into memory; real ones are a few kB
 PROGRESS_STEP = 4 << 20  # report at most every 4 MiB per blob
@@ -54,9 +57,10 @@ class RegistrySource:
         self.ref = ref
         self.settings = settings
         self.options = TransferOptions.from_settings(settings)
-        self.session = session if session is not None else make_session(self.options)
-        self.cache = BlobCache.of(settings)
         self._environ = dict(os.environ if environ is None else environ)
+        # Short requests over http.client unless a proxy needs requests; blobs over requests, made when needed.
+        self.transports = transports_for(self.options, session, self._environ)
+        self.cache = BlobCache.of(settings)
         self._sleep = sleep
         config = settings.get("ENROOT_CONFIG_PATH")
         self._config_path = Path(config) if config else None
@@ -68,7 +72,7 @@ class RegistrySource:
         where = self._config_path / ".credentials" if self._config_path else "$ENROOT_CONFIG_PATH/.credentials"
         hint = (f"put credentials for {endpoint.host} in {where} "
                 f"(machine {endpoint.host.split(':')[0]} login USER password PASSWORD, mode 0600)")
-        return RegistryClient(endpoint, self.ref.repository, session=self.session, options=self.options,
+        return RegistryClient(endpoint, self.ref.repository, transports=self.transports, options=self.options,
                               credentials=self._credentials_for, credentials_hint=hint,
                               user=self.ref.user if origin else None, sleep=self._sleep)
 
@@ -152,6 +156,8 @@ class RegistrySource:
             if not self.cache.has(layer.digest):
                 missing.setdefault(layer.digest, layer)
         if missing:
+            from concurrent.futures import ThreadPoolExecutor
+
             workers = self.options.max_connections or len(missing)
             with ThreadPoolExecutor(max_workers=min(workers, len(missing)), thread_name_prefix="blob") as pool:
                 futures = [pool.submit(self.fetch_blob, d, progress) for d in missing.values()]

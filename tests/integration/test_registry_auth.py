@@ -146,3 +146,45 @@ def test_tls_with_a_private_ca(user, tls_registry):
     result = user.pyenroot("digest", uri, env={"PYENROOT_CA_BUNDLE": str(tls.ca_cert)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == image.digest
+
+
+# A proxy that applies to no loopback URL (NO_PROXY): the client then sends its short requests through requests
+# too, instead of http.client (test_registry_light_transport.py).
+THROUGH_REQUESTS = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"}
+
+
+def test_tls_reads_the_same_over_both_transports(user, tls_registry):
+    registry, tls, image = tls_registry
+    uri = f"docker://{registry.host}#secure/app:1"
+    refused = [user.pyenroot("digest", uri, env={"ENROOT_TRANSFER_RETRIES": "0", **extra})
+               for extra in ({}, THROUGH_REQUESTS)]
+    assert refused[0].returncode == refused[1].returncode == 1
+    assert refused[0].stderr == refused[1].stderr and "certificate verify failed" in refused[0].stderr
+    for extra in ({}, THROUGH_REQUESTS):
+        result = user.pyenroot("digest", uri, env={"PYENROOT_CA_BUNDLE": str(tls.ca_cert), **extra})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == image.digest
+
+
+def test_token_flow_over_both_transports(user, token_registry):
+    registry, tokens, pushed = token_registry
+    write_credentials(user, "machine 127.0.0.1 login bob password builder\n")
+    for extra in ({}, THROUGH_REQUESTS):
+        tokens.requests.clear()
+        result = user.pyenroot("digest", f"docker://{registry.host}#private/app:1", env={**HTTP, **extra})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == pushed["private/app"].digest
+        assert tokens.requests == [("bob", "repository:private/app:pull")]
+
+
+def test_allow_http_still_prefers_https_where_tls_is_spoken(user, tls_registry, registry):
+    """With ENROOT_ALLOW_HTTP a TLS-less registry is asked over HTTP straight away (no CA store loaded for an
+    HTTPS attempt that cannot succeed); one that speaks TLS is still asked over verified HTTPS."""
+    from pyenroot.registry.session import speaks_tls
+
+    tls_reg, tls, image = tls_registry
+    assert speaks_tls(tls_reg.host, 5) and not speaks_tls(registry.host, 5)
+    result = user.pyenroot("digest", f"docker://{tls_reg.host}#secure/app:1",
+                           env={**HTTP, "PYENROOT_CA_BUNDLE": str(tls.ca_cert)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == image.digest

@@ -117,3 +117,18 @@ def test_a_digest_pinned_image_built_before_costs_no_request(slurm, proxy, busyb
     assert again.returncode == 0, again.stderr
     assert again.stdout == "second layer\n"
     assert proxy.log == []  # not even the registry's /v2/
+
+
+def test_the_first_step_resolves_the_tag_over_the_light_transport(slurm, proxy, busybox_image):
+    """A job's first step whose image was built before asks for the manifest only, and over http.client (which
+    asks for no compression; requests would): finding the image loads no `requests`."""
+    image = f"{proxy.host}#{busybox_image.repository}:{busybox_image.tag}"
+    built = slurm.srun("-w", "node1", f"--container-image={image}", "true")
+    assert built.returncode == 0, built.stderr
+    proxy.seen_headers.clear()
+    again = slurm.srun("-w", "node1", f"--container-image={image}", "cat", "/etc/pyenroot-test")  # a new job
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "second layer\n"
+    paths = [path for path, _ in proxy.seen_headers]
+    assert any("/manifests/" in path for path in paths) and not any("/blobs/" in path for path in paths)
+    assert {headers.get("Accept-Encoding") for _, headers in proxy.seen_headers} == {"identity"}

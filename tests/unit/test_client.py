@@ -502,16 +502,16 @@ def test_blob_stream_verifies_at_the_end(fake, settings):
 
 
 def test_parallel_downloads_are_bounded_by_max_connections(fake, settings, monkeypatch):
-    import pyenroot.registry.source as source_module
+    import concurrent.futures  # (the source imports its pool only when it downloads)
 
     workers: list[int] = []
-    real = source_module.ThreadPoolExecutor
+    real = concurrent.futures.ThreadPoolExecutor
 
     def recording(max_workers, **kwargs):
         workers.append(max_workers)
         return real(max_workers=max_workers, **kwargs)
 
-    monkeypatch.setattr(source_module, "ThreadPoolExecutor", recording)
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", recording)
     fake.add_image("1", [f"layer {n}".encode() for n in range(6)])
     src, _, _ = source_for(fake, settings, ENROOT_MAX_CONNECTIONS="2")
     assert len(src.fetch_layers(src.resolve(None))) == 6
@@ -619,3 +619,19 @@ def test_oversized_manifests_and_configs_are_refused(fake, settings, monkeypatch
     src, _, _ = source_for(fake, settings)
     with pytest.raises(ImageError, match="more than the 10 accepted"):
         src.resolve(None)
+
+
+def test_short_requests_use_http_client_unless_a_proxy_is_configured():
+    from pyenroot.registry.session import TransferOptions, transports_for
+    from pyenroot.registry.transport_requests import RequestsTransport
+    from pyenroot.registry.transport_stdlib import StdlibTransport
+
+    plain = TransferOptions()
+    assert isinstance(transports_for(plain, environ={}).metadata, StdlibTransport)
+    assert isinstance(transports_for(plain, environ={}).blobs, RequestsTransport)
+    for environ in ({"HTTPS_PROXY": "http://p:3128"}, {"all_proxy": "socks5://p"}, {"REQUESTS_CA_BUNDLE": "/ca"}):
+        assert isinstance(transports_for(plain, environ=environ).metadata, RequestsTransport), environ
+    from_settings = TransferOptions(proxies=(("https", "http://p:3128"),))
+    assert isinstance(transports_for(from_settings, environ={}).metadata, RequestsTransport)
+    injected = transports_for(plain, requests.Session(), environ={})
+    assert injected.metadata is injected.blobs

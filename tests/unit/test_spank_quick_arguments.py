@@ -92,3 +92,14 @@ def test_a_step_that_finds_its_image_loads_no_registry_client_nor_builder():
     assert loaded(STEP + CACHED_IMAGE, ["argparse", "dataclasses", "inspect", "tempfile", "typing", "subprocess",
                                         "requests", "pyenroot.registry.source", "pyenroot.image.pipeline",
                                         "pyenroot.image.merge"]) == []
+
+
+# What the job's first step on a node loads on top to resolve the tag, when the image turns out to be built.
+TAG_LOOKUP = ["pyenroot.image.uri_source", "pyenroot.registry.source", "pyenroot.registry.transport_stdlib"]
+
+
+def test_a_step_that_resolves_a_tag_loads_no_requests_nor_builder():
+    """The manifest request goes over http.client; blobs would load requests."""
+    assert loaded(STEP + CACHED_IMAGE + TAG_LOOKUP,
+                  ["requests", "urllib3", "argparse", "dataclasses", "typing", "concurrent.futures",
+                   "pyenroot.image.pipeline", "pyenroot.image.merge", "pyenroot.registry.transport_requests"]) == []
