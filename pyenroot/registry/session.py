@@ -58,7 +58,7 @@ class TransferOptions:
             connect_timeout=float(connect) if connect > 0 else None,
             transfer_timeout=float(transfer) if transfer > 0 else None,
             retries=max(0, settings.integer("ENROOT_TRANSFER_RETRIES")),
-            ca_bundle=settings.get("PYENROOT_CA_BUNDLE") or None,
+            ca_bundle=_readable_bundle(settings.get("PYENROOT_CA_BUNDLE") or None),
             max_connections=max(0, settings.integer("ENROOT_MAX_CONNECTIONS")),
             ssl_cert_file=settings.get("SSL_CERT_FILE") or None,
             ssl_cert_dir=settings.get("SSL_CERT_DIR") or None,
@@ -171,6 +171,21 @@ def default_bundle() -> str | None:
     return certifi.where()
 
 
+def _bundle_error(ca_bundle: str, why: str) -> ConfigError:
+    return ConfigError(f"PYENROOT_CA_BUNDLE: cannot load {ca_bundle}: {why}")
+
+
+def _readable_bundle(ca_bundle: str | None) -> str | None:
+    """The bundle, checked readable now: a plain-HTTP registry never loads it, and a wrong setting must still show."""
+    if ca_bundle:
+        try:
+            with open(ca_bundle, "rb"):
+                pass
+        except OSError as exc:
+            raise _bundle_error(ca_bundle, exc.strerror or str(exc)) from None
+    return ca_bundle
+
+
 def make_ssl_context(ca_bundle: str | None, cert_file: str | None = None, cert_dir: str | None = None
                      ) -> ssl.SSLContext:
     """System CAs (or SSL_CERT_FILE / SSL_CERT_DIR, as OpenSSL reads them) plus our extra bundle."""
@@ -185,7 +200,7 @@ def make_ssl_context(ca_bundle: str | None, cert_file: str | None = None, cert_d
             context.load_verify_locations(cafile=ca_bundle)
         except (OSError, ssl.SSLError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError(f"PYENROOT_CA_BUNDLE: cannot load {ca_bundle}: {why}") from None
+            raise _bundle_error(ca_bundle, why) from None
     return context
 
 
