@@ -108,8 +108,10 @@ def test_exec_joins_pid_namespace(user, container):
 def test_exec_forwards_signals(user, container):
     with running_container(user, container) as pid:
         process = subprocess.Popen(
+            # A loop of short foreground sleeps, not `wait`: busybox ash can miss a trapped signal that arrives
+            # just as `wait` starts blocking, and then waits for its child (seen once in CI under load).
             [str(user.wrapper), "exec", str(pid), "sh", "-c",
-             'sleep 3600 & trap "echo got-term; kill $!; exit 5" TERM; echo ready; wait'],
+             'trap "echo got-term; exit 5" TERM; echo ready; while :; do sleep 1; done'],
             env=user.env(), user=user.uid, group=user.gid, extra_groups=[], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         try:
