@@ -15,6 +15,7 @@ In one run (as root; steps run as the unprivileged test account), interleaved, -
   reuse the tag its first step resolved (no registry request), over `srun --jobid=JOB true`
 
 and the container's overhead over bare srun (each srun above is a job of its own: its step is the job's first).
+Last, one line per target with its verdict (met or missed) and the figure.
 Targets (issue 14): cached unnamed image <= +0.10 s, existing named container <= +0.05 s, writable unnamed
 (busybox) <= +0.15 s.
 
@@ -189,7 +190,28 @@ def main() -> int:
         if len(times) > 1:
             print(f"== {label}")
         report(found)
+    print("\n".join(target_lines(times["this tree"])))
     return 0
+
+
+# issue 14's targets: (case, its floor, the most it may add over the floor in seconds)
+TARGETS = (
+    ("srun --container-image (cached) true", "srun true", 0.10),
+    ("srun --container-name (existing) true", "srun true", 0.05),
+    ("srun --container-image (busybox) --container-writable true: unpack", "srun true", 0.15),
+)
+
+
+def target_lines(times: dict[str, list[float]]) -> list[str]:
+    """This tree's verdict on each target it measured: the median over the median of its floor."""
+    lines = ["targets (this tree, medians over bare srun, each step its job's first):"]
+    for name, floor, limit in TARGETS:
+        if name not in times:
+            continue
+        overhead = statistics.median(times[name]) - statistics.median(times[floor])
+        verdict = "met" if overhead <= limit + 0.0005 else "missed"  # (printed to the ms)
+        lines.append(f"- {name}: {overhead:+.3f} s (target <= +{limit:.2f}: {verdict})")
+    return lines
 
 
 def report(times: dict[str, list[float]]) -> None:
