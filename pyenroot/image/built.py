@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -252,5 +251,7 @@ def place_copy(source: Path, fd: int) -> None:
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             src.seek(0)
+            import shutil  # (only here: a Slurm step's cache lookup does without shutil, bz2 and lzma)
+
             with os.fdopen(os.dup(fd), "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)

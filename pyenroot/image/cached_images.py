@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyenroot.config import Settings
+from pyenroot.config import Settings, find_program
 from pyenroot.errors import StorageError, UsageError
 from pyenroot.image import squash
 from pyenroot.image.built import BuildKey, BuiltEntry, BuiltImages, builder_identity, squash_description
@@ -78,8 +77,8 @@ def _platform_label(arch: str | None) -> str:
 
 
 def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
-    mksquashfs = plan.use_mksquashfs or shutil.which("tar2sqfs") is None
-    tool = shutil.which("mksquashfs" if mksquashfs else "tar2sqfs")
+    mksquashfs = plan.use_mksquashfs or find_program("tar2sqfs") is None
+    tool = find_program("mksquashfs" if mksquashfs else "tar2sqfs")
     return BuildKey(reference_digest=reference_digest, source_uri=source_uri, platform=_platform_label(arch),
                     squash=squash_description(plan) + f" mksquashfs={mksquashfs}",
                     builder=builder_identity(tool, os.environ.get("SOURCE_DATE_EPOCH")))
