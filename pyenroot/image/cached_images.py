@@ -77,7 +77,7 @@ def _platform_label(arch: str | None) -> str:
 
 
 def _build_key(reference_digest: str, source_uri: str, arch: str | None, plan: squash.SquashPlan) -> BuildKey:
-    mksquashfs = plan.use_mksquashfs or find_program("tar2sqfs") is None
+    mksquashfs = plan.builds_with_mksquashfs()
     tool = find_program("mksquashfs" if mksquashfs else "tar2sqfs")
     return BuildKey(reference_digest=reference_digest, source_uri=source_uri, platform=_platform_label(arch),
                     squash=squash_description(plan) + f" mksquashfs={mksquashfs}",

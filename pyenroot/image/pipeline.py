@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -160,7 +159,7 @@ def _squash_failures(out: TempOutput) -> Iterator[None]:
 def _build_squashfs(image, layers, settings, arch, progress, out: TempOutput, plan: squash.SquashPlan,
                     scratch: Path) -> MergeResult:
     jobs = settings.max_processors()
-    if not plan.use_mksquashfs and shutil.which("tar2sqfs") is None:
+    if not plan.use_mksquashfs and plan.builds_with_mksquashfs():
         plan.use_mksquashfs = True  # slower (the tree is unpacked first), but the same image
         plan.notes.append("no tar2sqfs")
     if plan.use_mksquashfs:

@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 from pyenroot import squashfs, tools
+from pyenroot.config import find_program
 from pyenroot.errors import ConfigError, ImageError
 from pyenroot.record import factory, record
 
@@ -75,6 +76,11 @@ class SquashPlan:
     use_mksquashfs: bool = False
     mksquashfs_args: list[str] = factory(list)
     notes: list[str] = factory(list)
+
+    def builds_with_mksquashfs(self) -> bool:
+        """Whether the image is built by mksquashfs: the options ask for it, or tar2sqfs is not installed. The
+        build and the built-image cache's key both ask this, so that they cannot disagree."""
+        return self.use_mksquashfs or find_program("tar2sqfs") is None
 
     def tar2sqfs_argv(self, output: Path, jobs: int) -> list[str]:
         argv = ["tar2sqfs", "--quiet", "--no-skip", "--force", "-c", self.compressor, "-j", str(self.jobs or jobs)]
