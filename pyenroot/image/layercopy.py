@@ -3,7 +3,8 @@
 gzip decompresses at a fraction of zstd's speed, and on a machine of few cores it competes with the squashfs
 compressor: a rebuild of an image whose blobs are cached (other squash options, another platform's config)
 reads each gzip layer's zstd copy instead. The copy is written while the merge reads the layer the first time
-(`CopyWriter`, fed by `merge.LayerStream`'s tee), so it costs no extra decompression. Its record holds the
+(`CopyWriter.feed`, between the decompressor and the merge, see `merge.LayerStream`), so it costs no extra
+decompression, only zstd -1's compression, once (about twice igzip's decompression). Its record holds the
 copy's size and crc32: a copy is used only when both match and the files pass the blob cache's trust check,
 checked through the very descriptor the decompressor then reads; otherwise the gzip blob is read and the copy
 written again. One writer per blob at a time (a non-blocking flock: a second importer simply reads gzip);
@@ -13,10 +14,13 @@ readers hold the blob's use lock, and `cache prune` removes the copy with its bl
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import subprocess
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,35 +31,34 @@ from pyenroot.content.blobs import BlobCache, hold_lock, release_lock
 from pyenroot.content.model import LocalLayer
 from pyenroot.errors import ImageError, PyenrootError
 
-_BUFFER = 1 << 20  # the tee writes to zstd in chunks this large, not per tar block
+_BUFFER = 1 << 20  # the crc32 of a copy is taken in chunks this large
 _PARTIAL_SUFFIX = ".part"
-# Level 1: several hundred MB/s on one core, so the first import hardly notices it; threads stay at one
-# because the merge's decompressor and the squashfs builder already use the cores.
+# Level 1: the cheapest level that still makes copies smaller than the gzip blobs; one thread, because the
+# merge's decompressor and the squashfs builder already use the cores.
 COMPRESS_ARGV = ("zstd", "-1", "-q", "-c", "-T1", "--check")
 
 
 @dataclass(frozen=True)
 class CopyRecord:
-    """What was written: the blob it copies, the copy's length and crc32, and the uncompressed length."""
+    """What was written: the blob it copies, and the copy's length and crc32."""
 
     blob: str
     size: int
     crc32: int
-    uncompressed: int
 
     def to_json(self) -> str:
-        return json.dumps({"blob": self.blob, "size": self.size, "crc32": self.crc32,
-                           "uncompressed": self.uncompressed})
+        return json.dumps({"blob": self.blob, "size": self.size, "crc32": self.crc32})
 
     @classmethod
     def from_json(cls, text: str) -> CopyRecord | None:
-        """None for anything but a complete record."""
+        """None for anything but a complete record (other keys, such as older records' `uncompressed`, are
+        ignored)."""
         try:
             data = json.loads(text)
-            record = cls(str(data["blob"]), int(data["size"]), int(data["crc32"]), int(data["uncompressed"]))
+            record = cls(str(data["blob"]), int(data["size"]), int(data["crc32"]))
         except (ValueError, KeyError, TypeError):
             return None
-        return record if record.size >= 0 and record.uncompressed >= 0 else None
+        return record if record.size >= 0 else None
 
 
 def file_crc32(file: BinaryIO) -> tuple[int, int]:
@@ -152,8 +155,30 @@ class LayerCopies:
             return None
 
 
+@functools.cache
+def _libc_tee():
+    import ctypes
+
+    function = ctypes.CDLL(None, use_errno=True).tee
+    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
+    function.restype = ctypes.c_ssize_t
+    return function
+
+
+def _tee(source: int, target: int) -> int:
+    """tee(2): duplicate up to a chunk of pipe `source` into pipe `target` without consuming it; 0 at the
+    end of `source`, -1 when `target` cannot take it (its reader is gone). ctypes drops the GIL meanwhile."""
+    import ctypes
+
+    while (count := _libc_tee()(source, target, _BUFFER, 0)) < 0:
+        if ctypes.get_errno() != errno.EINTR:
+            return -1
+    return count
+
+
 class CopyWriter:
     """Compresses a layer's uncompressed bytes with zstd into a temp file; `commit` checks and names it.
+    `feed` puts it between the decompressor and the merge.
     Any failure of its own drops the copy silently: the import goes on from gzip."""
 
     def __init__(self, cache: BlobCache, digest: str, lock: int, lock_path: Path):
@@ -165,49 +190,63 @@ class CopyWriter:
         self.temp = Path(name)
         try:
             self.process: subprocess.Popen | None = tools.spawn(COMPRESS_ARGV, stdin=tools.PIPE, stdout=fd,
-                                                                stderr=tools.DEVNULL, many_files=True)
+                                                                stderr=tools.DEVNULL, many_files=True, bufsize=0)
         except OSError:
             self.temp.unlink(missing_ok=True)
             raise
         finally:
             os.close(fd)
-        self._pending = bytearray()
-        self.uncompressed = 0
+        self._pump: threading.Thread | None = None
+        self._copy_failed = False
 
-    def write(self, data) -> None:
-        if self.process is None:
-            return
-        self._pending += data
-        self.uncompressed += len(data)
-        if len(self._pending) >= _BUFFER:
-            self._flush()
+    def feed(self, decompressed: BinaryIO) -> BinaryIO:
+        """A pipe that yields the decompressor's output unchanged, while a thread also hands each byte to
+        zstd. The thread moves pages with tee(2) and splice(2), so the data never passes through Python (a
+        copy through Python, or coreutils' tee with its small buffer, cost the import more than zstd)."""
+        read_end, write_end = os.pipe()
+        tools.widen_pipe(write_end)
+        self._pump = threading.Thread(target=self._move, args=(decompressed, write_end), name="layer-copy",
+                                      daemon=True)
+        self._pump.start()
+        return open(read_end, "rb", buffering=0)  # the merge reads and closes it
 
-    def _flush(self) -> None:
+    def _move(self, decompressed: BinaryIO, write_end: int) -> None:
         assert self.process is not None and self.process.stdin is not None
+        source, copy = decompressed.fileno(), self.process.stdin.fileno()
         try:
-            self.process.stdin.write(self._pending)
-        except OSError:
-            self.abort()
-            return
-        self._pending.clear()
+            while True:
+                count = _tee(source, copy) if not self._copy_failed else 0
+                if count < 0:  # zstd is gone: the layer still reaches the merge, the copy is dropped
+                    self._copy_failed = True
+                if count <= 0:
+                    count = os.splice(source, write_end, _BUFFER)
+                    if count == 0:
+                        return
+                    continue
+                while count:
+                    count -= os.splice(source, write_end, count)
+        except OSError:  # the merge stopped reading: the stream is being closed (or the decompressor failed)
+            self._copy_failed = True
+        finally:
+            os.close(write_end)
+            decompressed.close()
 
     def commit(self) -> None:
-        """The whole layer was read and its decompressor succeeded: finish the copy and name it."""
-        if self.process is None:
-            return
-        if self._pending:
-            self._flush()
-            if self.process is None:
-                return
+        """The whole layer was read and its decompressor succeeded: finish the copy (if it got every byte) and
+        name it."""
+        if self._pump is not None:
+            self._pump.join()
         process, self.process = self.process, None
+        if process is None:
+            return
         try:
-            assert process.stdin is not None
-            process.stdin.close()
-            if process.wait() != 0:
+            if process.stdin is not None:
+                process.stdin.close()
+            if process.wait() != 0 or self._copy_failed:
                 raise OSError("zstd failed")
             with open(self.temp, "rb") as written:
                 size, crc = file_crc32(written)
-            record = CopyRecord(self.digest, size, crc, self.uncompressed)
+            record = CopyRecord(self.digest, size, crc)
             record_temp = self.temp.with_name(self.temp.name + ".json")
             record_temp.write_text(record.to_json())
             os.chmod(record_temp, 0o600)
@@ -225,10 +264,12 @@ class CopyWriter:
         process, self.process = self.process, None
         if process is None:
             return
-        process.kill()
+        process.kill()  # first: a pump waiting for zstd to take more then fails, and ends
+        if self._pump is not None:
+            self._pump.join()
         with contextlib.suppress(OSError):
-            assert process.stdin is not None
-            process.stdin.close()
+            if process.stdin is not None:
+                process.stdin.close()
         process.wait()
         self.temp.unlink(missing_ok=True)
         release_lock(self._lock, self._lock_path)

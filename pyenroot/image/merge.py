@@ -164,39 +164,14 @@ class ReadAhead:
         self._raw.close()
 
 
-class LayerTee:
-    """Passes a layer's uncompressed bytes through, and hands each to a copy writer (`layercopy.CopyWriter`)."""
-
-    def __init__(self, inner: BinaryIO | ReadAhead, writer: CopyWriter):
-        self._inner = inner
-        self.writer = writer
-
-    def readinto(self, buffer) -> int:
-        count = self._inner.readinto(buffer)
-        if count:
-            self.writer.write(memoryview(buffer).cast("B")[:count])
-        return count
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self.writer.write(data)
-        return data
-
-    @property
-    def closed(self) -> bool:
-        return self._inner.closed
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 class LayerStream:
     """A layer's uncompressed tar bytes, read from a decompressor's pipe (or the file itself).
 
     With `read_ahead` (bytes), the pipe is emptied by a thread into a bounded buffer, so the decompressor
     keeps working while earlier layers are merged. With `copies`, a gzip layer is read from its zstd copy
-    when a good one exists; otherwise (and with `tee`) its bytes are also written into a new copy, which is
-    kept only once the layer was read to its end and its decompressor succeeded.
+    when a good one exists; otherwise (and with `tee`) its bytes also go into a new copy on their way from the
+    decompressor (`CopyWriter.feed`), which is kept only once the layer was read to its end and its
+    decompressor succeeded.
     """
 
     def __init__(self, layer: LocalLayer, decompressor: Decompressor, read_ahead: int = 0,
@@ -213,19 +188,21 @@ class LayerStream:
         argv = decompressor.argv(kind)
         if argv is None:
             # Unbuffered: the tar reader buffers itself, and splices large files' data from the descriptor.
-            self.file: BinaryIO | ReadAhead | LayerTee = open(layer.path, "rb", buffering=0)  # noqa: SIM115
+            self.file: BinaryIO | ReadAhead = open(layer.path, "rb", buffering=0)  # noqa: SIM115
             return
         try:
             self.process = self._start(argv, source or open(layer.path, "rb"))  # noqa: SIM115
+            assert self.process.stdout is not None
+            tools.widen_pipe(self.process.stdout.fileno())  # keeps the decompressor busy while we copy
+            output = self.copy_writer.feed(self.process.stdout) if self.copy_writer else self.process.stdout
         except BaseException:
+            if self.process is not None:
+                self.process.kill()
+                self.process.wait()
             if self.copy_writer is not None:
                 self.copy_writer.abort()
             raise
-        assert self.process.stdout is not None
-        tools.widen_pipe(self.process.stdout.fileno())  # keeps the decompressor busy while we copy
-        self.file = ReadAhead(self.process.stdout, read_ahead) if read_ahead else self.process.stdout
-        if self.copy_writer is not None:
-            self.file = LayerTee(self.file, self.copy_writer)
+        self.file = ReadAhead(output, read_ahead) if read_ahead else output
 
     def _start(self, argv: list[str], source: BinaryIO) -> subprocess.Popen:
         with source:

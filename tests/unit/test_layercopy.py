@@ -150,10 +150,25 @@ def test_prune_removes_the_copy_with_its_blob(cache):
 
 
 def test_copy_record_parsing():
-    record = CopyRecord("sha256:" + "a" * 64, 10, 123, 2048)
+    record = CopyRecord("sha256:" + "a" * 64, 10, 123)
     assert CopyRecord.from_json(record.to_json()) == record
-    for junk in ("", "[]", '{"blob": "x"}', '{"blob": "x", "size": -1, "crc32": 1, "uncompressed": 1}'):
+    for junk in ("", "[]", '{"blob": "x"}', '{"blob": "x", "size": -1, "crc32": 1}'):
         assert CopyRecord.from_json(junk) is None
+
+
+def test_a_copy_whose_zstd_dies_is_dropped_and_the_layer_still_read(cache, monkeypatch):
+    layers = _cached_layers(cache)
+    from_gzip = _merged(layers, copies=None)
+    from pyenroot.image import layercopy
+    monkeypatch.setattr(layercopy, "COMPRESS_ARGV", ("sh", "-c", "head -c 100 > /dev/null; exit 3"))
+    assert _merged(layers, LayerCopies(cache)) == from_gzip
+    assert all(LayerCopies(cache).open_copy(layer) is None for layer in layers)
+    assert not [p for p in cache.copies.iterdir() if p.name.startswith(".")]
+
+
+def test_an_older_record_with_more_keys_is_still_read():
+    text = '{"blob": "sha256:%s", "size": 10, "crc32": 123, "uncompressed": 2048}' % ("a" * 64)
+    assert CopyRecord.from_json(text) == CopyRecord("sha256:" + "a" * 64, 10, 123)
 
 
 @pytest.mark.parametrize("setting,gzip_name,expected", [
