@@ -1,7 +1,7 @@
 """HTTP to one registry endpoint (the origin or a mirror) for one repository, over injected transports
 (`session.Transports`: short requests and blobs may go over different ones; the rules here are the same).
 
-Handles the `/v2/` ping, Bearer and Basic auth, redirects (the Authorization header never leaves the
+Handles the `/v2/` ping (only to choose between HTTP and HTTPS), Bearer and Basic auth, redirects (the Authorization header never leaves the
 registry's host), retries with backoff on connection errors, 5xx and 429 (honouring Retry-After), timeouts,
 and turns every failure into a one-line RegistryError.
 """
@@ -118,7 +118,12 @@ class RegistryClient:
 
     def _base(self) -> str:
         if self._scheme is None:
-            self.ping()
+            if self.options.allow_http:
+                self.ping()  # http or https: the registry's answer decides
+            else:
+                # Only HTTPS is allowed: a ping would decide nothing, and cost a round trip before the first
+                # request (a token challenge, when the registry has one, comes with that request's 401).
+                self._scheme = "https"
         return f"{self._scheme}://{self.host}"
 
     def ping(self) -> None:
