@@ -1,9 +1,9 @@
 """HTTP to one registry endpoint (the origin or a mirror) for one repository, over injected transports
 (`session.Transports`: short requests and blobs may go over different ones; the rules here are the same).
 
-Handles the `/v2/` ping (only to choose between HTTP and HTTPS), Bearer and Basic auth, redirects (the Authorization header never leaves the
-registry's host), retries with backoff on connection errors, 5xx and 429 (honouring Retry-After), timeouts,
-and turns every failure into a one-line RegistryError.
+Handles the `/v2/` ping (only where it chooses between HTTPS and plain HTTP), Bearer and Basic auth, redirects
+(the Authorization header never leaves the registry's host), retries with backoff on connection errors, 5xx and
+429 (honouring Retry-After), timeouts, and turns every failure into a one-line RegistryError.
 """
 
 from __future__ import annotations
@@ -118,20 +118,25 @@ class RegistryClient:
 
     def _base(self) -> str:
         if self._scheme is None:
-            if self.options.allow_http:
-                self.ping()  # http or https: the registry's answer decides
+            schemes = self._schemes()
+            if len(schemes) == 1:
+                # A ping would decide nothing, and cost a round trip before the first request (a token
+                # challenge, when the registry has one, comes with that request's 401).
+                self._scheme = schemes[0]
             else:
-                # Only HTTPS is allowed: a ping would decide nothing, and cost a round trip before the first
-                # request (a token challenge, when the registry has one, comes with that request's 401).
-                self._scheme = "https"
+                self.ping(schemes)
         return f"{self._scheme}://{self.host}"
 
-    def ping(self) -> None:
-        """GET /v2/: decides http or https (http only when allowed) and checks that a registry answers."""
-        schemes = [self._scheme] if self._scheme else (["https", "http"] if self.options.allow_http else ["https"])
-        if len(schemes) > 1 and not self.transports.speaks_tls(self.host,
-                                                               self.options.connect_timeout or STALL_TIMEOUT):
-            schemes = ["http"]  # no TLS there: the HTTPS attempt would fail (and cost the CA store's loading)
+    def _schemes(self) -> list[str]:
+        """The schemes to try, best first: HTTPS only, unless ENROOT_ALLOW_HTTP allows plain HTTP too."""
+        if not self.options.allow_http:
+            return ["https"]
+        if not self.transports.speaks_tls(self.host, self.options.connect_timeout or STALL_TIMEOUT):
+            return ["http"]  # no TLS there: the HTTPS attempt would fail (and cost the CA store's loading)
+        return ["https", "http"]
+
+    def ping(self, schemes: list[str]) -> None:
+        """GET /v2/ with each scheme in turn: the first that a registry answers on is kept."""
         last: RegistryError | None = None
         for position, scheme in enumerate(schemes):
             # With plain HTTP still to try, an HTTPS port that refuses is not worth the retries.
