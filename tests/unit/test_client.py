@@ -23,6 +23,7 @@ from pyenroot.errors import ConfigError, ImageError, RegistryError
 from pyenroot.registry import manifest as m
 from pyenroot.registry.client import retry_delay
 from pyenroot.registry.endpoints import Endpoint, parse_mirrors
+from pyenroot.registry.session import Transports
 from pyenroot.registry.source import RegistrySource
 from pyenroot.registry.uri import parse_uri
 
@@ -441,6 +442,23 @@ def test_plain_http_only_when_allowed(fake, settings):
     src, transport, _ = source_for(fake, settings, ENROOT_ALLOW_HTTP="y")
     assert src.resolve(None).layers
     assert transport.sent[-1].url.startswith("http://reg.test/")
+
+
+def test_the_ping_only_chooses_between_https_and_http(fake, settings, monkeypatch):
+    """HTTPS only, or plain HTTP on a port without TLS: the first request is the manifest's. The ping (GET /v2/)
+    is sent only where both schemes are possible."""
+    fake.add_image("1", [b"layer"])
+    src, transport, _ = source_for(fake, settings)
+    src.resolve(None)
+    assert transport.sent[0].url == "https://reg.test/v2/team/app/manifests/1"
+    monkeypatch.setattr(Transports, "speaks_tls", lambda self, netloc, timeout: False)
+    src, transport, _ = source_for(fake, settings, ENROOT_ALLOW_HTTP="y")
+    src.resolve(None)
+    assert transport.sent[0].url == "http://reg.test/v2/team/app/manifests/1"
+    monkeypatch.setattr(Transports, "speaks_tls", lambda self, netloc, timeout: True)
+    src, transport, _ = source_for(fake, settings, ENROOT_ALLOW_HTTP="y")
+    src.resolve(None)
+    assert transport.sent[0].url == "https://reg.test/v2/"
 
 
 def test_mirrors_are_tried_in_order_then_the_origin(fake, settings):
