@@ -35,7 +35,7 @@ _FILE_KEY = re.compile(
     r"^(ENROOT_[A-Z0-9_]+|PYENROOT_[A-Z0-9_]+|MELLANOX_\w+|NVIDIA_\w+|SSL_CERT_(?:DIR|FILE)"
     r"|all_proxy|no_proxy|http_proxy|https_proxy)$"
 )
-_VAR_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+_VAR_REF = r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"  # compiled at first use
 
 
 def _default_runtime_dir(uid: int) -> str:
@@ -159,7 +159,7 @@ def expand_variables(value: str, lookup: Mapping[str, str]) -> str:
             return match.group(2)
         return found
 
-    return _VAR_REF.sub(replace, value)
+    return re.sub(_VAR_REF, replace, value)
 
 
 def parse_settings_file(text: str, source: str) -> dict[str, str]:

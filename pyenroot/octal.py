@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
+_OCTAL = r"\\([0-7]{3})"  # compiled (and cached by re) only when a field has an escape
 
 
 def unescape(field: str) -> str:
     """Decode octal escapes such as `\\040` (space)."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+    if "\\" not in field:
+        return field
+    return re.sub(_OCTAL, lambda m: chr(int(m.group(1), 8)), field)
 
 
 def escape(field: str) -> str:

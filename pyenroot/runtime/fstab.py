@@ -37,7 +37,7 @@ from pyenroot.runtime.flags import (
 )
 
 MAX_LINE = 4096
-_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BRACED = r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"  # compiled (and cached by re) at the first line that has one
 DEFAULT_BIND_OPTIONS = ("rbind", "x-create=auto")
 CREATE_KEYS = ("x-create", "create")  # `create=` is the first releases' spelling
 CREATE_KINDS = ("dir", "file", "auto")
@@ -84,7 +84,9 @@ class FstabEntry:
 
 def substitute(text: str, environ: Mapping[str, str]) -> str:
     """Replace `${NAME}` (the braced form only, like enroot) by its value; unset names become ''."""
-    return _BRACED.sub(lambda m: environ.get(m.group(1), ""), text)
+    if "${" not in text:
+        return text
+    return re.sub(_BRACED, lambda m: environ.get(m.group(1), ""), text)
 
 
 def format_line(source: str, target: str, fstype: str = "none", options: str = "defaults", passno: int = 0) -> str:

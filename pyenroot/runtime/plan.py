@@ -307,8 +307,9 @@ def shell_argv0(shell: str, login: bool) -> str:
     return f"-{name}" if login else name
 
 
-_EXEC_ARGUMENTS = re.compile(r'^\s*exec "\$@"\s*$', re.MULTILINE)
-_CHANGES_LOOKUP = re.compile(r"PATH|\bset\b|\bshift\b|\balias\b|\bhash\b")
+# Strings, compiled (and cached by re) only where an image has an init script to look at.
+_EXEC_ARGUMENTS = r'(?m)^\s*exec "\$@"\s*$'
+_CHANGES_LOOKUP = r"PATH|\bset\b|\bshift\b|\balias\b|\bhash\b"
 
 
 def rc_runs_arguments(rc_text: str, rc_local_text: str = "") -> bool:
@@ -318,7 +319,7 @@ def rc_runs_arguments(rc_text: str, rc_local_text: str = "") -> bool:
     reports it with the script's line number."""
     code = "\n".join(line for line in f"{rc_text}\n{rc_local_text}".splitlines()
                      if not line.lstrip().startswith("#"))
-    return bool(_EXEC_ARGUMENTS.search(code)) and not _CHANGES_LOOKUP.search(code)
+    return bool(re.search(_EXEC_ARGUMENTS, code)) and not re.search(_CHANGES_LOOKUP, code)
 
 
 # Runs the init script after a check of the command it will `exec`, looked up as the shell itself would (after a
