@@ -74,3 +74,13 @@ def test_a_field_without_default_after_one_with_is_refused():
         class Wrong:
             a: int = 0
             b: int
+
+
+def test_arguments_are_checked_as_a_generated_init_would():
+    with pytest.raises(TypeError, match="takes 3 arguments but 4"):
+        Point(1, 2, [], 4)
+    with pytest.raises(TypeError, match="multiple values for argument 'x'"):
+        Point(1, x=2)
+    with pytest.raises(TypeError, match="missing required argument 'x'"):
+        Point(y=1)
+    assert Point.__init__.__qualname__ == "Point.__init__"
