@@ -94,7 +94,7 @@ def _initialiser(qualname: str, names: tuple[str, ...], defaults: dict, frozen: 
     costs a few microseconds more per instance, and a start makes few."""
     count = len(names)
     known = frozenset(names)
-    assign = object.__setattr__
+    assign = object.__setattr__ if frozen else setattr  # a frozen record's own __setattr__ refuses
 
     def __init__(self, *args, **kwargs):
         if len(args) > count:
@@ -115,10 +115,7 @@ def _initialiser(qualname: str, names: tuple[str, ...], defaults: dict, frozen: 
                     value = value.make()
             else:
                 raise TypeError(f"{qualname}() missing required argument {name!r}")
-            if frozen:
-                assign(self, name, value)
-            else:
-                setattr(self, name, value)
+            assign(self, name, value)
         if post_init:
             self.__post_init__()
 
