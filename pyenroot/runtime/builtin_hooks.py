@@ -8,6 +8,7 @@ with `mounter.host_path`, so a hostile symlink in the image cannot redirect a wr
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import os
 import pwd
@@ -34,16 +35,33 @@ def _read(path: Path) -> str:
 # ---------------------------------------------------------------- shadow
 
 
+def prepare(outer_uid: int, outer_gid: int) -> None:
+    """The host lookups of these hooks, made ahead (hooks.prepare) and kept for when the hooks run: the
+    caller's account and group (a directory service may take milliseconds) and the cgroup mounts."""
+    _account(outer_uid)
+    _group_name(outer_gid)
+    _cgroup_mounts()
+
+
+@functools.cache
+def _account(uid: int) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwuid(uid)
+    except KeyError:
+        return None
+
+
 def _host_identity(ctx: HookContext) -> tuple[str, str, str, str]:
     """(user name, gecos, home, shell) of the caller on the host, and the group name."""
-    try:
-        entry = pwd.getpwuid(ctx.outer_uid)
+    entry = _account(ctx.outer_uid)
+    if entry is not None:
         name, gecos, home, shell = entry.pw_name, entry.pw_gecos, entry.pw_dir, entry.pw_shell
-    except KeyError:
+    else:
         name, gecos, home, shell = f"user{ctx.outer_uid}", "", ctx.host_environ.get("HOME", "/"), "/bin/sh"
     return name, gecos.replace(":", " "), home, shell
 
 
+@functools.cache
 def _group_name(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
@@ -162,8 +180,10 @@ def aptfix(ctx: HookContext) -> None:
 # ---------------------------------------------------------------- cgroups
 
 
+@functools.cache
 def _cgroup_mounts() -> dict[str, str]:
-    """Hierarchy key ('' for cgroup2, else the controller list or name=...) -> mount point on the host."""
+    """Hierarchy key ('' for cgroup2, else the controller list or name=...) -> mount point on the host (the
+    first mount of each: the container's own binds, made later, come after the host's in mountinfo)."""
     found: dict[str, str] = {}
     for line in _read(Path("/proc/self/mountinfo")).splitlines():
         left, _, right = line.partition(" - ")

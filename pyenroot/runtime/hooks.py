@@ -95,6 +95,21 @@ def _load(target: str) -> Callable[[HookContext], None] | None:
     return getattr(module, function)
 
 
+def prepare(steps: Sequence[HookStep], outer_uid: int, outer_gid: int) -> None:
+    """Do ahead what the built-in steps will need from the host, while something else is waited for (an image's
+    mount): import their modules and let each that has a `prepare(outer_uid, outer_gid)` look up what it reads
+    from the host. Guarded steps are left alone; so is any failure, which the step itself meets and reports."""
+    modules = {s.target.partition(":")[0] for s in steps if s.target is not None and s.name not in _GUARDS}
+    for module_name in sorted(modules):
+        try:
+            module = importlib.import_module(module_name)
+            warm_up = getattr(module, "prepare", None)
+            if warm_up is not None:
+                warm_up(outer_uid, outer_gid)
+        except (ImportError, OSError):
+            continue
+
+
 def _run_builtin(step: HookStep, ctx: HookContext) -> None:
     guard = _GUARDS.get(step.name)
     if guard is not None and not guard(ctx):

@@ -393,7 +393,8 @@ def _launch(spec: Launch, kernel: Syscalls) -> int:
         sub.mkdir(mode=0o755)
         mounted = imagemount.mount_image(target.path, sub, writable=start_plan.writable,
                                           writable_method=spec.writable_sqsh, native_overlay=spec.native_overlay,
-                                          processors=spec.processors)
+                                          processors=spec.processors,
+                                          meanwhile=lambda: _prepare_later_stages(spec, start_plan))
         for note in mounted.notes:
             spec.warn(note)
         root = mounted.rootfs
@@ -407,6 +408,16 @@ def _launch(spec: Launch, kernel: Syscalls) -> int:
             return supervise(parent_child)
     _configure_and_exec(spec, kernel, start_plan, root, enroot_pid, workdir)
     raise AssertionError("unreachable")  # _configure_and_exec executes the program or raises
+
+
+def _prepare_later_stages(spec: Launch, start_plan: StartPlan) -> None:
+    """What the stages after the root filesystem need that does not depend on it, done while squashfuse mounts
+    an image (which leaves this process idle for a few milliseconds): the hooks' modules and host lookups."""
+    from pyenroot.runtime import hooks
+
+    hooks.prepare(spec.hook_steps, spec.request.outer_uid, spec.request.outer_gid)
+    if start_plan.userns:
+        from pyenroot.runtime import seccomp  # noqa: F401 (imported for _configure_and_exec)
 
 
 def _configure_and_exec(spec: Launch, kernel: Syscalls, start_plan: StartPlan, root: Path, enroot_pid: int,

@@ -153,8 +153,13 @@ def keep_capabilities_across_exec() -> None:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
+    """One write to a /proc file, without Python's file objects: it also runs in the child of a fork before exec
+    (a FUSE server's id maps), where every page of the parent that Python touches is copied."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 class Syscalls:
