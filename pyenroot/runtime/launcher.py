@@ -428,6 +428,10 @@ def _configure_and_exec(spec: Launch, kernel: Syscalls, start_plan: StartPlan, r
         raise RuntimeStartError(f"cannot bind the root filesystem {root}: {reason(exc)}") from None
     start_plan = plan.with_image(start_plan, spec.request, read_image_facts(root),
                                  {"ENROOT_ROOTFS": str(root), "ENROOT_PID": str(enroot_pid)})
+    if spec.target.kind == "squashfs":  # a created container's files come from the host's page cache already
+        from pyenroot.runtime.readahead import read_ahead
+
+        read_ahead(root, plan.programs_to_read_ahead(start_plan))
     mounter = Mounter(root, kernel, spec.warn)
     lock = _lock_rootfs(root)
     for mount in start_plan.early_mounts:

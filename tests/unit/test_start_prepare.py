@@ -1,6 +1,9 @@
-"""What a `.sqsh` start does while squashfuse mounts the image: the later stages' host-side work, ahead.
-Checked without a kernel: the order around the FUSE server, and what the hooks' preparation loads and keeps."""
+"""What a `.sqsh` start does ahead: the later stages' host-side work while squashfuse mounts the image, and the
+programs it will execute read while it configures the container. Checked without a kernel: the order around
+the FUSE server, what the hooks' preparation loads and keeps, which programs are read and that the reading
+stays inside the root."""
 
+import os
 import sys
 import types
 
@@ -81,3 +84,65 @@ def test_an_unknown_caller_still_gets_a_name(monkeypatch, tmp_path, fresh_lookup
                       remap_root=False, pid=1, mount_now=lambda line: None)
     assert builtin_hooks._host_identity(ctx) == ("user1001", "", "/h", "/bin/sh")
     assert builtin_hooks._group_name(1002) == "group1002"
+
+
+# ------------------------------------------------------------------ reading the programs ahead
+
+def _plan(command=(), *, rc=None, image_rc=False, path=None, inner_uid=1001):
+    from pyenroot.runtime import plan
+
+    facts = plan.ImageFacts(has_rc=image_rc, environment=f"PATH={path}\n" if path else "")
+    request = plan.StartRequest(command=tuple(command), rc_text=rc, outer_uid=1001, outer_gid=1002,
+                                remap_root=inner_uid == 0)
+    return plan.build_plan(request, facts)
+
+
+def test_the_programs_a_start_runs_first_are_guessed_in_order():
+    from pyenroot.runtime.plan import programs_to_read_ahead
+
+    assert programs_to_read_ahead(_plan(["true"], path="/opt/bin:relative:/bin/")) == [("/opt/bin/true", "/bin/true")]
+    assert programs_to_read_ahead(_plan(["/usr/bin/python3", "-c", "1"])) == [("/usr/bin/python3",)]
+    assert programs_to_read_ahead(_plan(["./run.sh"])) == []  # from the working directory: not guessed
+    assert programs_to_read_ahead(_plan()) == [("/bin/sh",)]  # an interactive shell
+    assert programs_to_read_ahead(_plan(["echo a b"])) == [("/bin/sh",)]  # a command line for the shell
+    # An init script runs under the shell, which then runs the command.
+    assert programs_to_read_ahead(_plan(["python3"], image_rc=True, path="/usr/bin")) == [
+        ("/bin/sh",), ("/usr/bin/python3",)]
+    assert programs_to_read_ahead(_plan(["/x"], rc="exec \"$@\"\n")) == [("/bin/sh",), ("/x",)]
+    # Without a PATH of its own, the container gets the default one for its user.
+    assert programs_to_read_ahead(_plan(["id"]))[0][-1] == "/bin/id"
+    assert "/usr/sbin/id" in programs_to_read_ahead(_plan(["id"], inner_uid=0))[0]
+
+
+def _open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_read_ahead_reads_what_the_root_has_and_lets_its_descriptors_go(tmp_path):
+    from pyenroot.runtime import readahead
+
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "busybox").write_bytes(os.urandom(3 * readahead.CHUNK + 5))
+    (root / "bin" / "sh").symlink_to("busybox")
+    before = _open_descriptors()
+    done = readahead.read_ahead(root, [("/usr/bin/sh", "/bin/sh"), ("/bin/none",)])
+    assert done is not None
+    assert done.acquire(timeout=30)
+    assert _open_descriptors() == before
+    assert readahead.read_ahead(root, [("/bin/none",)]) is None
+
+
+def test_read_ahead_opens_no_file_outside_the_root_and_nothing_but_files(tmp_path):
+    from pyenroot.runtime import readahead
+
+    outside = tmp_path / "host-secret"
+    outside.write_text("host file\n")
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "absolute").symlink_to(outside)
+    (root / "bin" / "climbing").symlink_to("../../host-secret")
+    os.mkfifo(root / "bin" / "fifo")
+    (root / "bin" / "directory").mkdir()
+    for name in ("absolute", "climbing", "fifo", "directory"):
+        assert readahead._open_program(root, (f"/bin/{name}",)) is None, name

@@ -86,6 +86,7 @@ def test_the_modules_of_a_start_import_nothing_slow():
     modules = ["pyenroot.cli", "pyenroot.commands.start", "pyenroot.config", "pyenroot.runtime.assemble",
                "pyenroot.runtime.launcher", "pyenroot.runtime.hooks", "pyenroot.runtime.builtin_hooks",
                "pyenroot.runtime.mounter", "pyenroot.runtime.imagemount", "pyenroot.runtime.seccomp",
+               "pyenroot.runtime.readahead",
                "pyenroot.squashfs", "pyenroot.atomic"]
     slow = ["argparse", "dataclasses", "inspect", "shutil", "tempfile", "threading", "typing"]
     code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
