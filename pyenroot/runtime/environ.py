@@ -110,13 +110,18 @@ def render(environ: Mapping[str, str]) -> str:
     return "".join(f"{name}={value}\n" for name, value in environ.items() if "\n" not in value)
 
 
+def default_path(is_root: bool) -> str:
+    """The PATH of a container whose sources set none."""
+    return DEFAULT_ROOT_PATH if is_root else DEFAULT_PATH
+
+
 def login_defaults(environ: Mapping[str, str], *, user: str, home: str, shell: str, logname: str,
                    is_root: bool) -> dict[str, str]:
     """Fill what login(1) would set, without replacing anything the sources gave."""
     result = dict(environ)
     defaults = {
         "TERM": "dumb", "HOME": home, "SHELL": shell, "USER": user, "LOGNAME": logname,
-        "PATH": DEFAULT_ROOT_PATH if is_root else DEFAULT_PATH,
+        "PATH": default_path(is_root),
     }
     for name, value in defaults.items():
         result.setdefault(name, value)

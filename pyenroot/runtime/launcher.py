@@ -398,6 +398,11 @@ def _launch(spec: Launch, kernel: Syscalls) -> int:
         for note in mounted.notes:
             spec.warn(note)
         root = mounted.rootfs
+        if mounted.method != "unpacked":  # (an unpacked image, like a created container, is in memory already)
+            from pyenroot.runtime.readahead import read_ahead
+
+            search = envdialect.default_path(start_plan.inner_uid == 0)  # the image's own is not read yet
+            read_ahead(root, plan.programs_to_read_ahead(start_plan.command, start_plan.init_shell, search))
     else:
         root = target.path
     spec.trace("namespaces and root filesystem")
@@ -428,10 +433,6 @@ def _configure_and_exec(spec: Launch, kernel: Syscalls, start_plan: StartPlan, r
         raise RuntimeStartError(f"cannot bind the root filesystem {root}: {reason(exc)}") from None
     start_plan = plan.with_image(start_plan, spec.request, read_image_facts(root),
                                  {"ENROOT_ROOTFS": str(root), "ENROOT_PID": str(enroot_pid)})
-    if spec.target.kind == "squashfs":  # a created container's files come from the host's page cache already
-        from pyenroot.runtime.readahead import read_ahead
-
-        read_ahead(root, plan.programs_to_read_ahead(start_plan))
     mounter = Mounter(root, kernel, spec.warn)
     lock = _lock_rootfs(root)
     for mount in start_plan.early_mounts:

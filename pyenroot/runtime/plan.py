@@ -9,7 +9,7 @@ directly.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pyenroot.errors import ConfigError
 from pyenroot.record import factory, record, replace
@@ -337,22 +337,19 @@ CHECKED_RC = (
 )
 
 
-def programs_to_read_ahead(plan: StartPlan) -> list[tuple[str, ...]]:
-    """The programs a start will execute first, in order, each as the container paths to try (the first that
-    is a file is the one): the init shell where it runs (an init script, no command, a command line with
-    spaces), then the command's program as the container's PATH finds it. A guess made before the hooks,
-    which may still change PATH: reading ahead the wrong file costs only the reading."""
-    command = plan.command
-    runs_shell = plan.rc_text is not None or plan.use_image_rc is not None or not command
-    programs = [(plan.init_shell,)] if runs_shell or any(c.isspace() for c in command[0]) else []
-    if command and not any(c.isspace() for c in command[0]):
-        first = command[0]
-        if first.startswith("/"):
-            programs.append((first,))
-        elif "/" not in first:  # (a relative path runs from the working directory: not guessed)
-            default = envdialect.DEFAULT_ROOT_PATH if plan.inner_uid == 0 else envdialect.DEFAULT_PATH
-            search = plan.environ.get("PATH") or default
-            programs.append(tuple(f"{d.rstrip('/')}/{first}" for d in search.split(":") if d.startswith("/")))
+def programs_to_read_ahead(command: Sequence[str], init_shell: str, search_path: str) -> list[tuple[str, ...]]:
+    """The programs a start may execute first, in order, each as the container paths to try (the first that is
+    a file is the one): the init shell (it runs an image's init script, a command line with spaces, or no
+    command at all), then the command's program as `search_path` finds it. A guess made before the image's
+    files are read: reading a program that does not run costs only the reading."""
+    programs = [(init_shell,)]
+    first = command[0] if command else ""
+    if not first or any(c.isspace() for c in first) or first == init_shell:
+        return programs
+    if first.startswith("/"):
+        programs.append((first,))
+    elif "/" not in first:  # (a relative path runs from the working directory: not guessed)
+        programs.append(tuple(f"{d.rstrip('/')}/{first}" for d in search_path.split(":") if d.startswith("/")))
     return programs
 
 

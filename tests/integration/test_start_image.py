@@ -51,6 +51,22 @@ def test_sqsh_anchor_keeps_the_image_mounted(user, busybox_sqsh):
         assert "pyenroot busybox" in Path(f"/proc/{pid}/root/etc/os-release").read_text()
 
 
+def test_sqsh_start_with_a_pid_namespace_and_a_missing_command(user, busybox_sqsh):
+    """The programs read ahead while the container is configured (runtime/readahead.py) change nothing a start
+    shows: with a PID namespace (the start forks while the reading thread may still run) the command is PID 2
+    of one-thread processes; a missing command is still exit 127 with one line; the thread leaves no message."""
+    result = user.pyenroot("start", "--pid", str(busybox_sqsh), "sh", "-c",
+                           "echo $$; ls /proc/1/task /proc/$$/task | grep -c '^[0-9]'; exit 3")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.split() == ["2", "2"]
+    assert result.stderr == ""
+    missing = user.pyenroot("start", str(busybox_sqsh), "no-such-program", "arg")
+    assert missing.returncode == 127
+    assert missing.stderr.count("\n") == 1 and "no-such-program" in missing.stderr, missing.stderr
+    ran = user.pyenroot("start", str(busybox_sqsh), "/bin/busybox", "echo", "absolute")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "absolute\n", "")
+
+
 def test_sqsh_with_image_rc(user, busybox_rootfs_dir, session_dir, tmp_path):
     """An image of the current format (/etc/rc) started directly."""
     import shutil

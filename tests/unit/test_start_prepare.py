@@ -88,30 +88,21 @@ def test_an_unknown_caller_still_gets_a_name(monkeypatch, tmp_path, fresh_lookup
 
 # ------------------------------------------------------------------ reading the programs ahead
 
-def _plan(command=(), *, rc=None, image_rc=False, path=None, inner_uid=1001):
-    from pyenroot.runtime import plan
-
-    facts = plan.ImageFacts(has_rc=image_rc, environment=f"PATH={path}\n" if path else "")
-    request = plan.StartRequest(command=tuple(command), rc_text=rc, outer_uid=1001, outer_gid=1002,
-                                remap_root=inner_uid == 0)
-    return plan.build_plan(request, facts)
-
-
 def test_the_programs_a_start_runs_first_are_guessed_in_order():
+    from pyenroot.runtime.environ import default_path
     from pyenroot.runtime.plan import programs_to_read_ahead
 
-    assert programs_to_read_ahead(_plan(["true"], path="/opt/bin:relative:/bin/")) == [("/opt/bin/true", "/bin/true")]
-    assert programs_to_read_ahead(_plan(["/usr/bin/python3", "-c", "1"])) == [("/usr/bin/python3",)]
-    assert programs_to_read_ahead(_plan(["./run.sh"])) == []  # from the working directory: not guessed
-    assert programs_to_read_ahead(_plan()) == [("/bin/sh",)]  # an interactive shell
-    assert programs_to_read_ahead(_plan(["echo a b"])) == [("/bin/sh",)]  # a command line for the shell
-    # An init script runs under the shell, which then runs the command.
-    assert programs_to_read_ahead(_plan(["python3"], image_rc=True, path="/usr/bin")) == [
-        ("/bin/sh",), ("/usr/bin/python3",)]
-    assert programs_to_read_ahead(_plan(["/x"], rc="exec \"$@\"\n")) == [("/bin/sh",), ("/x",)]
-    # Without a PATH of its own, the container gets the default one for its user.
-    assert programs_to_read_ahead(_plan(["id"]))[0][-1] == "/bin/id"
-    assert "/usr/sbin/id" in programs_to_read_ahead(_plan(["id"], inner_uid=0))[0]
+    # The init shell first: it runs an image's init script (most images have one), then the command.
+    assert programs_to_read_ahead(["true"], "/bin/sh", "/opt/bin:relative:/bin/") == [
+        ("/bin/sh",), ("/opt/bin/true", "/bin/true")]
+    assert programs_to_read_ahead(["/usr/bin/python3", "-c", "1"], "/bin/bash", "/bin") == [
+        ("/bin/bash",), ("/usr/bin/python3",)]
+    assert programs_to_read_ahead(["./run.sh"], "/bin/sh", "/bin") == [("/bin/sh",)]  # not guessed
+    assert programs_to_read_ahead([], "/bin/sh", "/bin") == [("/bin/sh",)]  # an interactive shell
+    assert programs_to_read_ahead(["echo a b"], "/bin/sh", "/bin") == [("/bin/sh",)]  # a line for the shell
+    assert programs_to_read_ahead(["/bin/sh", "-c", "x"], "/bin/sh", "/bin") == [("/bin/sh",)]
+    # Without a PATH of its own, a container gets the default one for its user.
+    assert "/usr/sbin" in default_path(True).split(":") and "/usr/sbin" not in default_path(False).split(":")
 
 
 def _open_descriptors():
