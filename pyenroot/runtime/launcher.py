@@ -398,7 +398,7 @@ def _launch(spec: Launch, kernel: Syscalls) -> int:
         for note in mounted.notes:
             spec.warn(note)
         root = mounted.rootfs
-        if mounted.method != "unpacked":  # (an unpacked image, like a created container, is in memory already)
+        if mounted.method != "unpacked":  # (an unpacked image's files are in memory already)
             from pyenroot.runtime.readahead import read_ahead
 
             search = envdialect.default_path(start_plan.inner_uid == 0)  # the image's own is not read yet
