@@ -19,6 +19,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pyenroot.errors import ConfigError
 from pyenroot.runtime.mounter import host_path
 
 CHUNK = 1 << 17  # the kernel's read-ahead window on FUSE: one request per read
@@ -30,7 +31,7 @@ def _open_program(root: Path, candidates: Sequence[str]) -> int | None:
     for candidate in candidates:
         try:
             fd = os.open(host_path(root, candidate), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+        except (OSError, ConfigError):  # missing, unreadable, a link loop: the exec will say what is wrong
             continue
         try:
             if stat.S_ISREG(os.fstat(fd).st_mode):

@@ -126,6 +126,7 @@ def test_read_ahead_reads_what_the_root_has_and_lets_its_descriptors_go(tmp_path
 
 
 def test_read_ahead_opens_no_file_outside_the_root_and_nothing_but_files(tmp_path):
+    """An image's links cannot lead the reading out of its root, and a link loop is only skipped."""
     from pyenroot.runtime import readahead
 
     outside = tmp_path / "host-secret"
@@ -136,5 +137,6 @@ def test_read_ahead_opens_no_file_outside_the_root_and_nothing_but_files(tmp_pat
     (root / "bin" / "climbing").symlink_to("../../host-secret")
     os.mkfifo(root / "bin" / "fifo")
     (root / "bin" / "directory").mkdir()
-    for name in ("absolute", "climbing", "fifo", "directory"):
+    (root / "bin" / "loop").symlink_to("loop")
+    for name in ("absolute", "climbing", "fifo", "directory", "loop"):
         assert readahead._open_program(root, (f"/bin/{name}",)) is None, name
