@@ -35,10 +35,12 @@ def user_python() -> str:
 
 def install_wrapper(workdir: Path, repo: Path = REPO) -> Path:
     """Copy the package (of `repo`, this checkout unless a benchmark compares another) somewhere world-readable
-    and write a `pyenroot` wrapper script that runs it.
+    and write a `pyenroot` command that runs it.
 
     The checkout may sit in a directory the test user cannot read (CI clones anywhere), so the source
-    under test is copied once per session.
+    under test is copied once per session. The command is a Python script like the one an installation makes
+    (no shell in between, no `-m`: what the tests and bench/slurm.py time is what users run), with the copy
+    first on its path; PYTHONPATH carries the copy to pyenroot's own Python children.
     """
     src = workdir / "src"
     if src.exists():
@@ -49,8 +51,14 @@ def install_wrapper(workdir: Path, repo: Path = REPO) -> Path:
     wrapper = workdir / "bin" / "pyenroot"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(
-        "#!/bin/sh\n"
-        f"PYTHONPATH={src}${{PYTHONPATH:+:$PYTHONPATH}} exec {user_python()} -m pyenroot \"$@\"\n"
+        f"#!{user_python()}\n"
+        "import os\n"
+        "import sys\n"
+        f"SOURCE = {str(src)!r}\n"
+        "sys.path.insert(0, SOURCE)\n"
+        "os.environ['PYTHONPATH'] = SOURCE + (':' + os.environ['PYTHONPATH'] if os.environ.get('PYTHONPATH') else '')\n"
+        "from pyenroot.cli import main\n"
+        "sys.exit(main())\n"
     )
     wrapper.chmod(0o755)
     for path in [workdir, *workdir.rglob("*")]:
