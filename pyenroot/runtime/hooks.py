@@ -84,15 +84,20 @@ def hook_steps(system_dir: Path | None, user_dir: Path | None,
     return steps
 
 
-def _load(target: str) -> Callable[[HookContext], None] | None:
-    module_name, _, function = target.partition(":")
+def _builtin_module(module_name: str):
+    """The module of a built-in, or None when it is not part of this installation."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            return None  # a built-in whose module is not part of this installation
+            return None
         raise
-    return getattr(module, function)
+
+
+def _load(target: str) -> Callable[[HookContext], None] | None:
+    module_name, _, function = target.partition(":")
+    module = _builtin_module(module_name)
+    return None if module is None else getattr(module, function)
 
 
 def prepare(steps: Sequence[HookStep], outer_uid: int, outer_gid: int) -> None:
@@ -102,8 +107,7 @@ def prepare(steps: Sequence[HookStep], outer_uid: int, outer_gid: int) -> None:
     modules = {s.target.partition(":")[0] for s in steps if s.target is not None and s.name not in _GUARDS}
     for module_name in sorted(modules):
         try:
-            module = importlib.import_module(module_name)
-            warm_up = getattr(module, "prepare", None)
+            warm_up = getattr(_builtin_module(module_name), "prepare", None)
             if warm_up is not None:
                 warm_up(outer_uid, outer_gid)
         except (ImportError, OSError):

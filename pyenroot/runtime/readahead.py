@@ -26,35 +26,39 @@ CHUNK = 1 << 17  # the kernel's read-ahead window on FUSE: one request per read
 LIMIT = 64 << 20  # per program: the exec ends the thread sooner in practice
 
 
-def _open_program(root: Path, candidates: Sequence[str]) -> int | None:
-    """A read-only descriptor on the first candidate that is a regular file inside `root`, or None."""
+def _open_program(root: Path, candidates: Sequence[str]) -> tuple[int, tuple[int, int]] | None:
+    """A read-only descriptor on the first candidate that is a regular file inside `root`, with the file's
+    (device, inode); None when there is none."""
     for candidate in candidates:
         try:
             fd = os.open(host_path(root, candidate), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, ConfigError):  # missing, unreadable, a link loop: the exec will say what is wrong
             continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                return fd
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):
+                return fd, (info.st_dev, info.st_ino)
         except OSError:
             pass
         os.close(fd)
     return None
 
 
-def _distinct(fds: list[int]) -> list[int]:
-    """`fds` less those on a file an earlier one reads already (the init shell is often the command's program,
-    as busybox is), which are closed."""
+def _open_programs(root: Path, programs: Iterable[Sequence[str]]) -> list[int]:
+    """Descriptors on `programs`, one per file: the init shell is often the command's program too (busybox)."""
+    fds: list[int] = []
     seen: set[tuple[int, int]] = set()
-    kept = []
-    for fd in fds:
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) in seen:
+    for candidates in programs:
+        found = _open_program(root, candidates)
+        if found is None:
+            continue
+        fd, identity = found
+        if identity in seen:
             os.close(fd)
         else:
-            seen.add((info.st_dev, info.st_ino))
-            kept.append(fd)
-    return kept
+            seen.add(identity)
+            fds.append(fd)
+    return fds
 
 
 def _read_through(fds: list[int], done: _thread.LockType) -> None:
@@ -79,7 +83,7 @@ def _read_through(fds: list[int], done: _thread.LockType) -> None:
 def read_ahead(root: Path, programs: Iterable[Sequence[str]]) -> _thread.LockType | None:
     """Start reading `programs` (plan.programs_to_read_ahead) in a thread; returns a lock that the thread
     releases when it ends (for tests), or None when none of them is a file."""
-    fds = _distinct([fd for fd in (_open_program(root, candidates) for candidates in programs) if fd is not None])
+    fds = _open_programs(root, programs)
     if not fds:
         return None
     done = _thread.allocate_lock()
