@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from pyenroot.record import record
 
 # Per-task values: the task's own environment carries them (the plugin keeps the task's variables when it
 # joins the container); one container serves every local task, so its environment must not hold one task's.
@@ -22,7 +23,7 @@ DERIVED_MCA = (("PMIX_PTL_MODULE", "PMIX_MCA_ptl"), ("PMIX_SECURITY_MODE", "PMIX
 DIRECTORY_VARIABLES = ("PMIX_SERVER_TMPDIR",)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PmiSetup:
     environ: dict[str, str]  # variables to set in the container
     directories: tuple[str, ...]  # host directories to bind at the same path

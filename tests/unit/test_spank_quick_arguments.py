@@ -69,7 +69,8 @@ def test_a_step_imports_no_argparse():
 STEP = ["pyenroot.cli", "pyenroot.commands.spank", "pyenroot.config", "pyenroot.slurm.step", "pyenroot.slurm.state",
         "pyenroot.slurm.translate", "pyenroot.slurm.reporter", "pyenroot.containers.discovery",
         "pyenroot.containers.names", "pyenroot.runtime.assemble", "pyenroot.runtime.launcher",
-        "pyenroot.runtime.imagemount", "pyenroot.runtime.seccomp"]
+        "pyenroot.runtime.imagemount", "pyenroot.runtime.seccomp", "pyenroot.runtime.hooks",
+        "pyenroot.runtime.builtin_hooks", "pyenroot.runtime.pmi"]  # (the last: every step's slurm-pmi hook)
 # What a step that starts a tag the job resolved before loads on top to find the image built before.
 CACHED_IMAGE = ["pyenroot.image.cached_images", "pyenroot.registry.uri", "pyenroot.registry.platforms"]
 
