@@ -23,13 +23,13 @@ from pathlib import Path
 from pyenroot import trust
 from pyenroot.errors import ImageError, StorageError
 
-_DIGEST = re.compile(r"^sha256:([a-f0-9]{64})$")
+_DIGEST = r"^sha256:([a-f0-9]{64})$"  # compiled (and cached by re) at its first use, not at import
 _PARTIAL_SUFFIX = ".part"
 
 
 def digest_hex(digest: str) -> str:
     """The hex part of a sha256 digest; anything else (other algorithms, path tricks) is refused."""
-    match = _DIGEST.match(digest)
+    match = re.match(_DIGEST, digest)
     if not match:
         raise ImageError(f"unsupported or malformed digest: {digest!r}")
     return match.group(1)
@@ -312,4 +312,4 @@ class BlobCache:
         """Every complete blob in the cache."""
         if not self.blobs.is_dir():
             return []
-        return sorted(f"sha256:{p.name}" for p in self.blobs.iterdir() if _DIGEST.match(f"sha256:{p.name}"))
+        return sorted(f"sha256:{p.name}" for p in self.blobs.iterdir() if re.match(_DIGEST, f"sha256:{p.name}"))

@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -42,7 +41,7 @@ def format_timings(timings: list[tuple[str, float]], total: float | None = None)
 
 
 # squashfs-tools draw their own bar on stdout, even into a pipe: `\r[====|    ] 270/600  45%`.
-_TOOL_COUNT = re.compile(rb"(\d+)/(\d+)\s+\d+%")
+_TOOL_COUNT = rb"(\d+)/(\d+)\s+\d+%"  # compiled (and cached by re) at its first use: a cached image uses none
 
 
 def tool_count(output: bytes) -> tuple[tuple[int, int] | None, bytes]:
@@ -50,7 +49,7 @@ def tool_count(output: bytes) -> tuple[tuple[int, int] | None, bytes]:
     rest (to be prefixed to the next read)."""
     *complete, rest = re.split(rb"[\r\n]", output)
     for segment in reversed(complete):
-        found = _TOOL_COUNT.search(segment)
+        found = re.search(_TOOL_COUNT, segment)
         if found:
             return (int(found.group(1)), int(found.group(2))), rest
     return None, rest
@@ -84,6 +83,8 @@ class ImportProgress:
         self.tty = _isatty(stream) if tty is None else tty
         self.verbose = verbose
         self._clock = clock
+        import threading  # here: a cached image's step shows no progress and needs no thread module
+
         self._lock = threading.Lock()
         self._phase: str | None = None
         self._phase_start = 0.0
@@ -226,6 +227,8 @@ class TerminalBars:
     the live one and the merge's bar (layers) follows it."""
 
     def __init__(self, stream: TextIO):
+        import threading
+
         import tqdm
 
         # No monitor thread (a Slurm step starts the container in this process, with one thread at unshare) and

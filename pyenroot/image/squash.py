@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import struct
 from pathlib import Path
 
@@ -108,12 +107,22 @@ def parse_size(text: str) -> int:
     return int(match[1]) * {"": 1, "k": 1024, "m": 1 << 20}[match[2].lower()]
 
 
-def translate_options(text: str | None) -> SquashPlan:
-    """Turn ENROOT_SQUASH_OPTIONS (mksquashfs syntax) into a SquashPlan; unknown options raise ConfigError."""
+def _split_words(text: str) -> list[str]:
+    """Shell words. Printable ASCII without quotes or backslashes (the default, and most settings) splits on
+    blanks as shlex would, which a Slurm step that finds its image built then need not import."""
+    if all(c in " \t\r\n" or (" " < c <= "~" and c not in "'\"\\") for c in text):
+        return text.split()
+    import shlex
+
     try:
-        words = shlex.split(text if text is not None else DEFAULT_OPTIONS)
+        return shlex.split(text)
     except ValueError as exc:
         raise ConfigError(f"ENROOT_SQUASH_OPTIONS cannot be parsed: {exc}") from None
+
+
+def translate_options(text: str | None) -> SquashPlan:
+    """Turn ENROOT_SQUASH_OPTIONS (mksquashfs syntax) into a SquashPlan; unknown options raise ConfigError."""
+    words = _split_words(text if text is not None else DEFAULT_OPTIONS)
     result = SquashPlan(compressor="gzip")  # mksquashfs's default when no -comp is given
     i = 0
 

@@ -41,25 +41,27 @@ class Credentials:
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf"\s*({_TOKEN})\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|({_TOKEN}))\s*(,|$)")
-_SCHEME = re.compile(rf"\s*({_TOKEN})(?:\s+|$)")
+# Compiled (and cached by re) at their first use: a registry that asks for no token needs none of them.
+_PARAM = rf"\s*({_TOKEN})\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|({_TOKEN}))\s*(,|$)"
+_SCHEME = rf"\s*({_TOKEN})(?:\s+|$)"
 
 
 def parse_www_authenticate(header: str) -> list[Challenge]:
     """Parse a `WWW-Authenticate` value into challenges (RFC 7235: quoted strings, escapes, several schemes)."""
     challenges: list[Challenge] = []
+    scheme_pattern, param_pattern = re.compile(_SCHEME), re.compile(_PARAM)
     position = 0
     while position < len(header):
         if header[position] in ", \t":
             position += 1
             continue
-        scheme = _SCHEME.match(header, position)
+        scheme = scheme_pattern.match(header, position)
         if not scheme:
             break
         position = scheme.end()
         params: dict[str, str] = {}
         while position < len(header):
-            param = _PARAM.match(header, position)
+            param = param_pattern.match(header, position)
             if not param:
                 break
             quoted, plain = param.group(2), param.group(3)
@@ -129,7 +131,7 @@ def _netrc_tokens(text: str) -> list[str]:
     return tokens
 
 
-_SHELL_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_SHELL_VAR = r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))"
 
 
 def substitute_password(password: str, environ: Mapping[str, str], where: str) -> str:
@@ -153,7 +155,7 @@ def substitute_password(password: str, environ: Mapping[str, str], where: str) -
                                 hint=f"export {name} before running pyenroot")
         return environ[name]
 
-    return _SHELL_VAR.sub(lookup, password)
+    return re.sub(_SHELL_VAR, lookup, password)
 
 
 def _host_candidates(registry: str) -> list[str]:

@@ -22,12 +22,13 @@ GRAMMAR = (
 # Character classes after enroot's, narrowed where enroot's were accidental: a user name may not hold
 # `/`, `#` or `@` (they would make the URI ambiguous), a tag follows Docker's tag rule. A docker:// URI is read
 # field by field (digest, user, registry, image, tag) so that an error names the field that is wrong.
-_USER = re.compile(r"[A-Za-z0-9_.!~*'()%;:&=+$,<>?-]+")
+# The patterns of the rarer forms stay strings, compiled (and cached by re) at their first use, not at import.
+_USER = r"[A-Za-z0-9_.!~*'()%;:&=+$,<>?-]+"
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 TAG_MAX_LENGTH = 128
 # Local engines: IMAGE[:TAG] where IMAGE may carry a registry host (with a port) and a path.
-_ENGINE_FORM = re.compile(r"^(?P<image>[A-Za-z0-9._-]+(?::[0-9]+)?(?:/[A-Za-z0-9._-]+)*)(?::(?P<tag>[A-Za-z0-9_.-]+))?"
-                          r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
+_ENGINE_FORM = (r"^(?P<image>[A-Za-z0-9._-]+(?::[0-9]+)?(?:/[A-Za-z0-9._-]+)*)(?::(?P<tag>[A-Za-z0-9_.-]+))?"
+                r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$")
 
 
 @record(frozen=True)
@@ -150,7 +151,7 @@ def _split_user(uri: str, rest: str) -> tuple[str | None, str]:
         raise _invalid(uri, "more than one '@' (USER@ comes first, @sha256:DIGEST last)")
     if not user:
         raise _invalid(uri, "empty user name before '@'")
-    if not _USER.fullmatch(user):
+    if not re.fullmatch(_USER, user):
         raise _invalid(uri, f"invalid user name {user!r}")
     return user, tail
 
@@ -212,7 +213,7 @@ def _parse_docker(uri: str, rest: str) -> ImageRef:
 
 
 def _parse_engine(uri: str, scheme: str, rest: str) -> ImageRef:
-    match = _ENGINE_FORM.match(rest)
+    match = re.match(_ENGINE_FORM, rest)
     if not match:
         raise _invalid(uri, f"{scheme}://IMAGE[:TAG] expected")
     return ImageRef(scheme, repository=match["image"], tag=match["tag"], digest=match["digest"])

@@ -91,6 +91,7 @@ def test_the_modules_of_a_step_import_nothing_slow():
 
 def test_a_step_that_finds_its_image_loads_no_registry_client_nor_builder():
     assert loaded(STEP + CACHED_IMAGE, ["argparse", "dataclasses", "inspect", "tempfile", "typing", "subprocess",
+                                        "threading", "shlex",
                                         "requests", "pyenroot.registry.source", "pyenroot.image.pipeline",
                                         "pyenroot.image.merge"]) == []
 

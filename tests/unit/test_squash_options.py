@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import struct
 from pathlib import Path
 
@@ -119,3 +120,14 @@ def test_every_option_of_the_long_forms_is_known():
     for option in ("-noInodeCompression", "-noDataCompression", "-noFragmentCompression", "-noXattrCompression",
                    "-noIdTableCompression"):
         assert squash.translate_options(f"-comp gzip {option}").use_mksquashfs, option
+
+
+@pytest.mark.parametrize("text", ["-comp lz4", "  -comp\tzstd -Xcompression-level 3\n", "-b 1M -comp 'xz'",
+                                  '-comp "gzip" -Xstrategy filtered', "-comp\\ lz4", "-comp\x0blz4", "", "-comp é"])
+def test_options_split_as_shlex_splits_them(text):
+    assert squash._split_words(text) == shlex.split(text)
+
+
+def test_an_unclosed_quote_is_one_line_error():
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        squash.translate_options("-comp 'lz4")
