@@ -8,7 +8,6 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pyenroot import squashfs, tools
 from pyenroot.containers.names import container_dir, data_path, default_name
@@ -18,6 +17,7 @@ from pyenroot.containers.work import clean_stale_work, work_dir
 from pyenroot.errors import ImageError, StorageError
 from pyenroot.names import validate_name
 
+TYPE_CHECKING = False  # typing's flag without importing typing (a writable Slurm step unpacks here)
 if TYPE_CHECKING:
     from pyenroot.image.progress import ImportProgress
 

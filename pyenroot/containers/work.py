@@ -8,18 +8,18 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyenroot.containers.tree import remove_tree
 from pyenroot.errors import StorageError
+from pyenroot.record import record
 
 # Hidden work entries (creation in progress, removal in progress).
 WORK_PREFIX = ".pyenroot-work-"
 NEW_PREFIX = ".pyenroot-new-"  # a work entry before it is locked: never cleaned while young
 
 
-@dataclass
+@record
 class _WorkEntry:
     """A hidden entry in the data directory, locked (flock) for as long as its creator lives."""
 
@@ -31,7 +31,7 @@ def work_name() -> str:
     return f"{WORK_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WorkKind:
     """Where a kind of work entry lives by name: its prefix, the prefix it has until it is locked, and what a
     failure to create one says."""

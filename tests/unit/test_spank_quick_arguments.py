@@ -96,6 +96,11 @@ def test_a_step_that_finds_its_image_loads_no_registry_client_nor_builder():
                                         "pyenroot.image.merge"]) == []
 
 
+def test_a_writable_step_that_unpacks_its_image_loads_no_dataclasses_nor_typing():
+    assert loaded(STEP + CACHED_IMAGE + ["pyenroot.containers.create"],
+                  ["argparse", "dataclasses", "inspect", "typing", "requests", "pyenroot.image.pipeline"]) == []
+
+
 # What the job's first step on a node loads on top to resolve the tag, when the image turns out to be built.
 TAG_LOOKUP = ["pyenroot.image.uri_source", "pyenroot.registry.source", "pyenroot.registry.transport_stdlib"]
 
