@@ -38,7 +38,8 @@ _FILE_KEY = re.compile(
 _VAR_REF = r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"  # compiled at first use
 
 
-def _default_runtime_dir(uid: int) -> str:
+def default_runtime_dir(uid: int) -> str:
+    """ENROOT_RUNTIME_PATH when nothing sets it."""
     user_run = Path(f"/run/user/{uid}")
     if user_run.is_dir() and os.access(user_run, os.W_OK):
         return str(user_run)
@@ -144,7 +145,7 @@ SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 
 
 def _computed_defaults(uid: int) -> dict[str, str]:
-    return {"runtime_dir": _default_runtime_dir(uid), "cpus": _cpu_count(), "gzip": _default_gzip()}
+    return {"runtime_dir": default_runtime_dir(uid), "cpus": _cpu_count(), "gzip": _default_gzip()}
 
 
 def expand_variables(value: str, lookup: Mapping[str, str]) -> str:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pyenroot import tools
 from pyenroot.gpu import ldcache
+from pyenroot.record import factory, record, replace
 
 # Driver libraries by capability, as file name stems: a file matches when its name is STEM.so.<anything>.
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -58,14 +57,14 @@ SMI_TIMEOUT = 60
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 21: "ppc64le", 3: "i386"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mig:
     gpu_index: int
     index: int  # position under its GPU in `nvidia-smi -L`
     uuid: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Gpu:
     index: int  # nvidia-smi/CUDA order: by PCI bus id
     minor: int  # /dev/nvidia<minor>
@@ -80,7 +79,7 @@ class Gpu:
         return brand_of(self.model)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Library:
     path: Path  # the real file on the host (symlinks resolved)
     names: tuple[str, ...]  # every name the host gives it: libcuda.so.535.104.05, libcuda.so.1, ...
@@ -89,18 +88,18 @@ class Library:
     flags: int  # ld.so cache flags (architecture)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Driver:
     root: Path
     version: str | None
     cuda_version: str | None = None
     gpus: tuple[Gpu, ...] = ()
-    devices: dict[str, Path] = field(default_factory=dict)  # control devices that exist: name -> host path
-    caps: dict[str, Path] = field(default_factory=dict)  # MIG capability (gpu0/gi1/access) -> host device
+    devices: dict[str, Path] = factory(dict)  # control devices that exist: name -> host path
+    caps: dict[str, Path] = factory(dict)  # MIG capability (gpu0/gi1/access) -> host device
     libraries: tuple[Library, ...] = ()
-    binaries: dict[str, Path] = field(default_factory=dict)  # name -> host path
+    binaries: dict[str, Path] = factory(dict)  # name -> host path
     firmware: tuple[Path, ...] = ()
-    ipc: dict[str, Path] = field(default_factory=dict)  # container path -> host path
+    ipc: dict[str, Path] = factory(dict)  # container path -> host path
 
     @property
     def present(self) -> bool:
@@ -199,7 +198,7 @@ def elf_info(head: bytes) -> tuple[int, str] | None:
 
 
 def native_flags() -> int:
-    return ldcache.FLAGS_BY_MACHINE.get(platform.machine(), ldcache.FLAG_ELF_LIBC6)
+    return ldcache.FLAGS_BY_MACHINE.get(os.uname().machine, ldcache.FLAG_ELF_LIBC6)
 
 
 # --- reading the host ---------------------------------------------------------------------------------------

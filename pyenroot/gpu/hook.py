@@ -7,12 +7,11 @@ and environment changes. See pyenroot.gpu.plan for where things go in the contai
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from pyenroot import trust
 from pyenroot.atomic import write_atomically
+from pyenroot.config import default_runtime_dir
 from pyenroot.gpu import driver as gpu_driver
 from pyenroot.gpu import plan as gpu_plan
 from pyenroot.gpu import request as gpu_request
@@ -31,7 +30,7 @@ def cache_dir(host_environ: dict[str, str], uid: int, name: str = "nvidia", what
     files are reused by name and nobody else may write there. The hook runs in the user namespace, where the
     user's files show as the current uid; the directories above were checked before it was entered. (The MPI
     hook keeps its files the same way, in another subdirectory.)"""
-    runtime = host_environ.get("ENROOT_RUNTIME_PATH") or os.path.join(tempfile.gettempdir(), f"pyenroot-run-{uid}")
+    runtime = host_environ.get("ENROOT_RUNTIME_PATH") or default_runtime_dir(uid)
     return trust.private_dir(Path(runtime) / name, what, ancestors=False)
 
 

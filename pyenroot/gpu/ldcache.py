@@ -12,7 +12,8 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from pyenroot.record import record
 
 MAGIC_OLD = b"ld.so-1.7.0"
 MAGIC_NEW = b"glibc-ld.so.cache1.1"
@@ -37,7 +38,7 @@ FLAG_ELF_LIBC6 = 0x0003
 FLAGS_BY_MACHINE = {"x86_64": 0x0303, "aarch64": 0x0A03, "ppc64le": 0x0503, "i386": 0x0003, "i686": 0x0003}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CacheEntry:
     name: str  # what programs ask for, e.g. libcuda.so.1
     path: str  # where the loader finds it, a path inside the container

@@ -13,12 +13,12 @@ Where things go in the container, and why:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyenroot.gpu import ldcache
 from pyenroot.gpu.driver import BINARIES, CONTROL_DEVICES, IPC_PATHS, Driver, Gpu, Mig
 from pyenroot.gpu.request import Facts, GpuError, GpuRequest, unmet_requirements
+from pyenroot.record import factory, record
 from pyenroot.runtime.fstab import format_line
 
 DRIVER_ROOT = "/usr/local/nvidia"
@@ -33,18 +33,18 @@ READONLY_FILE = "x-create=file,bind,ro,nosuid,nodev"
 READONLY_DATA = "x-create=file,bind,ro,nosuid,nodev,noexec"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Selection:
     gpu: Gpu
     mig: Mig | None = None
 
 
-@dataclass
+@record
 class GpuPlan:
-    mounts: list[str] = field(default_factory=list)  # fstab lines, in order
-    environ: dict[str, str] = field(default_factory=dict)  # variables to set in the container
-    files: dict[Path, bytes] = field(default_factory=dict)  # host files to write before mounting
-    selected: list[Selection] = field(default_factory=list)
+    mounts: list[str] = factory(list)  # fstab lines, in order
+    environ: dict[str, str] = factory(dict)  # variables to set in the container
+    files: dict[Path, bytes] = factory(dict)  # host files to write before mounting
+    selected: list[Selection] = factory(list)
 
     def bind(self, source: Path | str, target: str, options: str) -> None:
         self.mounts.append(format_line(str(source), target, "none", options))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pyenroot.errors import RuntimeStartError
+from pyenroot.record import record
 
 CAPABILITIES = ("compute", "compat32", "display", "graphics", "utility", "video")
 DEFAULT_CAPABILITIES = frozenset({"utility", "compute"})
@@ -31,7 +31,7 @@ class GpuError(RuntimeStartError):
     reference = "gpu"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Constraint:
     key: str  # cuda, driver, arch or brand
     operator: str
@@ -41,7 +41,7 @@ class Constraint:
         return f"{self.key}{self.operator}{self.value}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Requirement:
     """One NVIDIA_REQUIRE_* variable: alternatives separated by spaces, each a comma-separated conjunction."""
 
@@ -50,7 +50,7 @@ class Requirement:
     alternatives: tuple[tuple[Constraint, ...], ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GpuRequest:
     all_devices: bool  # NVIDIA_VISIBLE_DEVICES=all
     selectors: tuple[str, ...]  # indexes, GPU-/MIG- UUIDs, GPU:MIG pairs; empty with "none" (driver only)
@@ -183,7 +183,7 @@ def _compare(actual: str, operator: str, wanted: str, numeric: bool) -> bool:
     }[operator]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Facts:
     """What constraints are checked against. Per-GPU facts (brand, arch) hold for every selected GPU."""
 

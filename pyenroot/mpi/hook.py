@@ -8,7 +8,6 @@ directory, as the GPU hook's do.
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 from pyenroot.gpu import ldcache
@@ -71,7 +70,7 @@ def mpi_hook(ctx: HookContext) -> None:
         container_cache: bytes | None = host_path(ctx.rootfs, mpi_plan.LD_CACHE).read_bytes()
     except OSError:
         container_cache = None
-    flags = ldcache.FLAGS_BY_MACHINE.get(platform.machine(), ldcache.FLAG_ELF_LIBC6)
+    flags = ldcache.FLAGS_BY_MACHINE.get(os.uname().machine, ldcache.FLAG_ELF_LIBC6)
     libraries = _container_libraries(ctx, container_cache, flags)
     mpi_plan.check_abi(host_versions, {name: _real_name(ctx, where) for name, where in libraries.items()
                                        if mpi_plan.soname_parts(name) and name.startswith(mpi_plan.MPI_LIBRARY_NAMES)})

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pyenroot.errors import RuntimeStartError
 from pyenroot.gpu import ldcache
+from pyenroot.record import factory, record
 from pyenroot.runtime.fstab import format_line
 
 SITE_FILE = "mpi.conf"
@@ -38,21 +38,21 @@ class MpiError(RuntimeStartError):
     reference = "mpi"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SiteMpi:
     libraries: tuple[str, ...]  # the MPI libraries (the ABI is checked against them)
     dependencies: tuple[str, ...] = ()  # what they need: fabric libraries, providers, ...
     directories: tuple[str, ...] = ()  # configuration directories, bound at the same path
     devices: tuple[str, ...] = ()  # /dev/infiniband, /dev/cxi0, ...: bound where the node has them
-    environ: dict[str, str] = field(default_factory=dict)
+    environ: dict[str, str] = factory(dict)
     abi: str = "mpich"
 
 
-@dataclass
+@record
 class MpiPlan:
-    mounts: list[str] = field(default_factory=list)  # fstab lines, in order
-    environ: dict[str, str] = field(default_factory=dict)
-    files: dict[Path, bytes] = field(default_factory=dict)  # host files to write before mounting
+    mounts: list[str] = factory(list)  # fstab lines, in order
+    environ: dict[str, str] = factory(dict)
+    files: dict[Path, bytes] = factory(dict)  # host files to write before mounting
 
 
 def requested(environ: dict[str, str], host_environ: dict[str, str]) -> bool:

@@ -12,9 +12,9 @@ import os
 import re
 import signal
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from pyenroot.errors import RuntimeStartError, UsageError
+from pyenroot.record import record
 
 # Imported here, not lazily: after entering the container the package is no longer reachable.
 from pyenroot.runtime import flags, seccomp, syscalls
@@ -34,7 +34,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 _ENV_ARG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(=|\Z)")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Target:
     """What `exec` found out about the process it joins."""
 

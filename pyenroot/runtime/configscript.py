@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyenroot import tools
 from pyenroot.config import expand_variables
 from pyenroot.errors import ConfigError
+from pyenroot.record import record
 
 _DIRECTIVE = re.compile(r"^#\s*(ENROOT_[A-Z0-9_]+)[\s=]+(.*?)\s*$")
 _SECTION = "\x1e"
@@ -35,7 +35,7 @@ if declare -F hooks >/dev/null; then echo yes; fi
 _HOOKS_DRIVER = 'source "$PYENROOT_CONF" "$@" >/dev/null || exit; hooks'
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ConfigScript:
     path: Path
     environ: str = ""

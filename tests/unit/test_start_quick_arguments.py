@@ -87,7 +87,10 @@ def test_the_modules_of_a_start_import_nothing_slow():
                "pyenroot.runtime.launcher", "pyenroot.runtime.hooks", "pyenroot.runtime.builtin_hooks",
                "pyenroot.runtime.mounter", "pyenroot.runtime.imagemount", "pyenroot.runtime.seccomp",
                "pyenroot.runtime.readahead",
-               "pyenroot.squashfs", "pyenroot.atomic"]
+               "pyenroot.squashfs", "pyenroot.atomic",
+               # the GPU hook runs whenever the image asks for GPUs (CUDA images set NVIDIA_VISIBLE_DEVICES),
+               # the MPI hook whenever a site injects its MPI
+               "pyenroot.gpu.hook", "pyenroot.mpi.hook"]
     slow = ["argparse", "dataclasses", "inspect", "shutil", "tempfile", "threading", "typing"]
     code = (f"import importlib, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
             f"print(','.join(m for m in {slow!r} if m in sys.modules))")
