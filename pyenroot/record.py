@@ -7,7 +7,8 @@ behave as the dataclasses they were for everything pyenroot uses: an `__init__` 
 order (positionally or by name, defaults as class attributes, `factory(make)` for a fresh mutable default),
 `__post_init__`, `__repr__`, `__eq__` between instances of the same class, and with `frozen=True` immutability
 and `__hash__`; `replace(value, **changes)` makes a changed copy, `as_dict(value)` a dict (as `asdict`). A Slurm
-step's modules use them too, down to the built-image cache's lookup. Other modules keep using `dataclasses`.
+step's modules use them too, down to the built-image cache's lookup and a writable step's unpacking, and so do
+the built-in hooks' (PMI, GPU, MPI), which a start may run. Other modules keep using `dataclasses`.
 """
 
 from __future__ import annotations
