@@ -12,7 +12,6 @@ Where things go in the container, and why:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from pyenroot.gpu import ldcache
@@ -188,6 +187,8 @@ def _support_mounts(plan: GpuPlan, request: GpuRequest, driver: Driver) -> None:
 
 def _ld_cache(plan: GpuPlan, entries: list[ldcache.CacheEntry], container_cache: bytes | None,
               cache_dir: Path) -> None:
+    import hashlib  # here: on a node without GPUs a CUDA image's start makes no plan, and needs no OpenSSL
+
     data = ldcache.merged(container_cache, entries)
     # Named by content: starts of the same image with the same driver share one file, and a file is never
     # rewritten while another container has it mounted.

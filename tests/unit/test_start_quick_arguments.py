@@ -96,3 +96,11 @@ def test_the_modules_of_a_start_import_nothing_slow():
             f"print(','.join(m for m in {slow!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_gpu_hook_loads_openssl_only_for_a_plan():
+    """On a node without GPUs a CUDA image's start makes no GPU plan: hashlib (OpenSSL) waits for one."""
+    code = ("import sys\nimport pyenroot.cli, pyenroot.runtime.launcher, pyenroot.runtime.builtin_hooks, "
+            "pyenroot.gpu.hook\nprint('hashlib' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
