@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from pyenroot.gpu import ldcache
+from pyenroot.gpu.driver import native_flags
 from pyenroot.gpu.hook import apply_plan, cache_dir
 from pyenroot.mpi import plan as mpi_plan
 from pyenroot.runtime.hookapi import HookContext
@@ -70,7 +71,7 @@ def mpi_hook(ctx: HookContext) -> None:
         container_cache: bytes | None = host_path(ctx.rootfs, mpi_plan.LD_CACHE).read_bytes()
     except OSError:
         container_cache = None
-    flags = ldcache.FLAGS_BY_MACHINE.get(os.uname().machine, ldcache.FLAG_ELF_LIBC6)
+    flags = native_flags()
     libraries = _container_libraries(ctx, container_cache, flags)
     mpi_plan.check_abi(host_versions, {name: _real_name(ctx, where) for name, where in libraries.items()
                                        if mpi_plan.soname_parts(name) and name.startswith(mpi_plan.MPI_LIBRARY_NAMES)})
